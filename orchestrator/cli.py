@@ -1,0 +1,162 @@
+"""The `distctl` command line. Errors become exit codes here, and only here."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from orchestrator import __version__, commands
+from orchestrator.errors import DistctlError, ExitCode
+from orchestrator.launcher import DEFAULT_FANOUT
+from orchestrator.ui import Ui
+
+INVENTORY = click.argument("inventory", type=click.Path(dir_okay=False), default="inventory.yaml")
+TARGET = click.argument("target", required=False)
+
+
+def _fanout(f):
+    return click.option("--fanout", type=click.IntRange(1, 512), default=DEFAULT_FANOUT, show_default=True,
+                        help="Hosts worked on at once.")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="distctl")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and rank output.")
+@click.option("-v", "--verbose", is_flag=True, help="Say more about each step.")
+@click.option("--no-color", is_flag=True, help="Plain output (also: NO_COLOR=1).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool, no_color: bool) -> None:
+    """Train on several SSH hosts with one command.
+
+    \b
+    Example:
+      distctl up inventory.yaml        # push, launch every rank, stream logs
+      distctl status                   # the last run started here
+      distctl stop                     # stop it on every host
+    """
+    ctx.obj = {"ui": Ui(quiet=quiet, verbose=verbose, color=False if no_color else None), "debug": debug}
+
+
+@cli.command()
+@INVENTORY
+@click.option("--dry-run", is_flag=True, help="Print every step and command; connect to nothing.")
+@click.option("--detach", is_flag=True, help="Return once every rank runs.")
+@click.option("--resume", is_flag=True, help="Restart the inventory's last run from its newest checkpoint.")
+@click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
+@_fanout
+@click.pass_obj
+def up(obj, inventory: str, dry_run: bool, detach: bool, resume: bool, accept_new_host_keys: bool,
+       fanout: int) -> None:
+    """Push the trainer, start every rank, and stream their logs.
+
+    \b
+    Example:
+      distctl up inventory.yaml
+      distctl up inventory.yaml --dry-run
+      distctl up inventory.yaml --detach && distctl logs -f
+    """
+    inv = commands.load(inventory)
+    if dry_run:
+        commands.dry_run(inv, obj["ui"])
+        return
+    commands.up(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], detach, resume)
+
+
+@cli.command()
+@INVENTORY
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
+@_fanout
+@click.pass_obj
+def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, fanout: int) -> None:
+    """Connect, discover and preflight without starting anything.
+
+    Exits 0 only if `distctl up` would start.
+
+    \b
+    Example:
+      distctl check inventory.yaml
+    """
+    commands.check(commands.load(inventory), commands.Options(fanout, accept_new_host_keys), obj["ui"], as_json)
+
+
+@cli.command()
+@TARGET
+@click.option("-f", "--follow", is_flag=True, help="Keep following until the ranks exit.")
+@click.option("--host", help="Only this host's ranks.")
+@click.option("--rank", type=int, help="Only this rank.")
+@click.option("--tail", type=click.IntRange(0), help="Only the last N lines of each log.")
+@_fanout
+@click.pass_obj
+def logs(obj, target: str | None, follow: bool, host: str | None, rank: int | None, tail: int | None,
+         fanout: int) -> None:
+    """Replay (and follow) every rank's log from the hosts.
+
+    TARGET is a run id or an inventory; default: the last run started here.
+
+    \b
+    Example:
+      distctl logs -f
+      distctl logs --host node2 --tail 20
+    """
+    commands.logs(target, commands.Options(fanout), obj["ui"], follow, host, rank, tail)
+
+
+@cli.command()
+@TARGET
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_fanout
+@click.pass_obj
+def status(obj, target: str | None, as_json: bool, fanout: int) -> None:
+    """Show each rank's state: running, exited (code), or host unreachable.
+
+    \b
+    Example:
+      distctl status --json
+    """
+    commands.status(target, commands.Options(fanout), obj["ui"], as_json)
+
+
+@cli.command()
+@TARGET
+@click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds between SIGTERM (ranks checkpoint) and SIGKILL.")
+@_fanout
+@click.pass_obj
+def stop(obj, target: str | None, grace: float, fanout: int) -> None:
+    """Stop every rank of a run on every host, and verify none is left.
+
+    \b
+    Example:
+      distctl stop --grace 60
+    """
+    commands.stop(target, commands.Options(fanout), obj["ui"], grace)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("distctl: interrupted", err=True)
+        sys.exit(ExitCode.DETACHED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.BAD_INPUT)
+    except DistctlError as exc:
+        if debug:
+            raise
+        ui = Ui()
+        if exc.exit_code != ExitCode.DETACHED:
+            ui.error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("distctl: interrupted", err=True)
+        sys.exit(ExitCode.DETACHED)
+    except Exception as exc:  # a bug of ours: one line, the traceback with --debug
+        if debug:
+            raise
+        Ui().error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+        sys.exit(ExitCode.RUN_FAILED)

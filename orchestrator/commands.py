@@ -1,0 +1,233 @@
+"""What each CLI command does, free of Click: `cli.py` parses options and calls these."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import launcher
+from orchestrator.errors import DistctlError, ExitCode, GroupError, HostError
+from orchestrator.inventory import Inventory, load_inventory
+from orchestrator.lifecycle import parse_status, status_script
+from orchestrator.plan import Plan, plan_launch
+from orchestrator.push import job_artifacts
+from orchestrator.remote import Connection
+from orchestrator.render import plan_json, render_plan
+from orchestrator.state import HostState, RankState, RunState, load_run, runs_of_inventory, save_run
+from orchestrator.watch import open_followers, raise_for, stop_everywhere, watch_run
+from orchestrator.stream import follow
+
+
+@dataclass(frozen=True)
+class Options:
+    fanout: int = launcher.DEFAULT_FANOUT
+    accept_new_host_keys: bool = False
+
+
+def new_run_id(job: str) -> str:
+    return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _with_options(inv: Inventory, opts: Options) -> Inventory:
+    if not opts.accept_new_host_keys:
+        return inv
+    from dataclasses import replace
+
+    return replace(inv, ssh=replace(inv.ssh, accept_new_host_keys=True))
+
+
+def dry_run(inv: Inventory, ui) -> None:
+    """Print the plan from the inventory alone; opens no connection."""
+    plan = plan_launch(inv, new_run_id(inv.job.name), job_artifacts(inv.job.data))
+    ui.out(render_plan(plan))
+
+
+def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = False):
+    """Connect, discover and preflight; returns connections, facts and the real plan."""
+    ui.info(f"connecting to {len(inv.hosts)} host(s)")
+    conns = launcher.connect_all(inv.hosts, inv.ssh, opts.fanout)
+    try:
+        facts, network = launcher.discover(inv, conns, opts.fanout)
+        launcher.preflight_facts(inv, facts)
+        launcher.preflight_port(inv, conns, network.master_addr, opts.fanout)
+        plan = plan_launch(inv, run_id, job_artifacts(inv.job.data), facts, network, resume)
+    except BaseException:
+        launcher.close_all(conns)
+        raise
+    return conns, facts, plan
+
+
+def check(inv: Inventory, opts: Options, ui, as_json: bool) -> None:
+    """Read-only: connect, discover, preflight; print the resolved plan."""
+    inv = _with_options(inv, opts)
+    conns, facts, plan = _resolve(inv, opts, ui, new_run_id(inv.job.name))
+    launcher.close_all(conns)
+    if as_json:
+        ui.out(plan_json(plan, facts))
+        return
+    for hp in plan.hosts:
+        f = facts[hp.host.name]
+        ui.out(f"{hp.host.name}: hostname {f.hostname}, python {f.python}, torch {f.torch}, "
+               f"{f.gpus} GPU(s), interface {hp.iface}, ranks {', '.join(str(r.rank) for r in hp.ranks)}")
+    ui.out(f"rank 0 address: {plan.master_addr} (init method {plan.init_method})")
+    ui.out("")
+    ui.out(render_plan(plan))
+    ui.info("check passed: 'distctl up' would start")
+
+
+def _state_of(plan: Plan, inv: Inventory) -> RunState:
+    return RunState(plan.run_id, str(Path(inv.path).resolve()), inv.ssh, plan.world_size, plan.master_addr,
+                    plan.port, tuple(HostState(hp.host, hp.rundir, tuple(RankState(r.rank, r.local_rank)
+                                                                           for r in hp.ranks))
+                                     for hp in plan.hosts))
+
+
+def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
+    inv = _with_options(inv, opts)
+    run_id = _last_run_of(inv) if resume else new_run_id(inv.job.name)
+    conns, _facts, plan = _resolve(inv, opts, ui, run_id, resume)
+    try:
+        prepared = launcher.prepare(plan, conns, opts.fanout)
+        sent = launcher.push(plan, conns, prepared, opts.fanout)
+        ui.info(f"pushed {sent} bytes" + (" (every host was up to date)" if sent == 0 else ""))
+        state = _state_of(plan, inv)
+        save_run(state)
+        launcher.launch(plan, conns, opts.fanout, ui)
+        ui.info(f"run {plan.run_id} started: {plan.world_size} rank(s), init method {plan.init_method}")
+        if detach:
+            _report_detached(state)
+            return
+        from_lines = {r: n for p in prepared.values() for r, n in p.log_lines.items()}
+        try:
+            outcome = watch_run(state, conns, ui, plan.join_timeout, from_lines)
+        except KeyboardInterrupt:
+            ui.info(f"detached; run {state.run_id} goes on. Follow it: distctl logs -f   Stop it: distctl stop")
+            raise DistctlError("detached", ExitCode.DETACHED) from None
+        ui.info(outcome.message)
+        raise_for(outcome)
+    finally:
+        launcher.close_all(conns)
+
+
+def _report_detached(state: RunState) -> None:
+    from click import echo
+
+    echo(f"distctl: detached from run {state.run_id}. Follow it: distctl logs -f   "
+         f"Status: distctl status   Stop it: distctl stop", err=True)
+
+
+def _last_run_of(inv: Inventory) -> str:
+    runs = runs_of_inventory(inv.path)
+    if not runs:
+        raise DistctlError(f"no earlier run of {inv.path} to resume in .distctl/", ExitCode.NO_RUN)
+    return runs[-1]
+
+
+# ------------------------------------------------------------ after launch
+
+
+def find_run(target: str | None) -> RunState:
+    """`target` is a run id, an inventory file (its last run), or None (the last run here)."""
+    if target and Path(target).is_file():
+        runs = runs_of_inventory(target)
+        if not runs:
+            raise DistctlError(f"no run of {target} recorded in .distctl/", ExitCode.NO_RUN)
+        return load_run(runs[-1])
+    return load_run(target)
+
+
+def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connection], dict[str, str]]:
+    """Connect to every host of a run; unreachable hosts are reported, not fatal."""
+    try:
+        return launcher.connect_all([h.host for h in state.hosts], state.ssh, opts.fanout), {}
+    except GroupError as exc:
+        failed = {e.host: e.cause for e in exc.errors}
+        ok = [h.host for h in state.hosts if h.host.name not in failed]
+        return (launcher.connect_all(ok, state.ssh, opts.fanout) if ok else {}), failed
+
+
+def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
+    state = find_run(target)
+    conns, down = _connect_reachable(state, opts)
+    rows = []
+    try:
+        for hs in state.hosts:
+            if hs.host.name in down:
+                rows += [(hs.host.name, r.rank, "unreachable", None, down[hs.host.name]) for r in hs.ranks]
+                continue
+            try:
+                out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30)
+                rows += [(hs.host.name, s.rank, s.state, s.code, "") for s in parse_status(out.stdout)]
+            except HostError as exc:
+                rows += [(hs.host.name, r.rank, "unreachable", None, exc.cause) for r in hs.ranks]
+    finally:
+        launcher.close_all(conns)
+    if as_json:
+        ui.out(json.dumps({"run_id": state.run_id, "ranks": [
+            {"host": h, "rank": r, "state": s, "exit_code": c, "detail": d} for h, r, s, c, d in rows]}, indent=2))
+        return
+    ui.out(f"run {state.run_id}")
+    for host, rank, st, code, detail in rows:
+        text = f"exited {code}" if st == "exited" else st
+        ui.out(f"  {ui.prefix(host, rank)} {text}{'  (' + detail + ')' if detail else ''}")
+
+
+def stop(target: str | None, opts: Options, ui, grace: float) -> None:
+    state = find_run(target)
+    conns, down = _connect_reachable(state, opts)
+    try:
+        problems = stop_everywhere(state, conns, grace)
+    finally:
+        launcher.close_all(conns)
+    problems.update({h: f"unreachable: {cause}" for h, cause in down.items()})
+    for hs in state.hosts:
+        name = hs.host.name
+        ui.info(f"{name}: {'stopped' if name not in problems else problems[name]}")
+    if problems:
+        raise DistctlError(f"stop of {state.run_id} incomplete on {', '.join(sorted(problems))}",
+                           ExitCode.STOP_INCOMPLETE)
+    ui.info(f"run {state.run_id} stopped; no process of it is left on any host")
+
+
+def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | None, rank: int | None,
+         tail: int | None) -> None:
+    state = find_run(target)
+    if host:
+        state.host(host)
+    wanted = {r.rank for hs in state.hosts for r in hs.ranks
+              if (host is None or hs.host.name == host) and (rank is None or r.rank == rank)}
+    if not wanted:
+        raise DistctlError(f"no rank {rank} in run {state.run_id}", ExitCode.BAD_INPUT)
+    conns = launcher.connect_all([h.host for h in state.hosts if any(r.rank in wanted for r in h.ranks)],
+                                 state.ssh, opts.fanout)
+    try:
+        if follow_live:
+            followers = open_followers(state, conns, wanted)
+        else:
+            followers = [_replay(conns[hs.host.name], hs, r.rank, tail)
+                         for hs in state.hosts for r in hs.ranks if r.rank in wanted]
+        try:
+            follow(followers, lambda f, line: ui.rank_line(f.host, f.rank, line), lambda f: None)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for f in followers:
+                f.stream.close()
+    finally:
+        launcher.close_all(conns)
+
+
+def _replay(conn: Connection, hs: HostState, rank: int, tail: int | None):
+    from orchestrator import shell
+    from orchestrator.stream import Followed
+
+    log = shell.join([f"{hs.rundir}/rank{rank}.log"])
+    command = f"tail -n {tail} {log}" if tail is not None else f"cat {log}"
+    return Followed(hs.host.name, rank, conn.open_stream(command + " 2>/dev/null"))
+
+
+def load(path: str) -> Inventory:
+    return load_inventory(path)

@@ -1,0 +1,71 @@
+"""One exception root, and the exit codes errors become (in one place: cli.main)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """distctl's documented exit codes (README: "Exit codes")."""
+
+    OK = 0
+    RUN_FAILED = 1  # a rank exited non-zero, or the run was stopped from elsewhere
+    BAD_INPUT = 2  # malformed inventory, bad option, unset secret variable
+    UNREACHABLE = 3  # connection refused, timeout, unknown name, authentication
+    HOST_KEY = 4  # unknown or changed host key
+    PREFLIGHT = 5  # a host is reachable but the job cannot run there
+    HANG = 6  # ranks never joined within job.join_timeout
+    NO_RUN = 7  # logs/status/stop found no run to act on
+    STOP_INCOMPLETE = 8  # stop could not reach a host or left processes behind
+    DETACHED = 130  # Ctrl-C while attached: the run goes on
+
+
+class DistctlError(Exception):
+    """Root of every error distctl reports; `str()` is the one-line message."""
+
+    exit_code = ExitCode.RUN_FAILED
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class InventoryError(DistctlError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class HostError(DistctlError):
+    """Something went wrong on one host; carries the host's name and cause."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+    def __init__(self, host: str, cause: str, exit_code: ExitCode | None = None):
+        super().__init__(f"{host}: {cause}", exit_code)
+        self.host = host
+        self.cause = cause
+
+
+class HostKeyError(HostError):
+    exit_code = ExitCode.HOST_KEY
+
+
+class RemoteCommandError(HostError):
+    """A remote command exited non-zero (like Invoke's UnexpectedExit)."""
+
+    exit_code = ExitCode.PREFLIGHT
+
+    def __init__(self, host: str, what: str, exit_status: int, stderr: str):
+        tail = stderr.strip().splitlines()[-1:] or [""]
+        super().__init__(host, f"{what} failed (exit {exit_status}): {tail[0]}".rstrip(": "))
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+
+class GroupError(DistctlError):
+    """Several hosts failed one step; reported together, worst exit code wins."""
+
+    def __init__(self, step: str, errors: list[HostError]):
+        lines = [f"{step} failed on {len(errors)} host(s):"] + [f"  {e}" for e in errors]
+        super().__init__("\n".join(lines), max(e.exit_code for e in errors))
+        self.errors = errors

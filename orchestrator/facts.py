@@ -1,0 +1,143 @@
+"""Discovery: read-only commands run on each host, and pure parsers of their output.
+
+Like pyinfra's facts, each fact is a command plus a `parse_*` function, so the
+parsers are tested with captured output and no SSH.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from orchestrator import shell
+
+# Versions come from package metadata: importing torch costs seconds per host.
+_PROBE = (
+    "import sys, importlib.metadata as m\n"
+    "print('python=%d.%d.%d' % sys.version_info[:3])\n"
+    "for name in ('torch', 'torchvision'):\n"
+    "    try:\n"
+    "        print(name + '=' + m.version(name))\n"
+    "    except m.PackageNotFoundError:\n"
+    "        print(name + '=')\n"
+)
+
+
+@dataclass(frozen=True)
+class IfAddr:
+    iface: str
+    address: str
+    prefix: int
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    hostname: str
+    home: str
+    addresses: tuple[IfAddr, ...]
+    python: str | None  # version, None when the interpreter is missing
+    torch: str | None
+    torchvision: str | None
+    gpus: int
+    has_ip: bool
+
+    def iface_of(self, address: str) -> str | None:
+        return next((a.iface for a in self.addresses if a.address == address), None)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What `ip -4 route get DEST` says about reaching DEST from a host."""
+
+    dest: str
+    dev: str | None
+    via: str | None
+    local: bool  # DEST is one of this host's own addresses
+    error: str | None = None
+
+
+def discover_script(python: str) -> str:
+    """One read-only script that prints `key=value` lines."""
+    py = shell.join([python])
+    return shell.lines(
+        'echo "home=$HOME"',
+        'echo "hostname=$(hostname 2>/dev/null || uname -n)"',
+        "if command -v ip >/dev/null 2>&1; then echo has_ip=1; "
+        "ip -o -4 addr show | sed 's/^/addr=/'; else echo has_ip=0; fi",
+        f"if command -v {py} >/dev/null 2>&1; then {py} -c {shell.join([_PROBE])}; else echo python=; fi",
+        "echo \"gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')\"",
+    )
+
+
+def parse_facts(output: str) -> HostFacts:
+    values: dict[str, str] = {}
+    addresses: list[IfAddr] = []
+    for line in output.splitlines():
+        key, _, value = line.partition("=")
+        if key == "addr":
+            addr = _parse_addr_line(value)
+            if addr:
+                addresses.append(addr)
+        elif key:
+            values.setdefault(key, value.strip())
+    gpus = values.get("gpus", "0")
+    return HostFacts(
+        hostname=values.get("hostname", ""),
+        home=values.get("home", ""),
+        addresses=tuple(addresses),
+        python=values.get("python") or None,
+        torch=values.get("torch") or None,
+        torchvision=values.get("torchvision") or None,
+        gpus=int(gpus) if gpus.isdigit() else 0,
+        has_ip=values.get("has_ip") == "1",
+    )
+
+
+def _parse_addr_line(line: str) -> IfAddr | None:
+    """`2: eth0    inet 10.0.0.2/24 brd ... scope global eth0` → IfAddr."""
+    fields = line.split()
+    try:
+        at = fields.index("inet")
+        iface = fields[1].rstrip(":").split("@")[0]
+        address, _, prefix = fields[at + 1].partition("/")
+        ipaddress.IPv4Address(address)
+        return IfAddr(iface, address, int(prefix or 32))
+    except (ValueError, IndexError):
+        return None
+
+
+def route_script(destinations: list[str]) -> str:
+    """Ask the kernel how each destination is reached (works without a default route)."""
+    return "for d in " + shell.join(destinations) + '; do echo "route $d $(ip -4 -o route get "$d" 2>&1)"; done'
+
+
+def parse_routes(output: str) -> list[Route]:
+    routes = []
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "route":
+            continue
+        dest, rest = fields[1], fields[2:]
+        if not rest or rest[0] in ("RTNETLINK", "Error:") or "unreachable" in rest[:2]:
+            routes.append(Route(dest, None, None, False, " ".join(rest) or "no route"))
+            continue
+        dev = rest[rest.index("dev") + 1] if "dev" in rest[:-1] else None
+        via = rest[rest.index("via") + 1] if "via" in rest[:-1] else None
+        routes.append(Route(dest, dev, via, rest[0] == "local"))
+    return routes
+
+
+def master_candidates(rank0: HostFacts, connected_to: str | None) -> list[str]:
+    """Rank 0's own addresses worth trying, the one the workstation reached first."""
+    own = [a.address for a in rank0.addresses if not ipaddress.IPv4Address(a.address).is_loopback]
+    if connected_to in own:
+        own.remove(connected_to)
+        own.insert(0, connected_to)
+    return own
+
+
+def choose_route(routes: list[Route]) -> Route | None:
+    """The best way to rank 0: a directly connected network first, then a routed one."""
+    usable = [r for r in routes if r.dev and not r.error and r.dev != "lo"]
+    direct = [r for r in usable if r.via is None]
+    return (direct or usable or [None])[0]

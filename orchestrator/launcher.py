@@ -1,0 +1,269 @@
+"""Executing a plan: connect, discover, preflight, push, launch — each step on every
+host in parallel with a bounded fan-out, every host's outcome collected before
+anything is reported (partial failure is normal).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, TypeVar
+
+from orchestrator import facts as facts_mod
+from orchestrator import shell
+from orchestrator.errors import ExitCode, GroupError, HostError, RemoteCommandError
+from orchestrator.facts import HostFacts
+from orchestrator.inventory import Host, Inventory, Ssh
+from orchestrator.plan import Network, Plan, StepKind
+from orchestrator.push import tar_of
+from orchestrator.remote import Connection, connect
+
+T = TypeVar("T")
+DEFAULT_FANOUT = 32
+
+
+def fan_out(step: str, items: Iterable[T], fn: Callable[[T], object], fanout: int,
+            name: Callable[[T], str]) -> dict[str, object]:
+    """Run `fn` on every item, at most `fanout` at once; raise one GroupError for all failures."""
+    items = list(items)
+    results: dict[str, object] = {}
+    errors: list[HostError] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(fanout, len(items) or 1))) as pool:
+        futures = [(item, pool.submit(fn, item)) for item in items]
+        for item, future in futures:
+            try:
+                results[name(item)] = future.result()
+            except HostError as exc:
+                errors.append(exc)
+            except Exception as exc:  # one host's surprise must not hide the others' outcome
+                errors.append(HostError(name(item), f"{type(exc).__name__}: {exc}"))
+    if errors:
+        raise GroupError(step, errors)
+    return results
+
+
+def connect_all(hosts: Iterable[Host], ssh: Ssh, fanout: int) -> dict[str, Connection]:
+    """One connection per host, opened in parallel; on any failure close the rest."""
+    opened: dict[str, Connection] = {}
+
+    def open_one(host: Host) -> Connection:
+        conn = connect(host, ssh)
+        opened[host.name] = conn
+        return conn
+
+    try:
+        return fan_out("connect", hosts, open_one, fanout, lambda h: h.name)  # type: ignore[return-value]
+    except GroupError:
+        close_all(opened)
+        raise
+
+
+def close_all(conns: dict[str, Connection]) -> None:
+    for conn in conns.values():
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def check(conn: Connection, command: str, what: str, stdin: bytes = b"", timeout: float = 120):
+    result = conn.run(command, stdin=stdin, timeout=timeout)
+    if result.exit_code != 0:
+        raise RemoteCommandError(conn.name, what, result.exit_code, result.stderr or result.stdout)
+    return result
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple[dict[str, HostFacts], Network]:
+    """Read-only facts from every host, then the address of rank 0 each worker dials."""
+    found = fan_out("discover", inv.hosts, lambda h: facts_mod.parse_facts(
+        check(conns[h.name], facts_mod.discover_script(h.python), "discovery", timeout=60).stdout),
+        fanout, lambda h: h.name)
+    host_facts: dict[str, HostFacts] = found  # type: ignore[assignment]
+    rank0, workers = inv.hosts[0], inv.hosts[1:]
+    if not workers:
+        return host_facts, Network("127.0.0.1", {rank0.name: "lo"})
+    missing_ip = [h.name for h in inv.hosts if not host_facts[h.name].has_ip]
+    if missing_ip:
+        raise GroupError("discover", [HostError(n, "the 'ip' command (iproute2) is missing; "
+                                                "install it to let distctl find the network",
+                                                ExitCode.PREFLIGHT) for n in missing_ip])
+    candidates = facts_mod.master_candidates(host_facts[rank0.name], conns[rank0.name].peer)
+    if not candidates:
+        raise HostError(rank0.name, "has no IPv4 address other than loopback", ExitCode.PREFLIGHT)
+    routes = fan_out("discover routes", workers, lambda h: facts_mod.parse_routes(
+        check(conns[h.name], facts_mod.route_script(candidates), "route lookup", timeout=30).stdout),
+        fanout, lambda h: h.name)
+    return host_facts, _network(rank0, workers, candidates, host_facts[rank0.name], routes)  # type: ignore[arg-type]
+
+
+def _network(rank0: Host, workers: list[Host], candidates: list[str], rank0_facts: HostFacts,
+             routes: dict[str, list[facts_mod.Route]]) -> Network:
+    """The first of rank 0's addresses that every worker can reach, direct routes first."""
+    def chosen(address: str) -> dict[str, facts_mod.Route | None]:
+        return {w.name: facts_mod.choose_route([r for r in routes[w.name] if r.dest == address]) for w in workers}
+
+    options = [(a, chosen(a)) for a in candidates]
+    reachable = [(a, c) for a, c in options if all(c.values())]
+    direct = [(a, c) for a, c in reachable if all(r.via is None for r in c.values())]
+    if not (direct or reachable):
+        unreached = sorted({w for _, c in options for w, r in c.items() if r is None})
+        raise GroupError("discover", [HostError(w, f"no route to {rank0.name} "
+                                                f"(tried {', '.join(candidates)})", ExitCode.PREFLIGHT)
+                                      for w in unreached])
+    address, per_worker = (direct or reachable)[0]
+    ifaces = {rank0.name: rank0_facts.iface_of(address) or "lo"}
+    ifaces.update({w: r.dev for w, r in per_worker.items()})
+    return Network(address, ifaces)
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts]) -> None:
+    """What the facts alone tell: interpreter, torch, versions, GPUs."""
+    errors: list[HostError] = []
+    for h in inv.hosts:
+        f = host_facts[h.name]
+        if f.python is None:
+            errors.append(HostError(h.name, f"python '{h.python}' not found (set 'python' for this host)",
+                                    ExitCode.PREFLIGHT))
+        elif f.torch is None:
+            errors.append(HostError(h.name, f"torch is not installed for {h.python} (python {f.python}); "
+                                    "install it on the host: pip install 'distctl[train]' or torch torchvision",
+                                    ExitCode.PREFLIGHT))
+        elif h.slots and f.gpus and h.slots > f.gpus:
+            errors.append(HostError(h.name, f"slots: {h.slots} but only {f.gpus} GPU(s) found",
+                                    ExitCode.PREFLIGHT))
+        elif inv.job.backend == "nccl" and not f.gpus:
+            errors.append(HostError(h.name, "backend nccl needs GPUs, none found (use backend: auto or gloo)",
+                                    ExitCode.PREFLIGHT))
+    versions = {host_facts[h.name].torch for h in inv.hosts if host_facts[h.name].torch}
+    if len(versions) > 1 and not errors:
+        errors += [HostError(h.name, f"torch {host_facts[h.name].torch}, but other hosts have "
+                             f"{', '.join(sorted(versions - {host_facts[h.name].torch}))}; "
+                             "use one torch version everywhere", ExitCode.PREFLIGHT) for h in inv.hosts]
+    if errors:
+        raise GroupError("preflight", errors)
+
+
+LISTEN = (
+    "import socket, sys, time\n"
+    "addr, port, want, deadline = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), time.time() + 15\n"
+    "s = socket.socket()\n"
+    "try:\n"
+    "    s.bind((addr, port))\n"
+    "except OSError as e:\n"
+    "    print('busy', e.strerror, flush=True); sys.exit(3)\n"
+    "s.listen(64); s.settimeout(0.2); print('listening', flush=True)\n"
+    "got = 0\n"
+    "while got < want and time.time() < deadline:\n"
+    "    try:\n"
+    "        s.accept()[0].close(); got += 1\n"
+    "    except socket.timeout:\n"
+    "        pass\n"
+    "print('accepted', got, flush=True)\n"
+)
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close(); print('ok')\n"
+    "except OSError as e:\n"
+    "    print('fail', e.strerror or e); sys.exit(3)\n"
+)
+
+
+def preflight_port(inv: Inventory, conns: dict[str, Connection], address: str, fanout: int) -> None:
+    """The rendezvous port is free on rank 0's host and reachable from every worker."""
+    rank0, workers = inv.hosts[0], inv.hosts[1:]
+    port = inv.job.port
+    stream = conns[rank0.name].open_stream(shell.join([rank0.python, "-c", LISTEN, address, port, len(workers)]))
+    try:
+        first = _read_line(stream, timeout=30)
+        if not first.startswith("listening"):
+            detail = first.partition(" ")[2] or first or "listener did not start"
+            raise HostError(rank0.name, f"port {port} on {address} is not free ({detail}); "
+                            "set job.port to a free port", ExitCode.PREFLIGHT)
+
+        def dial(h: Host) -> None:
+            result = conns[h.name].run(shell.join([h.python, "-c", CONNECT, address, port]), timeout=30)
+            if result.exit_code != 0:
+                reason = result.stdout.strip().partition(" ")[2] or result.stderr.strip()
+                raise HostError(h.name, f"cannot reach {rank0.name} at {address}:{port} ({reason}); "
+                                "is a firewall blocking the port?", ExitCode.PREFLIGHT)
+
+        fan_out("preflight (port)", workers, dial, fanout, lambda h: h.name)
+    finally:
+        stream.close()
+
+
+def _read_line(stream, timeout: float) -> str:
+    import selectors
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream.fileno(), selectors.EVENT_READ)
+        while b"\n" not in data and time.monotonic() < deadline:
+            if sel.select(max(0.0, deadline - time.monotonic())):
+                chunk = stream.read()
+                if not chunk:
+                    break
+                data += chunk
+    return data.decode(errors="replace").strip().splitlines()[0] if data.strip() else ""
+
+
+# ------------------------------------------------------------ push + launch
+
+
+@dataclass(frozen=True)
+class Prepared:
+    present: frozenset[str]  # artifact names the host already has
+    log_lines: dict[int, int]  # existing log lines per rank (resume appends)
+
+
+def prepare(plan: Plan, conns: dict[str, Connection], fanout: int) -> dict[str, Prepared]:
+    def one(step) -> Prepared:
+        hp = plan.host_plan(step.host)
+        counts = "; ".join(f"echo loglines {r.rank} $(cat rank{r.rank}.log 2>/dev/null | wc -l)" for r in hp.ranks)
+        command = f"{step.command}\ncd {shell.join([hp.rundir])} && {{ {counts}; }}"
+        out = check(conns[step.host], command, "prepare", stdin=shell.env_file(hp.env).encode()).stdout
+        have = {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("have ")}
+        present = frozenset(a.name for a in plan.artifacts if a.remote_dir(hp.workdir) in have)
+        lines = {int(p[1]): int(p[2]) for p in (l.split() for l in out.splitlines()) if p[:1] == ["loglines"]}
+        return Prepared(present, lines)
+
+    steps = [s for s in plan.steps if s.kind is StepKind.PREPARE]
+    return fan_out("prepare", steps, one, fanout, lambda s: s.host)  # type: ignore[return-value]
+
+
+def push(plan: Plan, conns: dict[str, Connection], prepared: dict[str, Prepared], fanout: int) -> int:
+    """Send each artifact a host lacks; returns the bytes sent (0 when all are current)."""
+    steps = [s for s in plan.steps if s.kind is StepKind.PUSH and s.artifact not in prepared[s.host].present]
+    artifacts = {a.name: a for a in plan.artifacts}
+
+    def one(step) -> int:
+        data = tar_of(artifacts[step.artifact])
+        check(conns[step.host], step.command, f"push of {step.artifact}", stdin=data, timeout=3600)
+        return len(data)
+
+    sent = fan_out("push", steps, one, fanout, lambda s: f"{s.host}/{s.artifact}")
+    return sum(sent.values())  # type: ignore[arg-type]
+
+
+def launch(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> None:
+    """Rank 0's host first; once its port listens, every other host at once."""
+    launches = [s for s in plan.steps if s.kind is StepKind.LAUNCH]
+    wait = next(s for s in plan.steps if s.kind is StepKind.WAIT_PORT)
+    first, rest = launches[0], launches[1:]
+    check(conns[first.host], first.command, "launch")
+    ui.detail(f"{first.host}: rank 0 started; waiting for {plan.master_addr}:{plan.port}")
+    result = conns[wait.host].run(wait.command, timeout=plan.join_timeout + 30)
+    if result.exit_code != 0:
+        what = result.stdout.strip() or result.stderr.strip()
+        raise HostError(wait.host, f"rank 0 did not open {plan.master_addr}:{plan.port} ({what})",
+                        ExitCode.RUN_FAILED if what == "exited" else ExitCode.HANG)
+    fan_out("launch", rest, lambda s: check(conns[s.host], s.command, "launch"), fanout, lambda s: s.host)

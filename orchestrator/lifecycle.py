@@ -1,0 +1,97 @@
+"""After launch: status, stop and logs of a run, on every host in parallel.
+
+`stop` signals each rank's process group (recorded at launch), waits out the
+grace period, kills what is left, then sweeps /proc for processes carrying this
+run's exact marker in their environment: a worker that left its group (torchrun
+starts workers with a new session) is still found, and no other run is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator import shell
+from orchestrator.errors import HostError
+from orchestrator.plan import RUN_MARKER
+from orchestrator.remote import Connection
+
+
+def _sweep(run_id: str, action: str) -> str:
+    """A loop over every process whose environment holds exactly DISTCTL_RUN_ID=<run_id>."""
+    marker = shell.join([f"{RUN_MARKER}={run_id}"])
+    return (f"for e in /proc/[0-9]*/environ; do p=${{e#/proc/}}; p=${{p%/environ}}; "
+            f"[ \"$p\" = \"$$\" ] && continue; "
+            f"if tr '\\000' '\\n' <\"$e\" 2>/dev/null | grep -qxF {marker}; then {action}; fi; done")
+
+
+def stop_script(rundir: str, run_id: str, grace: float) -> str:
+    """TERM each rank group, KILL after `grace` seconds, sweep, and report what is left."""
+    ticks = max(0, int(grace * 10))
+    return shell.lines(
+        f"cd {shell.join([rundir])} 2>/dev/null || {{ echo left=0; exit 0; }}",
+        "pgids=$(cat rank*.pid 2>/dev/null)",
+        "alive() { for g in $pgids; do kill -0 -- -\"$g\" 2>/dev/null && return 0; done; return 1; }",
+        "for g in $pgids; do kill -TERM -- -\"$g\" 2>/dev/null; done",
+        f"i=0; while alive && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done",
+        "for g in $pgids; do kill -KILL -- -\"$g\" 2>/dev/null; done",
+        _sweep(run_id, "kill -KILL \"$p\" 2>/dev/null"),
+        # Killed processes vanish from /proc once reaped; give them a moment, then count.
+        "i=0; while [ $i -lt 20 ]; do n=0; " + _sweep(run_id, "n=$((n+1))") +
+        "; [ $n = 0 ] && break; sleep 0.1; i=$((i+1)); done",
+        'echo "left=$n"',
+    )
+
+
+def status_script(rundir: str, ranks: list[int]) -> str:
+    """One line per rank: `rank=R state=running|exited|gone code=C`."""
+    return shell.lines(
+        f"cd {shell.join([rundir])} 2>/dev/null || {{ echo missing=1; exit 0; }}",
+        f"for r in {' '.join(str(r) for r in ranks)}; do",
+        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit)";',
+        '  elif [ -f rank$r.pid ] && kill -0 -- -"$(cat rank$r.pid)" 2>/dev/null; then echo "rank=$r state=running";',
+        '  elif [ -f rank$r.pid ]; then echo "rank=$r state=killed"; else echo "rank=$r state=not-started"; fi',
+        "done",
+    )
+
+
+def exit_code_script(rundir: str, rank: int) -> str:
+    return f"cat {shell.join([rundir + f'/rank{rank}.exit'])} 2>/dev/null"
+
+
+@dataclass(frozen=True)
+class RankStatus:
+    rank: int
+    state: str  # running | exited | killed | not-started | unreachable | missing
+    code: int | None = None
+
+
+def parse_status(output: str) -> list[RankStatus]:
+    out = []
+    for line in output.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if "rank" in fields:
+            code = fields.get("code", "")
+            out.append(RankStatus(int(fields["rank"]), fields.get("state", "?"),
+                                  int(code) if code.lstrip("-").isdigit() else None))
+    return out
+
+
+def parse_left(output: str) -> int:
+    for line in output.splitlines():
+        if line.startswith("left="):
+            return int(line[5:] or 0)
+    return -1
+
+
+def stop_host(conn: Connection, rundir: str, run_id: str, grace: float) -> int:
+    """Stop one host's ranks; returns how many of the run's processes are left (0 = clean)."""
+    result = conn.run(stop_script(rundir, run_id, grace), timeout=grace + 30)
+    left = parse_left(result.stdout)
+    if left < 0:
+        raise HostError(conn.name, f"stop failed: {result.stderr.strip() or 'no report'}")
+    return left
+
+
+def read_exit_code(conn: Connection, rundir: str, rank: int) -> int | None:
+    text = conn.run(exit_code_script(rundir, rank), timeout=30).stdout.strip()
+    return int(text) if text.lstrip("-").isdigit() else None

@@ -1,0 +1,54 @@
+"""Human renderings of a plan: `up --dry-run` and `check` print the same object `up` walks."""
+
+from __future__ import annotations
+
+import json
+
+from orchestrator.facts import HostFacts
+from orchestrator.plan import Plan, StepKind
+
+_TITLES = {
+    StepKind.PREPARE: "create the run directory and write the rank environment (stdin)",
+    StepKind.PUSH: "push {artifact} (a tar stream on stdin; skipped when the host has it)",
+    StepKind.LAUNCH: "start ranks {ranks}, detached, one process group each",
+    StepKind.WAIT_PORT: "wait until rank 0 listens on {addr}:{port}",
+    StepKind.STREAM: "stream the log of rank {rank}",
+}
+
+
+def render_plan(plan: Plan) -> str:
+    out = [f"run {plan.run_id}: {plan.world_size} rank(s), init method {plan.init_method}"]
+    for hp in plan.hosts:
+        ranks = ", ".join(str(r.rank) for r in hp.ranks)
+        out.append(f"  {hp.host.name} ({hp.host.address}): ranks {ranks}; interface {hp.iface}; "
+                   f"run dir {hp.rundir}")
+    out += [f"  note: {n}" for n in plan.notes]
+    for number, step in enumerate(plan.steps, 1):
+        hp = plan.host_plan(step.host)
+        title = _TITLES[step.kind].format(artifact=step.artifact, rank=step.rank, addr=plan.master_addr,
+                                          port=plan.port, ranks=", ".join(str(r.rank) for r in hp.ranks))
+        out.append(f"\n# {number}. {step.host}: {title}")
+        out.append(step.command)
+        if step.stdin:
+            out.append("# stdin:")
+            out += [f"#   {line}" for line in step.stdin.splitlines()]
+    return "\n".join(out)
+
+
+def plan_json(plan: Plan, facts: dict[str, HostFacts]) -> str:
+    return json.dumps({
+        "run_id": plan.run_id,
+        "init_method": plan.init_method,
+        "world_size": plan.world_size,
+        "hosts": [{
+            "name": hp.host.name,
+            "address": hp.host.address,
+            "hostname": facts[hp.host.name].hostname,
+            "interface": hp.iface,
+            "python": facts[hp.host.name].python,
+            "torch": facts[hp.host.name].torch,
+            "gpus": facts[hp.host.name].gpus,
+            "ranks": [r.rank for r in hp.ranks],
+            "commands": [" ".join(r.argv) for r in hp.ranks],
+        } for hp in plan.hosts],
+    }, indent=2)

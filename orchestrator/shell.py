@@ -1,0 +1,32 @@
+"""Shell quoting, in one place: every remote command is built from argument lists here.
+
+Values reach the remote shell as single-quoted words (`shlex.quote`), never
+interpolated; environment goes into a file sourced by the rank's wrapper, not
+onto a command line (`env_file`).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Iterable, Sequence
+
+from orchestrator.inventory import EnvVar
+
+
+def join(argv: Sequence[object]) -> str:
+    """One command line from an argument list, every word quoted."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def lines(*commands: str) -> str:
+    """A script of commands, one per line."""
+    return "\n".join(commands)
+
+
+def env_file(env: Iterable[EnvVar], masked: bool = False) -> str:
+    """The rank environment as `export NAME=VALUE` lines; `masked` shows secrets as ***."""
+    out = []
+    for var in env:
+        value = var.shown if masked else var.value
+        out.append(f"export {var.name}={shlex.quote(value)}")
+    return "\n".join(out) + "\n"
