@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -305,6 +306,8 @@ def _host(ctx: _Ctx, node: yaml.Node, index: int, defaults: dict[str, Any], envi
     merged.update(own)
     if merged.get("connection") == "local":
         merged.setdefault("address", "localhost")
+        # The workstation's own interpreter is the one known to have distctl's extras.
+        merged.setdefault("python", sys.executable)
     for required in ("name", "address"):
         if required not in merged:
             raise ctx.fail(node, where, f"missing '{required}'")
