@@ -1,0 +1,67 @@
+"""The CLI in-process: --dry-run connects to nothing, help everywhere, errors as exit codes."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator import remote
+from orchestrator.cli import cli
+
+INVENTORY = """
+hosts:
+  - {name: node1, address: 10.213.0.11, user: root}
+  - {name: node2, address: node2.example, port: 2222}
+job: {name: mnist, port: 23456}
+"""
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to connect or to run a local command fails the test."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise AssertionError(f"dry run tried to connect: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(remote, "connect", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    return attempts
+
+
+def test_dry_run_opens_no_connection(tmp_path, no_network):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(INVENTORY)
+    result = CliRunner().invoke(cli, ["up", str(inv), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert no_network == []
+    assert "tcp://<ip of node1>:23456" in result.output
+    assert "--rank 1 --world-size 2" in result.output
+
+
+def test_dry_run_of_the_shipped_inventory(no_network):
+    result = CliRunner().invoke(cli, ["up", "inventory.yaml", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "tcp://127.0.0.1:29517" in result.output and "--fallback generated" in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["up"], ["check"], ["logs"], ["status"], ["stop"]])
+def test_help_of_every_command_shows_an_example(command):
+    result = CliRunner().invoke(cli, command + ["--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+
+
+def test_missing_run_is_a_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "orchestrator", "status"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 7
+    assert done.stderr.strip().splitlines() == [
+        "distctl: error: no run started from this directory (no .distctl/last); give a run id or an inventory"]

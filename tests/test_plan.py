@@ -1,0 +1,102 @@
+"""The plan as data: golden renderings and the rules that shape it."""
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from orchestrator.facts import parse_facts
+from orchestrator.inventory import parse_inventory
+from orchestrator.plan import Artifact, Network, StepKind, plan_launch
+from orchestrator.render import render_plan
+
+GOLDEN = Path(__file__).parent / "golden"
+ARTIFACTS = (Artifact("code", "c0de" * 16, "/src/trainer"),)
+INVENTORY = """
+defaults: {user: root, python: /opt/py/bin/python}
+hosts:
+  - {name: node1, address: 10.213.0.11, slots: 2}
+  - name: node2
+    address: 10.213.0.12
+    env: {NCCL_DEBUG: WARN, TOKEN: {from_env: MY_TOKEN}}
+job: {name: mnist, port: 23456, train: {epochs: 2}}
+"""
+
+
+def inventory():
+    return parse_inventory(INVENTORY, "inv.yaml", environ={"MY_TOKEN": "s3cret value"})
+
+
+def facts(home="/root"):
+    return {n: parse_facts(f"home={home}\nhostname={n}\ngpus=0\n") for n in ("node1", "node2")}
+
+
+def check_golden(name, text):
+    path = GOLDEN / name
+    if os.environ.get("DISTCTL_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"plan changed; review, then DISTCTL_UPDATE_GOLDEN=1 to accept"
+
+
+def test_dry_run_plan_uses_named_placeholders():
+    plan = plan_launch(inventory(), "mnist-1", ARTIFACTS)
+    check_golden("plan-dry-run.txt", render_plan(plan))
+    assert plan.init_method == "tcp://<ip of node1>:23456"
+
+
+def test_resolved_plan_uses_discovered_ip_and_interfaces():
+    plan = plan_launch(inventory(), "mnist-1", ARTIFACTS, facts(),
+                       Network("10.213.0.11", {"node1": "eth0", "node2": "ens5"}))
+    check_golden("plan-resolved.txt", render_plan(plan))
+    env2 = {v.name: v.value for v in plan.host_plan("node2").env}
+    assert env2["GLOO_SOCKET_IFNAME"] == env2["NCCL_SOCKET_IFNAME"] == "ens5"
+    assert {v.name: v.value for v in plan.host_plan("node1").env}["GLOO_SOCKET_IFNAME"] == "eth0"
+
+
+def test_host_order_is_rank_order():
+    plan = plan_launch(inventory(), "r", ARTIFACTS, facts(), Network("10.213.0.11", {"node1": "a", "node2": "b"}))
+    assert [(hp.host.name, [(r.rank, r.local_rank) for r in hp.ranks]) for hp in plan.hosts] == [
+        ("node1", [(0, 0), (1, 1)]), ("node2", [(2, 0)])]
+    assert plan.world_size == 3
+
+
+def test_rank0_host_launches_first_and_waits_for_its_port():
+    plan = plan_launch(inventory(), "r", ARTIFACTS, facts(), Network("10.213.0.11", {"node1": "a", "node2": "b"}))
+    order = [(s.kind, s.host) for s in plan.steps if s.kind in (StepKind.LAUNCH, StepKind.WAIT_PORT)]
+    assert order == [(StepKind.LAUNCH, "node1"), (StepKind.WAIT_PORT, "node1"), (StepKind.LAUNCH, "node2")]
+
+
+def test_secrets_never_appear_in_the_rendered_plan():
+    text = render_plan(plan_launch(inventory(), "r", ARTIFACTS))
+    assert "s3cret" not in text and "export TOKEN='***'" in text
+
+
+def test_user_env_overrides_distctl_defaults():
+    inv = parse_inventory(INVENTORY.replace("NCCL_DEBUG: WARN", "GLOO_SOCKET_IFNAME: bond0"), "i",
+                          environ={"MY_TOKEN": "x"})
+    plan = plan_launch(inv, "r", ARTIFACTS, facts(), Network("10.213.0.11", {"node1": "a", "node2": "b"}))
+    assert {v.name: v.value for v in plan.host_plan("node2").env}["GLOO_SOCKET_IFNAME"] == "bond0"
+
+
+@pytest.mark.parametrize("workdir, home, expected", [
+    ("~/.distctl", "/home/u", "/home/u/.distctl"),
+    ("~", "/home/u", "/home/u"),
+    ("/srv/w/", "/home/u", "/srv/w"),
+])
+def test_workdir_expands_the_hosts_own_home(workdir, home, expected):
+    inv = parse_inventory(INVENTORY.replace("python: /opt/py/bin/python", f"workdir: '{workdir}'"), "i",
+                          environ={"MY_TOKEN": "x"})
+    plan = plan_launch(inv, "r", ARTIFACTS, facts(home), Network("1.2.3.4", {"node1": "a", "node2": "b"}))
+    assert plan.host_plan("node1").rundir == f"{expected}/runs/r"
+
+
+def test_trainer_arguments_are_quoted_words():
+    inv = parse_inventory(INVENTORY.replace("/opt/py/bin/python", "'/opt/my py/python'"), "i",
+                          environ={"MY_TOKEN": "x"})
+    plan = plan_launch(inv, "r", ARTIFACTS, facts(), Network("10.213.0.11", {"node1": "a", "node2": "b"}))
+    launch = next(s for s in plan.steps if s.kind is StepKind.LAUNCH)
+    assert "'/opt/my py/python' -m trainer" in launch.command
+    # every generated script is valid shell
+    for step in plan.steps:
+        shlex.split(step.command.replace("\n", " ; "), comments=False)
