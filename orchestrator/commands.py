@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import launcher
+from orchestrator import launcher, shell
 from orchestrator.errors import DistctlError, ExitCode, GroupError, HostError
 from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.lifecycle import parse_status, status_script
@@ -17,7 +17,7 @@ from orchestrator.push import job_artifacts
 from orchestrator.remote import Connection
 from orchestrator.render import plan_json, render_plan
 from orchestrator.state import HostState, RankState, RunState, load_run, runs_of_inventory, save_run
-from orchestrator.watch import open_followers, raise_for, stop_everywhere, watch_run
+from orchestrator.watch import FAILURE_GRACE, open_followers, raise_for, stop_everywhere, watch_run
 from orchestrator.stream import follow
 
 
@@ -95,9 +95,13 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         ui.info(f"pushed {sent} bytes" + (" (every host was up to date)" if sent == 0 else ""))
         state = _state_of(plan, inv)
         save_run(state)
-        launcher.launch(plan, conns, opts.fanout, ui)
+        try:
+            launcher.launch(plan, conns, opts.fanout, ui)
+        except DistctlError as exc:
+            raise _launch_failed(exc, state, conns) from None
         ui.info(f"run {plan.run_id} started: {plan.world_size} rank(s), init method {plan.init_method}")
         if detach:
+            _verify_started(state, conns)
             _report_detached(state)
             return
         from_lines = {r: n for p in prepared.values() for r, n in p.log_lines.items()}
@@ -106,10 +110,35 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         except KeyboardInterrupt:
             ui.info(f"detached; run {state.run_id} goes on. Follow it: distctl logs -f   Stop it: distctl stop")
             raise DistctlError("detached", ExitCode.DETACHED) from None
-        ui.info(outcome.message)
         raise_for(outcome)
+        ui.info(outcome.message)
     finally:
         launcher.close_all(conns)
+
+
+def _launch_failed(exc: DistctlError, state: RunState, conns: dict[str, Connection]) -> DistctlError:
+    """Stop whatever did start, and show why rank 0 did not come up."""
+    stop_everywhere(state, conns, FAILURE_GRACE)
+    first = state.hosts[0]
+    log = shell.join([f"{first.rundir}/rank0.log"])
+    try:
+        tail = conns[first.host.name].run(f"tail -n 10 {log} 2>/dev/null", timeout=30).stdout
+    except HostError:
+        tail = ""
+    shown = "".join(f"\n    {line}" for line in tail.splitlines())
+    return DistctlError(f"{exc}; the run was stopped on every host."
+                        + (f" Last lines of rank 0's log:{shown}" if shown else ""), exc.exit_code)
+
+
+def _verify_started(state: RunState, conns: dict[str, Connection]) -> None:
+    """Detached `up` returns only once every rank runs (or already finished cleanly)."""
+    for hs in state.hosts:
+        out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30)
+        for s in parse_status(out.stdout):
+            if s.state not in ("running", "exited") or (s.state == "exited" and s.code != 0):
+                raise DistctlError(f"rank {s.rank} on {hs.host.name} is {s.state}"
+                                   f"{f' with code {s.code}' if s.code is not None else ''} right after launch; "
+                                   f"see: distctl logs --rank {s.rank}", ExitCode.RUN_FAILED)
 
 
 def _report_detached(state: RunState) -> None:

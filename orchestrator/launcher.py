@@ -153,7 +153,7 @@ def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts]) -> None:
 LISTEN = (
     "import socket, sys, time\n"
     "addr, port, want, deadline = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), time.time() + 15\n"
-    "s = socket.socket()\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
     "try:\n"
     "    s.bind((addr, port))\n"
     "except OSError as e:\n"

@@ -1,0 +1,90 @@
+"""Driving distctl against the test cluster exactly as a user would: an inventory file,
+the real `distctl` command in a subprocess, and a look inside the hosts afterwards."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import yaml
+
+from cluster import Cluster
+
+DISTCTL = [sys.executable, "-m", "orchestrator"]
+_port = iter(range(29600, 29999))
+
+
+def free_port() -> int:
+    """A fresh rendezvous port per run: no run ever waits on a previous one's sockets."""
+    return next(_port)
+
+
+def write_inventory(path: Path, cluster: Cluster, hosts: Iterable[str], *, slots: int = 1,
+                    data: str | None = None, epochs: int = 1, host_extra: dict | None = None,
+                    **job) -> Path:
+    """An inventory for `hosts` of the cluster; job keys pass through."""
+    entries = []
+    for name in hosts:
+        h = cluster.host(name)
+        entry = {"name": h.name, "address": h.address, "port": h.port, "slots": slots, "workdir": h.workdir}
+        entry.update((host_extra or {}).get(name, {}))
+        entries.append(entry)
+    train = {"epochs": epochs, "batch_size": 64, "lr": 0.05, "timeout": 60}
+    train.update(job.pop("train", {}))
+    inventory = {
+        "defaults": {"user": cluster.user, "identity_file": str(cluster.key_path), "python": cluster.python},
+        "hosts": entries,
+        "job": {"name": "t", "port": free_port(), "join_timeout": 120, "train": train, **job},
+        "ssh": {"known_hosts": str(cluster.known_hosts)},
+    }
+    if data:
+        inventory["job"]["data"] = data
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    return path
+
+
+def distctl(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*DISTCTL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "NO_COLOR": "1", **(env or {})})
+
+
+def start_distctl(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([*DISTCTL, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "NO_COLOR": "1"}, start_new_session=True)
+
+
+def digests(output: str) -> dict[int, str]:
+    """rank → param_sha256 from the `done` lines of every rank."""
+    return {int(r): d for r, d in re.findall(r"\] done rank=(\d+) param_sha256=([0-9a-f]{64})", output)}
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.1):
+    """Poll until `condition()` is truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def run_pids(cluster: Cluster, run_id: str) -> dict[str, list[int]]:
+    """Every process of a run on every host, found by its exact marker inside each host."""
+    return {h.name: h.pids_with_env(f"DISTCTL_RUN_ID={run_id}") for h in cluster.hosts}
+
+
+def last_run_id(cwd: Path) -> str:
+    return (cwd / ".distctl" / "last").read_text().strip()
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
