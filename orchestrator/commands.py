@@ -87,6 +87,7 @@ def _state_of(plan: Plan, inv: Inventory) -> RunState:
 
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
     inv = _with_options(inv, opts)
+    ui.hide(inv.secrets)
     run_id = _last_run_of(inv) if resume else new_run_id(inv.job.name)
     conns, _facts, plan = _resolve(inv, opts, ui, run_id, resume)
     try:
@@ -221,9 +222,18 @@ def stop(target: str | None, opts: Options, ui, grace: float) -> None:
     ui.info(f"run {state.run_id} stopped; no process of it is left on any host")
 
 
+def _hide_secrets_of(state: RunState, ui) -> None:
+    """Secrets are not stored with the run: take them from its inventory, when readable."""
+    try:
+        ui.hide(load_inventory(state.inventory).secrets)
+    except DistctlError:
+        pass
+
+
 def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | None, rank: int | None,
          tail: int | None) -> None:
     state = find_run(target)
+    _hide_secrets_of(state, ui)
     if host:
         state.host(host)
     wanted = {r.rank for hs in state.hosts for r in hs.ranks

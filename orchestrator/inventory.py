@@ -104,6 +104,12 @@ class Inventory:
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, so that output can mask it."""
+        envs = [self.job.env] + [h.env for h in self.hosts]
+        return tuple(v.value for env in envs for v in env if v.secret)
+
 
 # ---------------------------------------------------------------- validation
 
