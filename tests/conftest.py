@@ -1,0 +1,83 @@
+"""Shared pytest fixtures.
+
+The multi-host test cluster comes first; its logic lives in tests/cluster.py. Add other fixtures
+below the marked section.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, NoReturn, Sequence
+
+import pytest
+
+from cluster import BACK, FRONT, Cluster, HostSpec, Nic, cluster_unavailable, close_on_exit, start_cluster
+
+# ==== multi-host test cluster (tests/cluster.py) ================================================
+
+# node2 names its interface ens5 and node3 has a second one, as real fleets differ per host.
+CLUSTER_HOSTS = (
+    HostSpec("node1"),
+    HostSpec("node2", nics=(Nic(FRONT, "ens5"),)),
+    HostSpec("node3", nics=(Nic(FRONT, "eth0"), Nic(BACK, "eth1"))),
+    HostSpec("node4"),
+)
+# node5 sits only on the back net: the sole way in is SSH through bastion.
+JUMP_HOSTS = (
+    HostSpec("bastion", nics=(Nic(FRONT, "eth0"), Nic(BACK, "eth1"))),
+    HostSpec("node5", nics=(Nic(BACK, "eth0"),), via="bastion"),
+)
+
+
+def cannot_run(reason: str) -> NoReturn:
+    """Skip a test that cannot run here; under CI=true a missing cluster fails the build."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _session_cluster(specs: Sequence[HostSpec]) -> Iterator[Cluster]:
+    """Bring a cluster up for the session; closed by the fixture, at exit, or on SIGTERM/SIGHUP."""
+    reason = cluster_unavailable()
+    if reason:
+        cannot_run(reason)
+    cluster = start_cluster(specs)  # a failed bring-up on a capable machine is an error
+    close_on_exit(cluster)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """Four SSH hosts node1..node4 (node2: ens5; node3: eth0 + eth1 on the back net)."""
+    yield from _session_cluster(CLUSTER_HOSTS)
+
+
+@pytest.fixture(scope="session")
+def jump_cluster() -> Iterator[Cluster]:
+    """bastion (front + back net) and node5 (back net only, reachable via bastion); built lazily."""
+    yield from _session_cluster(JUMP_HOSTS)
+
+
+def _require_isolation(cluster: Cluster) -> Cluster:
+    """``cluster`` if it runs in namespaces; otherwise skip (fail under CI=true)."""
+    if not cluster.isolated:
+        cannot_run("needs network namespaces (root and `ip netns`); this is the loopback fallback")
+    return cluster
+
+
+@pytest.fixture
+def isolated(cluster: Cluster) -> Cluster:
+    """``cluster``, for tests that need real namespaces (hostnames, interfaces, routes)."""
+    return _require_isolation(cluster)
+
+
+@pytest.fixture
+def isolated_jump(jump_cluster: Cluster) -> Cluster:
+    """``jump_cluster``, for tests that need node5 to be truly unreachable but through bastion."""
+    return _require_isolation(jump_cluster)
+
+
+# ==== other fixtures below ======================================================================
