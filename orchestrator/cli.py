@@ -20,7 +20,32 @@ def _fanout(f):
                         help="Hosts worked on at once.")(f)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """Every error becomes one message and its documented exit code, here and only here."""
+
+    def invoke(self, ctx: click.Context):
+        debug = bool(ctx.obj and ctx.obj.get("debug")) or "--debug" in sys.argv[1:]
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except DistctlError as exc:
+            if debug:
+                raise
+            if exc.exit_code != ExitCode.DETACHED:
+                Ui().error(str(exc))
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("distctl: interrupted", err=True)
+            ctx.exit(ExitCode.DETACHED)
+        except Exception as exc:  # a bug of ours: one line, the traceback with --debug
+            if debug:
+                raise
+            Ui().error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+            ctx.exit(ExitCode.RUN_FAILED)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="distctl")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and rank output.")
@@ -135,28 +160,24 @@ def stop(obj, target: str | None, grace: float, fanout: int) -> None:
     commands.stop(target, commands.Options(fanout), obj["ui"], grace)
 
 
+@cli.command()
+@click.argument("hosts", nargs=-1)
+@click.option("--hostfile", type=click.Path(exists=True, dir_okay=False),
+              help="A DeepSpeed/MPI hostfile ('host slots=N' lines).")
+@click.option("--user", help="SSH user for every host.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="inventory.yaml", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.pass_obj
+def init(obj, hosts: tuple[str, ...], hostfile: str | None, user: str | None, output: str, force: bool) -> None:
+    """Write a commented inventory from host names or a hostfile.
+
+    \b
+    Example:
+      distctl init gpu1 gpu2 --user ubuntu
+      distctl init --hostfile /job/hostfile -o cluster.yaml
+    """
+    commands.init(hosts, hostfile, user, output, force, obj["ui"])
+
+
 def main() -> None:
-    debug = "--debug" in sys.argv[1:]
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("distctl: interrupted", err=True)
-        sys.exit(ExitCode.DETACHED)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(ExitCode.BAD_INPUT)
-    except DistctlError as exc:
-        if debug:
-            raise
-        ui = Ui()
-        if exc.exit_code != ExitCode.DETACHED:
-            ui.error(str(exc))
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("distctl: interrupted", err=True)
-        sys.exit(ExitCode.DETACHED)
-    except Exception as exc:  # a bug of ours: one line, the traceback with --debug
-        if debug:
-            raise
-        Ui().error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
-        sys.exit(ExitCode.RUN_FAILED)
+    cli(prog_name="distctl")

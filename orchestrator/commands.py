@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orchestrator import launcher, shell
 from orchestrator.errors import DistctlError, ExitCode, GroupError, HostError
-from orchestrator.inventory import Inventory, load_inventory
+from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
 from orchestrator.push import job_artifacts
@@ -270,3 +270,18 @@ def _replay(conn: Connection, hs: HostState, rank: int, tail: int | None):
 
 def load(path: str) -> Inventory:
     return load_inventory(path)
+
+
+def init(hosts: tuple[str, ...], hostfile: str | None, user: str | None, output: str, force: bool, ui) -> None:
+    from orchestrator.template import HostEntry, parse_hostfile, render_inventory
+
+    if bool(hosts) == bool(hostfile):
+        raise DistctlError("give host names or --hostfile (one of the two)", ExitCode.BAD_INPUT)
+    entries = parse_hostfile(Path(hostfile).read_text(), hostfile) if hostfile else [HostEntry(h) for h in hosts]
+    path = Path(output)
+    if path.exists() and not force:
+        raise DistctlError(f"{output} exists; use --force to overwrite it", ExitCode.BAD_INPUT)
+    text = render_inventory(entries, user)
+    parse_inventory(text, output)  # what we write must load
+    path.write_text(text)
+    ui.info(f"wrote {output} ({len(entries)} host(s)); next: distctl check {output}")

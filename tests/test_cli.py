@@ -52,7 +52,7 @@ def test_dry_run_of_the_shipped_inventory(no_network):
     assert "tcp://127.0.0.1:29517" in result.output and "--fallback generated" in result.output
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["check"], ["logs"], ["status"], ["stop"]])
+@pytest.mark.parametrize("command", [[], ["up"], ["check"], ["logs"], ["status"], ["stop"], ["init"]])
 def test_help_of_every_command_shows_an_example(command):
     result = CliRunner().invoke(cli, command + ["--help"])
     assert result.exit_code == 0
@@ -65,3 +65,25 @@ def test_missing_run_is_a_one_line_error(tmp_path):
     assert done.returncode == 7
     assert done.stderr.strip().splitlines() == [
         "distctl: error: no run started from this directory (no .distctl/last); give a run id or an inventory"]
+
+
+def test_init_from_a_hostfile_writes_an_inventory_that_loads(tmp_path):
+    (tmp_path / "hostfile").write_text("# DeepSpeed hostfile\nworker-1 slots=4\nubuntu@worker-2 slots=2\n\n")
+    out = tmp_path / "inv.yaml"
+    result = CliRunner().invoke(cli, ["init", "--hostfile", str(tmp_path / "hostfile"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from orchestrator.inventory import load_inventory
+
+    inv = load_inventory(out)
+    assert [(h.name, h.address, h.user, h.slots) for h in inv.hosts] == [
+        ("worker-1", "worker-1", None, 4), ("worker-2", "worker-2", "ubuntu", 2)]
+
+
+def test_init_refuses_to_overwrite_and_bad_hostfile_lines(tmp_path):
+    out = tmp_path / "inv.yaml"
+    out.write_text("keep me")
+    result = CliRunner().invoke(cli, ["init", "a", "b", "-o", str(out)])
+    assert result.exit_code == 2 and out.read_text() == "keep me"
+    (tmp_path / "hf").write_text("good slots=1\nbad slots=x\n")
+    result = CliRunner().invoke(cli, ["init", "--hostfile", str(tmp_path / "hf"), "-o", str(tmp_path / "o.yaml")])
+    assert result.exit_code == 2
