@@ -161,6 +161,23 @@ def stop(obj, target: str | None, grace: float, fanout: int) -> None:
 
 
 @cli.command()
+@TARGET
+@click.option("--to", "dest", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="Folder that gets runs/<run id>/.")
+@_fanout
+@click.pass_obj
+def pull(obj, target: str | None, dest: str, fanout: int) -> None:
+    """Bring the final checkpoint, rank logs, metrics and a plot back here.
+
+    \b
+    Example:
+      distctl pull                     # into runs/<run id>/
+      python -c "import torch; print(torch.load('runs/<run id>/model.pt')['epoch'])"
+    """
+    commands.pull(target, commands.Options(fanout), obj["ui"], dest)
+
+
+@cli.command()
 @click.argument("hosts", nargs=-1)
 @click.option("--hostfile", type=click.Path(exists=True, dir_okay=False),
               help="A DeepSpeed/MPI hostfile ('host slots=N' lines).")

@@ -285,3 +285,15 @@ def init(hosts: tuple[str, ...], hostfile: str | None, user: str | None, output:
     parse_inventory(text, output)  # what we write must load
     path.write_text(text)
     ui.info(f"wrote {output} ({len(entries)} host(s)); next: distctl check {output}")
+
+
+def pull(target: str | None, opts: Options, ui, dest: str) -> None:
+    from orchestrator.artifacts import pull_run
+
+    state = find_run(target)
+    conns = launcher.connect_all([h.host for h in state.hosts], state.ssh, opts.fanout)
+    try:
+        out = pull_run(state, conns, Path(dest), ui)
+    finally:
+        launcher.close_all(conns)
+    ui.info(f"pulled run {state.run_id} into {out}/ (model.pt, rank logs, metrics.jsonl, metrics.png)")
