@@ -71,8 +71,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
             joined.add(f.rank)
         elif line.startswith("fallback ") and f.host not in fallback_told:
             fallback_told.add(f.host)
-            ui.warn(f"{f.host}: MNIST could not be had, so this host trains on generated digits "
-                    f"(job.fallback: generated; set job.data to push a copy of MNIST). {line}")
+            ui.warn(f"{f.host}: MNIST could not be had: training on generated digits, not MNIST "
+                    "(job.fallback: generated; set job.data to push your copy of MNIST)")
 
     def on_end(f: Followed) -> None:
         try:

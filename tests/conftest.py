@@ -81,3 +81,13 @@ def isolated_jump(jump_cluster: Cluster) -> Cluster:
 
 
 # ==== other fixtures below ======================================================================
+
+
+@pytest.fixture(scope="session")
+def small_mnist(tmp_path_factory):
+    """A small data set in torchvision's MNIST layout (`<dir>/MNIST/raw/*-ubyte`), made here."""
+    from trainer.generated import write_generated_mnist
+
+    root = tmp_path_factory.mktemp("small-mnist")
+    write_generated_mnist(str(root), seed=0, n_train=2000, n_test=500)
+    return root
