@@ -1,0 +1,56 @@
+"""Entry point: flags -> placement -> one rank's run; failures -> one line and an exit code."""
+
+import os
+import sys
+import traceback
+
+from trainer.config import parse_config
+from trainer.errors import ExitCode, TrainerError, UsageError
+from trainer.log import emit_error
+from trainer.process_group import first_line, resolve_placement
+
+
+def _describe(exc, run):
+    """Message for an unexpected exception; torch's collective failures mean a lost peer."""
+    import torch.distributed as dist
+
+    phase = run.phase if run else "startup"
+    if isinstance(exc, dist.DistError) or "gloo" in str(exc).lower() or "nccl" in str(exc).lower():
+        timeout = run.config.timeout if run else 0
+        return (f"lost the other ranks during {phase} (a peer died, the network broke, or a "
+                f"collective exceeded --timeout {timeout:g} s): {first_line(exc)}")
+    return f"{type(exc).__name__} during {phase}: {first_line(exc)}"
+
+
+def _exit(code):
+    """Flush and leave at once: after a failed collective, torch's teardown can block or abort."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code))
+
+
+def main(argv=None):
+    config = parse_config(argv)
+    rank = config.rank if config.rank is not None else os.environ.get("RANK", 0)
+    run = None
+    try:
+        placement = resolve_placement(config, os.environ)
+        rank = placement.rank
+        from trainer.run import Run  # torch is imported only past argument checks
+
+        run = Run(config, placement)
+        code = run.main()
+    except TrainerError as exc:
+        if config.debug:
+            traceback.print_exc()
+        emit_error(rank, str(exc))
+        _exit(exc.exit_code)
+    except KeyboardInterrupt:
+        emit_error(rank, "interrupted before training started")
+        _exit(ExitCode.STOPPED)
+    except Exception as exc:
+        if config.debug:
+            traceback.print_exc()
+        emit_error(rank, _describe(exc, run))
+        _exit(ExitCode.ERROR)
+    _exit(code)

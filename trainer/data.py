@@ -1,0 +1,135 @@
+"""The data path: MNIST (or generated digits) read by torchvision, decoded once into tensors.
+
+One process per host prepares the files: every rank takes an fcntl lock in the data folder
+(it works before and without the process group), so the first one there downloads or
+generates while the others wait, then read what it wrote.  The decoded images are normalised
+like the seed's ``ToTensor() + Normalize((0.1307,), (0.3081,))`` (bit for bit) and kept on the
+training device; the loop only indexes them, no per-sample PIL transforms and no DataLoader.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import os
+import socket
+
+from trainer.errors import DataError
+from trainer.generated import VERSION, write_generated_mnist
+
+MEAN, STD = 0.1307, 0.3081
+LOCK_NAME = ".distctl-data.lock"
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawData:
+    """uint8 images [N,28,28] and int64 labels [N] of both splits, as torchvision decodes them."""
+
+    name: str
+    train_images: object
+    train_labels: object
+    test_images: object
+    test_labels: object
+
+    def fingerprint(self):
+        """Short digest of all four tensors: ranks compare it to catch different copies."""
+        digest = hashlib.sha256()
+        for t in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            digest.update(memoryview(t.contiguous().numpy()).cast("B"))
+        return digest.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+    """Normalised float images [N,784] and labels on the training device."""
+
+    name: str
+    train_x: object
+    train_y: object
+    test_x: object
+    test_y: object
+
+
+@contextlib.contextmanager
+def data_lock(folder):
+    """Exclusive lock on ``folder/.distctl-data.lock``; released when the holder exits or dies."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle = open(os.path.join(folder, LOCK_NAME), "a+")
+    except OSError as exc:
+        raise DataError(f"cannot use data folder {folder}: {exc.strerror or exc}") from exc
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _condense(exc):
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _read(root, name):
+    from torchvision import datasets
+
+    train = datasets.MNIST(root, train=True)
+    test = datasets.MNIST(root, train=False)
+    return RawData(name, train.data, train.targets, test.data, test.targets)
+
+
+def _missing_message(root):
+    raw = os.path.join(root, "MNIST", "raw")
+    return (f"MNIST not found in {raw} (needs {', '.join(RAW_FILES)}); pass --download to fetch "
+            "it, push a copy to the hosts with distctl's job.data, or use --fallback generated")
+
+
+def read_mnist(root, download, timeout_s):
+    """MNIST from ``root/MNIST/raw``, downloading first when asked and missing."""
+    from torchvision import datasets
+
+    with data_lock(root):
+        if download:
+            previous = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(min(timeout_s, 60.0))  # torchvision's urlopen has none
+            try:
+                datasets.MNIST(root, train=True, download=True)
+            except Exception as exc:  # URLError, HTTP errors, checksum, disk full ...
+                raise DataError(f"could not download MNIST into {root}: {_condense(exc)}") from exc
+            finally:
+                socket.setdefaulttimeout(previous)
+        if not all(os.path.exists(os.path.join(root, "MNIST", "raw", f)) for f in RAW_FILES):
+            raise DataError(_missing_message(root))
+        try:
+            return _read(root, "mnist")
+        except Exception as exc:  # truncated or foreign files
+            raise DataError(f"could not read MNIST in {root}/MNIST/raw: {_condense(exc)}") from exc
+
+
+def generated_root(data_dir, seed, n_train, n_test):
+    return os.path.join(data_dir, "generated", f"v{VERSION}-seed{seed}-{n_train}-{n_test}")
+
+
+def read_generated(data_dir, seed, n_train, n_test):
+    """The generated set, written once per host (under the data folder's lock) and then read."""
+    root = generated_root(data_dir, seed, n_train, n_test)
+    with data_lock(data_dir):
+        try:
+            if not all(os.path.exists(os.path.join(root, "MNIST", "raw", f)) for f in RAW_FILES):
+                write_generated_mnist(root, seed, n_train, n_test)
+            return _read(root, "generated")
+        except OSError as exc:
+            raise DataError(f"could not write generated digits to {root}: {_condense(exc)}") from exc
+
+
+def to_device(raw, device):
+    """Normalise once, as ToTensor()+Normalize would per sample, on ``device``."""
+    def images(t):
+        x = t.to(device).float().div_(255).sub_(MEAN).div_(STD)
+        return x.reshape(len(t), -1)
+
+    return DeviceData(raw.name, images(raw.train_images), raw.train_labels.to(device),
+                      images(raw.test_images), raw.test_labels.to(device))

@@ -1,0 +1,149 @@
+"""Generated handwritten-looking digits, written in MNIST's own on-disk layout.
+
+Used by ``--dataset generated`` and by ``--fallback generated`` when MNIST can neither be read
+nor downloaded.  Each digit is a few pen strokes (polylines and arcs in a unit box) that are
+jittered point by point, bent, scaled, sheared, rotated, shifted and drawn with a random pen
+width at 3x resolution, then box-filtered down to 28x28 (anti-aliased like MNIST's scans), dimmed
+and noised.  Everything is drawn from one seeded numpy generator, so the files are
+byte-identical for the same seed and sizes.
+
+The files are the uncompressed IDX files that ``torchvision.datasets.MNIST`` reads
+(``<root>/MNIST/raw/train-images-idx3-ubyte`` ...), so the trainer's one data path serves both.
+Needs numpy and Pillow only (no torch), so tests can call it cheaply.
+
+Example::
+
+    write_generated_mnist("data/generated/v1-seed0-12000-2000", seed=0, n_train=12000, n_test=2000)
+"""
+
+import os
+import struct
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 28
+SCALE = 3  # drawing resolution multiplier before the box filter
+VERSION = 1  # bump when the drawing changes, so cached sets are not reused across versions
+
+
+def _arc(cx, cy, rx, ry, start, end, n=14):
+    """Points on an elliptic arc; angles in degrees, counter-clockwise, y pointing down."""
+    t = np.radians(np.linspace(start, end, n))
+    return np.stack([cx + rx * np.cos(t), cy - ry * np.sin(t)], axis=1)
+
+
+def _pts(*points):
+    return np.array(points, dtype=float)
+
+
+def _cat(*parts):
+    return np.concatenate(parts)
+
+
+# Digit -> variants -> strokes (arrays of (x, y) in a unit box, y down).
+GLYPHS = {
+    0: [[_arc(0.5, 0.5, 0.3, 0.45, 95, 460)],
+        [_arc(0.5, 0.5, 0.22, 0.46, 80, 445)]],
+    1: [[_pts((0.5, 0.05), (0.5, 0.95))],
+        [_pts((0.3, 0.25), (0.55, 0.05), (0.55, 0.95))],
+        [_pts((0.3, 0.25), (0.55, 0.05), (0.55, 0.95)), _pts((0.3, 0.95), (0.8, 0.95))]],
+    2: [[_cat(_arc(0.5, 0.3, 0.3, 0.25, 160, -40), _pts((0.15, 0.95), (0.88, 0.95)))],
+        [_cat(_arc(0.5, 0.28, 0.3, 0.23, 170, -20), _pts((0.18, 0.92), (0.9, 0.88)))]],
+    3: [[_cat(_arc(0.5, 0.28, 0.28, 0.22, 150, -90), _arc(0.5, 0.72, 0.3, 0.24, 90, -150))],
+        [_cat(_pts((0.2, 0.05), (0.8, 0.05), (0.45, 0.42)), _arc(0.48, 0.7, 0.3, 0.26, 100, -150))]],
+    4: [[_pts((0.62, 0.95), (0.62, 0.05), (0.12, 0.65), (0.88, 0.65))],
+        [_pts((0.22, 0.05), (0.17, 0.58), (0.88, 0.58)), _pts((0.66, 0.25), (0.66, 0.95))]],
+    5: [[_pts((0.3, 0.05), (0.82, 0.05)),
+         _cat(_pts((0.3, 0.05), (0.26, 0.45)), _arc(0.48, 0.68, 0.3, 0.27, 130, -150))],
+        [_cat(_pts((0.82, 0.05), (0.3, 0.05), (0.26, 0.45)), _arc(0.48, 0.68, 0.3, 0.27, 130, -150))]],
+    6: [[_cat(_arc(0.58, 0.45, 0.35, 0.4, 70, 200), _arc(0.5, 0.7, 0.27, 0.25, 180, -180))],
+        [_cat(_pts((0.7, 0.05)), _arc(0.5, 0.7, 0.28, 0.25, 165, -190))]],
+    7: [[_pts((0.15, 0.05), (0.85, 0.05), (0.4, 0.95))],
+        [_pts((0.15, 0.05), (0.85, 0.05), (0.45, 0.95)), _pts((0.38, 0.5), (0.8, 0.5))],
+        [_pts((0.15, 0.2), (0.15, 0.05), (0.85, 0.05), (0.5, 0.95))]],
+    8: [[_arc(0.5, 0.27, 0.22, 0.21, -90, 270), _arc(0.5, 0.71, 0.27, 0.24, 90, 450)],
+        [_cat(_arc(0.5, 0.27, 0.22, 0.21, -90, 180), _arc(0.5, 0.71, 0.27, 0.24, 90, -270))]],
+    9: [[_arc(0.5, 0.3, 0.25, 0.23, 0, 360), _pts((0.75, 0.3), (0.7, 0.95))],
+        [_cat(_arc(0.5, 0.3, 0.25, 0.23, 10, 370), _arc(0.4, 0.3, 0.35, 0.65, 0, -80))]],
+}
+
+
+def _place(stroke, rng, shape):
+    """Jitter and bend one stroke, then map it to pixel coordinates with the glyph's shape."""
+    height, aspect, shear, angle, shift, bend = shape
+    p = stroke + rng.normal(0.0, 0.02, stroke.shape)
+    p[:, 0] += bend * (p[:, 1] - 0.5) ** 2
+    xy = (p - 0.5) * (height * aspect, height)
+    xy[:, 0] -= shear * xy[:, 1]
+    c, s = np.cos(angle), np.sin(angle)
+    xy = xy @ np.array([[c, s], [-s, c]]) + SIZE / 2 + shift
+    return xy * SCALE
+
+
+def _random_shape(rng):
+    return (rng.uniform(16.5, 21.0), rng.uniform(0.75, 1.1), rng.uniform(-0.35, 0.35),
+            np.radians(rng.uniform(-12.0, 12.0)), rng.uniform(-1.4, 1.4, 2), rng.uniform(-0.3, 0.3))
+
+
+def _draw(draw, xy, width):
+    points = [tuple(pt) for pt in xy]
+    draw.line(points, fill=255, width=width, joint="curve")
+    r = width / 2.0
+    for x, y in (points[0], points[-1]):  # round pen caps
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+
+
+def render_digit(label, rng):
+    """One 28x28 uint8 image of ``label`` drawn with randomness from ``rng``."""
+    variants = GLYPHS[label]
+    strokes = variants[rng.integers(len(variants))]
+    shape = _random_shape(rng)
+    width = int(round(rng.uniform(1.5, 3.6) * SCALE))
+    canvas = Image.new("L", (SIZE * SCALE, SIZE * SCALE))
+    draw = ImageDraw.Draw(canvas)
+    for stroke in strokes:
+        _draw(draw, _place(stroke, rng, shape), width)
+    if rng.random() < 0.2:  # a stray pen mark
+        start = rng.uniform(2, SIZE - 2, 2)
+        _draw(draw, (np.stack([start, start + rng.normal(0, 4, 2)]) * SCALE), max(2, width // 2))
+    small = np.asarray(canvas.resize((SIZE, SIZE), Image.BOX), dtype=np.float32)
+    small = small * rng.uniform(0.6, 1.0) + rng.normal(0.0, rng.uniform(0.0, 25.0), small.shape)
+    return np.clip(np.rint(small), 0, 255).astype(np.uint8)
+
+
+def generate_digits(n, seed, split):
+    """``n`` balanced, shuffled (images uint8 [n,28,28], labels uint8 [n]) for split 0 or 1."""
+    rng = np.random.default_rng([seed, split, VERSION])
+    labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+    images = np.empty((n, SIZE, SIZE), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i] = render_digit(int(label), rng)
+    return images, labels
+
+
+def idx_bytes(array):
+    """The IDX encoding of a uint8 array: magic 0x0000 08 <ndim>, big-endian dims, raw data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def _write_atomic(path, data):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_generated_mnist(root, seed, n_train, n_test):
+    """Write the four MNIST raw files under ``root/MNIST/raw``; returns that folder."""
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for prefix, n, split in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = generate_digits(n, seed, split)
+        # Labels last: torchvision checks that all four files exist, so a half-written set
+        # (a killed process) is never taken for a complete one.
+        _write_atomic(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), idx_bytes(images))
+        _write_atomic(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), idx_bytes(labels))
+    return raw

@@ -1,0 +1,157 @@
+"""One rank's whole run: join, load data, (resume), train, checkpoint, stop or finish."""
+
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from trainer import checkpoint, data as data_mod
+from trainer.errors import CheckpointError, DivergedError, ExitCode
+from trainer.log import emit
+from trainer.loop import Position, epoch_shard, evaluate, train_epoch
+from trainer.model import build_model, param_digest, wrap_ddp
+from trainer.process_group import choose_device, join_process_group
+from trainer.stopping import StopControl
+from trainer.sync import agree_on_data
+
+
+class Run:
+    """State shared by the phases of one rank's run; ``phase`` names the current one for errors."""
+
+    def __init__(self, config, placement):
+        self.config, self.placement = config, placement
+        self.rank, self.world = placement.rank, placement.world_size
+        self.phase = "startup"
+        self.seed = config.seed
+
+    def main(self):
+        self.setup()
+        position = self.resume()
+        self.ddp = wrap_ddp(self.model, self.device, self.config.bucket_cap_mb)
+        self.stop = StopControl(self.device, self.config.stop_check_steps, self.config.stop_after_step)
+        self.stop.install()
+        try:
+            stopped_at = self.train(position)
+        finally:
+            self.stop.uninstall()
+        code = self.report_stop(*stopped_at) if stopped_at else self.finish()
+        dist.destroy_process_group()
+        return code
+
+    def setup(self):
+        cfg, p = self.config, self.placement
+        backend, self.device = choose_device(cfg.backend, p.local_rank)
+        cpus = len(os.sched_getaffinity(0))
+        torch.set_num_threads(cfg.threads or max(1, cpus // p.local_world_size))
+        self.phase = "rendezvous"
+        join_process_group(p, backend, self.device, cfg.timeout)
+        emit("joined", rank=self.rank, local_rank=p.local_rank, world_size=self.world,
+             backend=backend, device=str(self.device))
+        self.phase = "loading data"
+        started = time.perf_counter()
+        raw, self.fingerprint = agree_on_data(cfg, p)
+        self.data = data_mod.to_device(raw, self.device)
+        emit("data", rank=self.rank, dataset=raw.name, train=len(raw.train_labels),
+             test=len(raw.test_labels), fingerprint=self.fingerprint, threads=torch.get_num_threads(),
+             seconds=round(time.perf_counter() - started, 3))
+        self.model = build_model(cfg.seed, self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
+
+    def resume(self):
+        """Rank 0 reads the newest checkpoint and broadcasts it; every rank loads it."""
+        if not self.config.resume:
+            return Position()
+        self.phase = "resuming"
+        box = [checkpoint.load_latest(self.config.checkpoint_dir) if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        state = box[0]
+        if state is None:
+            emit("resume", rank=self.rank, checkpoint="none", epoch=0, step=0)
+            return Position()
+        if state["fingerprint"] != self.fingerprint:
+            raise CheckpointError(
+                f"checkpoint {state['path']} was trained on data {state['dataset']}/{state['fingerprint']}, "
+                f"this run has {self.data.name}/{self.fingerprint}; use another --checkpoint-dir")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore_rng(state["rng"])
+        self.seed = state["seed"]
+        position = Position(state["epoch"], state["step"])
+        if state["step"] and (state["world_size"], state["batch_size"]) != (self.world, self.config.batch_size):
+            emit("resume", rank=self.rank, checkpoint=state["path"], epoch=state["epoch"], step=0,
+                 note="world size or batch size changed: the interrupted epoch starts over")
+            return Position(state["epoch"])
+        if state["step"]:
+            position.loss_sum, position.samples = state["partial"][self.rank]
+        emit("resume", rank=self.rank, checkpoint=state["path"], epoch=state["epoch"], step=state["step"])
+        return position
+
+    def train(self, position):
+        """Epoch loop; returns (epoch, step, reason, path) when stopped, else None."""
+        cfg = self.config
+        for epoch in range(position.epochs_done + 1, cfg.epochs + 1):
+            self.phase = f"epoch {epoch}"
+            shard = epoch_shard(len(self.data.train_y), epoch - 1, self.seed, self.rank, self.world,
+                                self.device)
+            result = train_epoch(self.ddp, self.optimizer, self.data, shard, cfg.batch_size, position, self.stop)
+            if result.stopped:
+                return self.stop_mid_epoch(epoch, result.position)
+            self.accuracy, stop = evaluate(self.model, self.data, self.rank, self.world,
+                                           self.stop.local_flag() or float(epoch == cfg.stop_after_epoch))
+            self.emit_epoch(epoch, result)
+            position = Position(epoch)
+            path = self.save(position, partial=[])
+            if stop:
+                steps = (len(shard) + cfg.batch_size - 1) // cfg.batch_size
+                reason = "stop-after-epoch" if epoch == cfg.stop_after_epoch else "another rank"
+                return epoch, steps, self.stop.requested or reason, path
+        return None
+
+    def emit_epoch(self, epoch, result):
+        fields = dict(epoch=epoch, rank=self.rank, loss=result.position.loss_sum / result.position.samples,
+                      samples_per_s=result.samples_run / max(result.seconds, 1e-9))
+        emit(None, **fields, test_accuracy=self.accuracy)
+
+    def stop_mid_epoch(self, epoch, position):
+        self.phase = f"stopping in epoch {epoch}"
+        partial = [None] * self.world
+        dist.all_gather_object(partial, (position.loss_sum, position.samples))
+        path = self.save(Position(epoch - 1, position.step), partial)
+        return epoch, position.step, self.stop.requested or "another rank", path
+
+    def save(self, position, partial):
+        """Rank 0 writes the checkpoint; returns its path (every rank knows it) or 'none'."""
+        directory = self.config.checkpoint_dir
+        if not directory:
+            return "none"
+        if self.rank == 0:
+            self.phase = "writing a checkpoint"
+            state = {"epoch": position.epochs_done, "step": position.step, "model": self.model.state_dict(),
+                     "optimizer": self.optimizer.state_dict(), "rng": checkpoint.capture_rng(),
+                     "seed": self.seed, "world_size": self.world, "batch_size": self.config.batch_size,
+                     "dataset": self.data.name, "fingerprint": self.fingerprint, "partial": partial}
+            try:
+                checkpoint.save_checkpoint(directory, state, self.config.keep_checkpoints)
+            except OSError as exc:
+                raise CheckpointError(f"cannot write a checkpoint in {directory}: {exc}") from exc
+        return os.path.join(directory, checkpoint.checkpoint_name(position.epochs_done, position.step))
+
+    def report_stop(self, epoch, step, reason, path):
+        self.phase = "stopping"
+        dist.barrier()  # the checkpoint exists before any rank says so
+        emit("stopped", rank=self.rank, epoch=epoch, step=step, checkpoint=path, reason=reason)
+        return ExitCode.STOPPED
+
+    def finish(self):
+        self.phase = "final check"
+        if not hasattr(self, "accuracy"):  # nothing left to train (resumed a finished run)
+            self.accuracy, _ = evaluate(self.model, self.data, self.rank, self.world, 0.0)
+        digest = param_digest(self.model)
+        emit("done", rank=self.rank, param_sha256=digest, test_accuracy=self.accuracy)
+        digests = [None] * self.world
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) > 1:
+            detail = ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
+            raise DivergedError(f"replicas diverged: {detail}")
+        return ExitCode.OK

@@ -1,0 +1,53 @@
+"""Graceful stop: SIGTERM/SIGINT on any rank makes all ranks stop at the same step.
+
+The signal handler only sets a flag; every ``--stop-check-steps`` steps (and at each epoch's end,
+folded into the evaluation's all-reduce) the ranks all-reduce it with MAX, so they agree on one
+step, rank 0 checkpoints there and all exit 143.  A check costs one 4-byte all-reduce (on 2 CPU
+ranks here ~0.1 ms against ~4 ms per step; every 8 steps it is below the noise).  A second signal
+gets the default action, so a stuck rank can still be killed.
+"""
+
+import signal
+
+import torch
+import torch.distributed as dist
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopControl:
+    def __init__(self, device, check_steps, stop_after_step=None):
+        self.requested = None  # name of the signal (or reason) that asked to stop
+        self.check_steps = check_steps
+        self.stop_after_step = stop_after_step
+        self.steps = 0
+        self._flag = torch.zeros(1, device=device)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+        signal.signal(signum, signal.SIG_DFL)
+
+    def install(self):
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def local_flag(self):
+        """1.0 if this rank wants to stop; counts the step for --stop-after-step."""
+        if self.stop_after_step is not None and self.steps >= self.stop_after_step:
+            self.requested = self.requested or "stop-after-step"
+        return 1.0 if self.requested else 0.0
+
+    def after_step(self, step_in_epoch, last_step):
+        """Called after each step; True when all ranks agreed to stop now (collective)."""
+        self.steps += 1
+        if last_step or step_in_epoch % self.check_steps:
+            return False  # the epoch-end check covers the last step
+        self._flag.fill_(self.local_flag())
+        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX)
+        return bool(self._flag.item())
