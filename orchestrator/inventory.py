@@ -8,6 +8,7 @@ Precedence is written once, in `_host`: a host's own key wins over `defaults`.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import sys
@@ -20,6 +21,11 @@ import yaml
 from orchestrator.errors import InventoryError
 
 MAX_BYTES = 1 << 20  # an inventory is a few KiB; refuse to parse megabytes of YAML
+# Real inventories nest 6 deep and hold a few thousand values. The bounds keep a hostile file
+# from exhausting the stack (deep nesting) or memory and time (an alias "billion laughs").
+MAX_DEPTH = 20
+MAX_VALUES = 100_000
+MERGE_TAG = "tag:yaml.org,2002:merge"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 JOB_NAME = HOST_NAME
@@ -114,10 +120,51 @@ class Inventory:
 # ---------------------------------------------------------------- validation
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses, while composing, nesting past MAX_DEPTH, more than MAX_VALUES
+    values with each alias counted as the copy it stands for, and aliases inside their own anchor."""
+
+    def __init__(self, text: str, path: str):
+        super().__init__(text)
+        self.path = path
+        self.depth = 0
+        self.count = 0
+        self.weights: dict[str, int] = {}  # anchor -> values it expands to
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self.anchors and event.anchor not in self.weights:
+                raise self.refuse(event, f"alias *{event.anchor} is inside its own anchor &{event.anchor}")
+            self.grow(self.weights.get(event.anchor, 0), event)
+            return super().compose_node(parent, index)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.refuse(event, f"nested more than {MAX_DEPTH} levels deep")
+        start = self.count
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        self.grow(1, event)
+        if event.anchor is not None:
+            self.weights[event.anchor] = self.count - start
+        return node
+
+    def grow(self, values: int, event: yaml.Event) -> None:
+        self.count += values
+        if self.count > MAX_VALUES:
+            raise self.refuse(event, f"more than {MAX_VALUES} values (each alias counted as a copy); "
+                              "an inventory needs far fewer")
+
+    def refuse(self, event: yaml.Event, message: str) -> InventoryError:
+        return InventoryError(f"{self.path}:{event.start_mark.line + 1}: {message}")
+
+
 class _Ctx:
     """Where we are in the file, for messages: file name and the node's line."""
 
-    def __init__(self, path: str, loader: yaml.SafeLoader):
+    def __init__(self, path: str, loader: _Loader):
         self.path = path
         self.loader = loader
 
@@ -126,8 +173,14 @@ class _Ctx:
         prefix = f"{self.path}:{line}: "
         return InventoryError(f"{prefix}{where + ': ' if where else ''}{message}")
 
-    def value(self, node: yaml.Node) -> Any:
-        return self.loader.construct_object(node, deep=True)
+    def value(self, node: yaml.Node, where: str) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            # PyYAML's own converters raise these for e.g. `2024-13-45` or `!!int abc`.
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise self.fail(node, where, f"{_shown(str(node.value))} is not a valid {kind}; "
+                            "quote it if you mean the text") from None
 
 
 def _shown(value: Any) -> str:
@@ -141,7 +194,7 @@ def _mapping(ctx: _Ctx, node: yaml.Node, where: str, allowed: tuple[str, ...]) -
         raise ctx.fail(node, where, f"must be a mapping of keys, got {_kind(node)}")
     out: dict[str, yaml.Node] = {}
     for key_node, value_node in node.value:
-        key = ctx.value(key_node)
+        key = _key(ctx, key_node, where)
         if not isinstance(key, str):
             raise ctx.fail(key_node, where, f"keys must be names, got {_shown(key)}")
         if key not in allowed:
@@ -152,6 +205,13 @@ def _mapping(ctx: _Ctx, node: yaml.Node, where: str, allowed: tuple[str, ...]) -
             raise ctx.fail(key_node, where, f"key '{key}' is given twice")
         out[key] = value_node
     return out
+
+
+def _key(ctx: _Ctx, node: yaml.Node, where: str) -> Any:
+    if node.tag == MERGE_TAG:
+        raise ctx.fail(node, where, "'<<' merge keys are not supported; put keys that hosts share "
+                       "under 'defaults:'")
+    return ctx.value(node, where)
 
 
 def _kind(node: yaml.Node) -> str:
@@ -168,11 +228,24 @@ def _scalar(ctx: _Ctx, node: yaml.Node, where: str, key: str, want: str, check: 
     """Convert a scalar with `check`, which returns the value or raises ValueError."""
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.fail(node, where, f"'{key}' must be {want}, got {_kind(node)}")
-    raw = ctx.value(node)
+    raw = ctx.value(node, where)
     try:
         return check(raw)
     except (ValueError, TypeError):
-        raise ctx.fail(node, where, f"'{key}' must be {want}, got {_shown(raw)}") from None
+        pass
+    if not isinstance(raw, str) and node.style is None and _accepts(check, node.value):
+        # `user: yes` or `python: 3.10`: YAML read the text as a bool or number.
+        raise ctx.fail(node, where, f"'{key}' must be {want}, got {node.value} (YAML reads it as "
+                       f"{_shown(raw)}); write it in quotes: '{node.value}'")
+    raise ctx.fail(node, where, f"'{key}' must be {want}, got {_shown(raw)}")
+
+
+def _accepts(check: Callable[[Any], Any], raw: Any) -> bool:
+    try:
+        check(raw)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _text(raw: Any) -> str:
@@ -200,7 +273,7 @@ def _int_in(low: int, high: int) -> Callable[[Any], int]:
 
 
 def _positive_number(raw: Any) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw > 0:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw < math.inf:
         raise ValueError
     return float(raw)
 
@@ -235,7 +308,7 @@ def _env(ctx: _Ctx, node: yaml.Node, where: str, environ: dict[str, str]) -> tup
         raise ctx.fail(node, where, f"'env' must be a mapping of NAME: value, got {_kind(node)}")
     out: list[EnvVar] = []
     for key_node, value_node in node.value:
-        name = ctx.value(key_node)
+        name = _key(ctx, key_node, where)
         if not isinstance(name, str) or not ENV_NAME.match(name):
             raise ctx.fail(key_node, where, f"env name {_shown(name)} is not a valid variable name "
                            "(letters, digits and _, not starting with a digit)")
@@ -246,6 +319,7 @@ def _env(ctx: _Ctx, node: yaml.Node, where: str, environ: dict[str, str]) -> tup
 
 
 def _env_value(ctx: _Ctx, node: yaml.Node, where: str, name: str, environ: dict[str, str]) -> EnvVar:
+    """A value is taken as written: `UMASK: 0022` stays "0022", where YAML would read 18."""
     if isinstance(node, yaml.MappingNode):
         keys = _mapping(ctx, node, where, ("from_env",))
         if "from_env" not in keys:
@@ -260,8 +334,8 @@ def _env_value(ctx: _Ctx, node: yaml.Node, where: str, name: str, environ: dict[
         return EnvVar(name, value, secret=True)
     if not isinstance(node, yaml.ScalarNode) or node.tag.endswith(":null"):
         raise ctx.fail(node, where, f"must be a string, number or {{from_env: VAR}}, got {_kind(node)}")
-    raw = ctx.value(node)
-    value = str(raw).lower() if isinstance(raw, bool) else str(raw)
+    ctx.value(node, where)  # a bad explicit tag (`!!int x`) is an error, not text
+    value = node.value
     if "\0" in value:
         raise ctx.fail(node, where, "must not contain a NUL byte")
     return EnvVar(name, value)
@@ -301,9 +375,14 @@ def _host_fields(ctx: _Ctx, keys: dict[str, yaml.Node], where: str, environ: dic
 
 def _host(ctx: _Ctx, node: yaml.Node, index: int, defaults: dict[str, Any], environ: dict[str, str]) -> Host:
     where = f"hosts[{index}]"
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.fail(node, where, f"each host must be a mapping like {{name: node1, address: 10.0.0.1}}, "
+                       f"got {_kind(node)}")
+    # Named before the keys are checked, so an unknown key's message names the host too.
+    name = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "name"), None)
+    if isinstance(name, yaml.ScalarNode) and HOST_NAME.match(name.value):
+        where = f"hosts[{index}] ({name.value})"
     keys = _mapping(ctx, node, where, HOST_KEYS)
-    if "name" in keys and isinstance(keys["name"], yaml.ScalarNode):
-        where = f"hosts[{index}] ({ctx.value(keys['name'])})"
     own = _host_fields(ctx, keys, where, environ)
     merged = {k: v for k, v in defaults.items() if k not in ("name", "address")}
     # A host's own env adds to (and overrides) the defaults' env, name by name.
@@ -321,24 +400,25 @@ def _host(ctx: _Ctx, node: yaml.Node, index: int, defaults: dict[str, Any], envi
 
 
 def _hosts(ctx: _Ctx, node: yaml.Node | None, defaults: dict[str, Any], environ: dict[str, str]) -> tuple[Host, ...]:
-    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
-        raise ctx.fail(node, "hosts", "no hosts: list at least one under 'hosts:'")
+    if node is None:
+        raise ctx.fail(node, "", "'hosts' is missing; list at least one host under 'hosts:'")
+    if (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")) or (
+            isinstance(node, yaml.SequenceNode) and not node.value):
+        raise ctx.fail(node, "hosts", "the list is empty; add at least one host")
     if not isinstance(node, yaml.SequenceNode):
         raise ctx.fail(node, "hosts", f"must be a list of hosts, got {_kind(node)}")
-    if not node.value:
-        raise ctx.fail(node, "hosts", "no hosts: list at least one under 'hosts:'")
     hosts = [_host(ctx, n, i, defaults, environ) for i, n in enumerate(node.value)]
     seen_names: dict[str, Host] = {}
     seen_targets: dict[tuple[str, int | None, str], Host] = {}
-    for h, n in zip(hosts, node.value):
+    for i, (h, n) in enumerate(zip(hosts, node.value)):
         if h.name in seen_names:
-            raise ctx.fail(n, f"hosts[{hosts.index(h)}] ({h.name})",
+            raise ctx.fail(n, f"hosts[{i}] ({h.name})",
                            f"duplicate host name '{h.name}' (first on line {seen_names[h.name].line})")
         seen_names[h.name] = h
         target = (h.address, h.port, h.connection)
         if target in seen_targets and not h.is_local:
             first = seen_targets[target]
-            raise ctx.fail(n, f"hosts[{hosts.index(h)}] ({h.name})",
+            raise ctx.fail(n, f"hosts[{i}] ({h.name})",
                            f"same address and port as '{first.name}' (line {first.line}); "
                            "give one host more 'slots' instead")
         seen_targets[target] = h
@@ -381,8 +461,9 @@ def _job(ctx: _Ctx, node: yaml.Node | None, environ: dict[str, str]) -> Job:
     if "data" in values:
         data = Path(ctx.path).parent / Path(values["data"]).expanduser()
         if not data.is_dir():
-            raise ctx.fail(keys["data"], "job", f"'data' folder {values['data']!r} does not exist "
-                           f"(looked in {data})")
+            problem = "is not a folder" if data.exists() else "does not exist"
+            raise ctx.fail(keys["data"], "job", f"'data' folder {values['data']!r} {problem} "
+                           f"(looked in {data.absolute()})")
         values["data"] = str(data.resolve())
     return Job(**values)
 
@@ -407,37 +488,74 @@ def _ssh(ctx: _Ctx, node: yaml.Node | None) -> Ssh:
     return Ssh(**values)
 
 
+def _defaults(ctx: _Ctx, node: yaml.Node | None, environ: dict[str, str]) -> dict[str, Any]:
+    if node is None:
+        return {}
+    keys = _mapping(ctx, node, "defaults", HOST_KEYS)
+    for only_per_host in ("name", "address"):
+        if only_per_host in keys:
+            raise ctx.fail(keys[only_per_host], "defaults",
+                           f"'{only_per_host}' belongs to each host, not to defaults")
+    return _host_fields(ctx, keys, "defaults", environ)
+
+
+# Hints for PyYAML's problems, which say what the parser saw but not what to do.
+_YAML_HINTS = (
+    ("'\\t'", "; indent with spaces, not tabs"),
+    ("<block end>", "; check the indentation"),
+    ("end of stream", "; is a quote or bracket left open?"),
+    ("<stream end>", "; is a quote or bracket left open?"),
+    ("another document", "; an inventory is one document: remove the second '---'"),
+)
+
+
+def _yaml_error(exc: yaml.YAMLError, path: str, text: str) -> InventoryError:
+    """One line for PyYAML's multi-line errors: the problem's line, what started it, and a hint."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text[: exc.position].count("\n") + 1
+        return InventoryError(f"{path}:{line}: not a YAML text file (it contains the control "
+                              f"character U+{exc.character:04X})")
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark else 1
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context.startswith("expected"):  # "expected a single document", "but found..."
+        problem = f"{context}, {problem}"
+    elif context and context_mark and context_mark.line + 1 != line:
+        problem = f"{problem} ({context} started on line {context_mark.line + 1})"
+    hint = next((h for key, h in _YAML_HINTS if key in problem), "")
+    return InventoryError(f"{path}:{line}: not valid YAML: {problem}{hint}")
+
+
 def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, str] | None = None) -> Inventory:
     """Validate inventory text; raises InventoryError naming file, line and field."""
     environ = dict(os.environ if environ is None else environ)
+    if len(text) > MAX_BYTES:
+        raise InventoryError(f"{path}:1: the inventory is larger than 1 MiB; is this the right file?")
+    if not text.strip():  # before YAML, which reads a line of just a tab as bad indentation
+        raise InventoryError(f"{path}:1: the inventory is empty: it needs at least 'hosts:'")
     if "\0" in text:
-        raise InventoryError(f"{path}:1: not a YAML text file (it contains NUL bytes)")
-    loader = yaml.SafeLoader(text)
+        line = text[: text.index("\0")].count("\n") + 1
+        raise InventoryError(f"{path}:{line}: not a YAML text file (it contains NUL bytes)")
+    try:
+        loader = _Loader(text, path)  # reads the whole text: refuses control characters here
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, path, text) from None
     ctx = _Ctx(path, loader)
     try:
         root = loader.get_single_node()
-        if root is None:
+        if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
             raise InventoryError(f"{path}:1: the inventory is empty: it needs at least 'hosts:'")
         if not isinstance(root, yaml.MappingNode):
             raise ctx.fail(root, "", f"the inventory must be a mapping with 'hosts:', got {_kind(root)}")
         top = _mapping(ctx, root, "", TOP_KEYS)
-        defaults: dict[str, Any] = {}
-        if "defaults" in top:
-            dkeys = _mapping(ctx, top["defaults"], "defaults", HOST_KEYS)
-            for only_per_host in ("name", "address"):
-                if only_per_host in dkeys:
-                    raise ctx.fail(dkeys[only_per_host], "defaults",
-                                   f"'{only_per_host}' belongs to each host, not to defaults")
-            defaults = _host_fields(ctx, dkeys, "defaults", environ)
+        defaults = _defaults(ctx, top.get("defaults"), environ)
         hosts = _hosts(ctx, top.get("hosts"), defaults, environ)
         return Inventory(path=path, hosts=hosts, job=_job(ctx, top.get("job"), environ),
                          ssh=_ssh(ctx, top.get("ssh")))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InventoryError(f"{path}:{line}: not valid YAML: {problem}") from None
-    except RecursionError:
+        raise _yaml_error(exc, path, text) from None
+    except RecursionError:  # MAX_DEPTH should make this unreachable; a traceback would be worse
         raise InventoryError(f"{path}:1: not valid YAML: nested too deeply") from None
     finally:
         loader.dispose()
@@ -452,8 +570,7 @@ def load_inventory(path: str | os.PathLike[str], environ: dict[str, str] | None 
     except OSError as exc:
         raise InventoryError(f"{shown}: cannot read the inventory: {exc.strerror}") from None
     if len(data) > MAX_BYTES:
-        raise InventoryError(f"{shown}:1: the inventory is larger than {MAX_BYTES // 1024} KiB; "
-                             "is this the right file?")
+        raise InventoryError(f"{shown}:1: the inventory is larger than 1 MiB; is this the right file?")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
