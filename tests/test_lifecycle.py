@@ -142,7 +142,7 @@ def test_ranks_that_never_join_are_named_and_the_run_is_stopped(cluster, small_m
 def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, small_mnist, tmp_path):
     whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
     whole_dir.mkdir(), cut_dir.mkdir()
-    args = dict(data=str(small_mnist), epochs=3)
+    args = dict(data=str(small_mnist), epochs=12)
     whole = distctl("up", str(write_inventory(whole_dir / "inv.yaml", cluster, ["node1", "node2"], **args)),
                     cwd=whole_dir)
     assert whole.returncode == 0, whole.stderr
