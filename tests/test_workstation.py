@@ -1,0 +1,62 @@
+"""OpenSSH fidelity and the workstation side: ssh_config aliases, ProxyJump, pull."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from e2e import digests, distctl, free_port, last_run_id
+
+pytestmark = pytest.mark.cluster
+
+
+def alias_inventory(path, cluster, names, **job):
+    """Hosts named only by ssh_config alias: user, port, key and jump host come from ssh_config."""
+    inventory = {
+        "defaults": {"python": cluster.python},
+        "hosts": [{"name": n, "address": n, "workdir": cluster.host(n).workdir} for n in names],
+        "job": {"name": "t", "port": free_port(), "join_timeout": 120,
+                "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "timeout": 60}, **job},
+        "ssh": {"config": str(cluster.ssh_config), "known_hosts": []},
+    }
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    return path
+
+
+def test_a_host_behind_a_jump_host_trains_through_proxyjump(isolated_jump, small_mnist, tmp_path):
+    # node5 is on the back network only; the workstation reaches it via bastion (ProxyJump)
+    inv = alias_inventory(tmp_path / "inv.yaml", isolated_jump, ["bastion", "node5"], data=str(small_mnist))
+    check = distctl("check", str(inv), "--json", cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    plan = json.loads(check.stdout)
+    back = dict(isolated_jump.host("bastion").interfaces)["eth1"]
+    assert plan["init_method"].startswith(f"tcp://{back}:")  # the address node5 can reach
+    assert [(h["name"], h["hostname"]) for h in plan["hosts"]] == [("bastion", "bastion"), ("node5", "node5")]
+    up = distctl("up", str(inv), cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    found = digests(up.stdout)
+    assert sorted(found) == [0, 1] and len(set(found.values())) == 1
+
+
+def test_pull_brings_back_a_loadable_model_logs_metrics_and_a_plot(cluster, small_mnist, tmp_path):
+    from e2e import write_inventory
+
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist), epochs=2)
+    assert distctl("up", str(inv), cwd=tmp_path).returncode == 0
+    pulled = distctl("pull", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    out = tmp_path / "runs" / last_run_id(tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.jsonl", "metrics.png", "model.pt", "rank0.log", "rank1.log"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["rank"]) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import torch
+
+    state = torch.load(out / "model.pt", weights_only=True)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10),
+                                torch.nn.LogSoftmax(dim=1))
+    model.load_state_dict(state["model"])
+    assert state["epoch"] == 2
