@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -38,6 +39,9 @@ class _Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("distctl: interrupted", err=True)
             ctx.exit(ExitCode.DETACHED)
+        except BrokenPipeError:  # `distctl logs | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(ExitCode.OK)
         except Exception as exc:  # a bug of ours: one line, the traceback with --debug
             if debug:
                 raise

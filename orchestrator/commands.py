@@ -17,7 +17,7 @@ from orchestrator.push import job_artifacts
 from orchestrator.remote import Connection
 from orchestrator.render import plan_json, render_plan
 from orchestrator.state import HostState, RankState, RunState, load_run, runs_of_inventory, save_run
-from orchestrator.watch import FAILURE_GRACE, open_followers, raise_for, stop_everywhere, watch_run
+from orchestrator.watch import FAILURE_GRACE, RankEvents, open_followers, raise_for, stop_everywhere, watch_run
 from orchestrator.stream import follow
 
 
@@ -243,13 +243,9 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
     conns = launcher.connect_all([h.host for h in state.hosts if any(r.rank in wanted for r in h.ranks)],
                                  state.ssh, opts.fanout)
     try:
-        if follow_live:
-            followers = open_followers(state, conns, wanted)
-        else:
-            followers = [_replay(conns[hs.host.name], hs, r.rank, tail)
-                         for hs in state.hosts for r in hs.ranks if r.rank in wanted]
+        followers = open_followers(state, conns, wanted, live=follow_live, tail=tail)
         try:
-            follow(followers, lambda f, line: ui.rank_line(f.host, f.rank, line), lambda f: None)
+            follow(followers, RankEvents(ui.rank_line).line, lambda f: None)
         except KeyboardInterrupt:
             pass
         finally:
@@ -257,15 +253,6 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
                 f.stream.close()
     finally:
         launcher.close_all(conns)
-
-
-def _replay(conn: Connection, hs: HostState, rank: int, tail: int | None):
-    from orchestrator import shell
-    from orchestrator.stream import Followed
-
-    log = shell.join([f"{hs.rundir}/rank{rank}.log"])
-    command = f"tail -n {tail} {log}" if tail is not None else f"cat {log}"
-    return Followed(hs.host.name, rank, conn.open_stream(command + " 2>/dev/null"))
 
 
 def load(path: str) -> Inventory:

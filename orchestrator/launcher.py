@@ -78,12 +78,25 @@ def check(conn: Connection, command: str, what: str, stdin: bytes = b"", timeout
 
 
 def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple[dict[str, HostFacts], Network]:
-    """Read-only facts from every host, then the address of rank 0 each worker dials."""
-    found = fan_out("discover", inv.hosts, lambda h: facts_mod.parse_facts(
-        check(conns[h.name], facts_mod.discover_script(h.python), "discovery", timeout=60).stdout),
-        fanout, lambda h: h.name)
-    host_facts: dict[str, HostFacts] = found  # type: ignore[assignment]
+    """Read-only facts from every host, then the address of rank 0 each worker dials.
+
+    Every remote command costs a round trip plus the login shell's start-up (a conda or
+    pyenv block in ~/.bashrc takes a quarter of a second), so each worker's discovery also
+    asks how it reaches the address the workstation reached rank 0 at. A second round of
+    route lookups runs only when that address is not directly reachable from every worker.
+    """
     rank0, workers = inv.hosts[0], inv.hosts[1:]
+    guess = [conns[rank0.name].peer] if workers and conns[rank0.name].peer else []
+
+    def one(h: Host) -> tuple[HostFacts, list[facts_mod.Route]]:
+        script = facts_mod.discover_script(h.python)
+        if h is not rank0 and guess:
+            script = shell.lines(script, facts_mod.route_script(guess))
+        out = check(conns[h.name], script, "discovery", timeout=60).stdout
+        return facts_mod.parse_facts(out), facts_mod.parse_routes(out)  # each skips the other's lines
+
+    found = fan_out("discover", inv.hosts, one, fanout, lambda h: h.name)
+    host_facts: dict[str, HostFacts] = {name: f for name, (f, _) in found.items()}  # type: ignore[misc]
     if not workers:
         return host_facts, Network("127.0.0.1", {rank0.name: "lo"})
     missing_ip = [h.name for h in inv.hosts if not host_facts[h.name].has_ip]
@@ -94,10 +107,23 @@ def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple
     candidates = facts_mod.master_candidates(host_facts[rank0.name], conns[rank0.name].peer)
     if not candidates:
         raise HostError(rank0.name, "has no IPv4 address other than loopback", ExitCode.PREFLIGHT)
-    routes = fan_out("discover routes", workers, lambda h: facts_mod.parse_routes(
-        check(conns[h.name], facts_mod.route_script(candidates), "route lookup", timeout=30).stdout),
-        fanout, lambda h: h.name)
-    return host_facts, _network(rank0, workers, candidates, host_facts[rank0.name], routes)  # type: ignore[arg-type]
+    routes: dict[str, list[facts_mod.Route]] = {w.name: found[w.name][1] for w in workers}  # type: ignore[index]
+    rest = [a for a in candidates if a not in guess]
+    if rest and not _all_direct(candidates[0], routes):
+        more = fan_out("discover routes", workers, lambda h: facts_mod.parse_routes(
+            check(conns[h.name], facts_mod.route_script(rest), "route lookup", timeout=30).stdout),
+            fanout, lambda h: h.name)
+        routes = {w: routes[w] + more[w] for w in routes}  # type: ignore[operator]
+    return host_facts, _network(rank0, workers, candidates, host_facts[rank0.name], routes)
+
+
+def _all_direct(address: str, routes: dict[str, list[facts_mod.Route]]) -> bool:
+    """Every worker reaches `address` without a gateway: `_network` takes it, whatever else."""
+    for found in routes.values():
+        route = facts_mod.choose_route([r for r in found if r.dest == address])
+        if route is None or route.via is not None:
+            return False
+    return True
 
 
 def _network(rank0: Host, workers: list[Host], candidates: list[str], rank0_facts: HostFacts,

@@ -54,10 +54,6 @@ def status_script(rundir: str, ranks: list[int]) -> str:
     )
 
 
-def exit_code_script(rundir: str, rank: int) -> str:
-    return f"cat {shell.join([rundir + f'/rank{rank}.exit'])} 2>/dev/null"
-
-
 @dataclass(frozen=True)
 class RankStatus:
     rank: int
@@ -90,8 +86,3 @@ def stop_host(conn: Connection, rundir: str, run_id: str, grace: float) -> int:
     if left < 0:
         raise HostError(conn.name, f"stop failed: {result.stderr.strip() or 'no report'}")
     return left
-
-
-def read_exit_code(conn: Connection, rundir: str, rank: int) -> int | None:
-    text = conn.run(exit_code_script(rundir, rank), timeout=30).stdout.strip()
-    return int(text) if text.lstrip("-").isdigit() else None

@@ -189,10 +189,70 @@ def wait_port_script(python: str, rundir: str, addr: str, port: int, rank: int, 
             + shell.join([python, "-c", WAIT_PORT, addr, port, f"rank{rank}.pid", timeout]))
 
 
-def stream_script(rundir: str, rank: int, from_line: int = 1) -> str:
-    """Follow one rank's log until its wrapper exits, then print nothing more."""
+FOLLOW = (
+    "import os, sys, time\n"
+    "follow, tail = sys.argv[1] == 'follow', int(sys.argv[2])\n"
+    "out = sys.stdout.buffer\n"
+    "state = {}\n"
+    "for arg in sys.argv[3:]:\n"
+    "    rank, skip = map(int, arg.split(':'))\n"
+    "    state[rank] = [0, b'', skip]\n"
+    "def read(rank):\n"
+    "    try:\n"
+    "        with open('rank%d.log' % rank, 'rb') as f:\n"
+    "            f.seek(state[rank][0]); return f.read()\n"
+    "    except OSError:\n"
+    "        return b''\n"
+    "def alive(rank):\n"
+    "    try:\n"
+    "        os.kill(-int(open('rank%d.pid' % rank).read()), 0); return True\n"
+    "    except (OSError, ValueError):\n"
+    "        return False\n"
+    "def pump(rank, final=False):\n"
+    "    st = state[rank]\n"
+    "    data = read(rank); st[0] += len(data)\n"
+    "    lines = (st[1] + data).split(b'\\n'); st[1] = lines.pop()\n"
+    "    if final and st[1]:\n"
+    "        lines.append(st[1]); st[1] = b''\n"
+    "    for line in lines:\n"
+    "        if st[2] > 0:\n"
+    "            st[2] -= 1; continue\n"
+    "        out.write(b'%d %s\\n' % (rank, line))\n"
+    "if tail >= 0:\n"
+    "    for rank, st in state.items():\n"
+    "        lines = read(rank).split(b'\\n'); st[0] = sum(len(l) + 1 for l in lines[:-1]); st[2] = 0\n"
+    "        for line in (lines[:-1][-tail:] if tail else []):\n"
+    "            out.write(b'%d %s\\n' % (rank, line))\n"
+    "while state:\n"
+    "    ended = [rank for rank in state if not follow or not alive(rank)]\n"
+    "    for rank in list(state):\n"
+    "        pump(rank, rank in ended)\n"
+    "    for rank in ended:\n"
+    "        try:\n"
+    "            code = open('rank%d.exit' % rank).read().strip()\n"
+    "            at = '%.3f' % os.path.getmtime('rank%d.exit' % rank)\n"
+    "        except (OSError, ValueError):\n"
+    "            code, at = '-', '-'\n"
+    "        out.write(b'exit %d %s %s\\n' % (rank, code.encode(), at.encode())); del state[rank]\n"
+    "    out.flush()\n"
+    "    if state:\n"
+    "        time.sleep(0.2)\n"
+)
+
+
+def follow_script(python: str, rundir: str, ranks: dict[int, int], follow: bool = True,
+                  tail: int | None = None) -> str:
+    """Print a host's rank logs as `R line` (every line, in order), then `exit R CODE TIME`
+    for each rank once its process group is gone (`-`: no code, e.g. SIGKILL; TIME is when
+    the exit code was written, by the host's clock).
+
+    One channel per host, whatever its slot count: sshd allows 10 sessions per connection.
+    `ranks` maps rank to log lines already seen (skipped); `tail` keeps only the last N.
+    """
+    args = [f"{rank}:{skip}" for rank, skip in sorted(ranks.items())]
     return (f"cd {shell.join([rundir])} || exit 1; "
-            f"exec tail -n +{from_line} -s 0.2 -F --pid=\"$(cat rank{rank}.pid)\" rank{rank}.log 2>/dev/null")
+            + shell.join([python, "-c", FOLLOW, "follow" if follow else "replay",
+                          -1 if tail is None else tail, *args]))
 
 
 def prepare_script(workdir: str, rundir: str, artifact_dirs: list[str]) -> str:
@@ -266,6 +326,7 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
     steps.append(Step(StepKind.WAIT_PORT, first.host.name, wait_port_script(
         first.host.python, first.rundir, master, inv.job.port, 0, inv.job.join_timeout)))
     steps += [Step(StepKind.LAUNCH, hp.host.name, launch_script(hp.rundir, hp.ranks)) for hp in rest]
-    steps += [Step(StepKind.STREAM, hp.host.name, stream_script(hp.rundir, r.rank), rank=r.rank)
-              for hp in host_plans for r in hp.ranks]
+    steps += [Step(StepKind.STREAM, hp.host.name,
+                   follow_script(hp.host.python, hp.rundir, {r.rank: 0 for r in hp.ranks}))
+              for hp in host_plans]
     return tuple(steps)

@@ -12,7 +12,7 @@ _TITLES = {
     StepKind.PUSH: "push {artifact} (a tar stream on stdin; skipped when the host has it)",
     StepKind.LAUNCH: "start ranks {ranks}, detached, one process group each",
     StepKind.WAIT_PORT: "wait until rank 0 listens on {addr}:{port}",
-    StepKind.STREAM: "stream the log of rank {rank}",
+    StepKind.STREAM: "stream the logs of ranks {ranks}",
 }
 
 

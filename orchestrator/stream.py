@@ -9,7 +9,6 @@ from __future__ import annotations
 import codecs
 import selectors
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,12 +17,10 @@ from orchestrator.remote import Stream
 
 @dataclass
 class Followed:
-    """One followed rank log."""
+    """One followed stream: a host's rank logs (see plan.follow_script)."""
 
     host: str
-    rank: int
     stream: Stream
-    tail: deque = field(default_factory=lambda: deque(maxlen=20))
     ended: bool = False
     _decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
@@ -36,9 +33,7 @@ class Followed:
         if not data and self._partial:
             lines.append(self._partial)
             self._partial = ""
-        lines = [line.rstrip("\r") for line in lines]
-        self.tail.extend(lines)
-        return lines
+        return [line.rstrip("\r") for line in lines]
 
 
 def follow(streams: list[Followed], on_line: Callable[[Followed, str], None],

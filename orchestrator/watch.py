@@ -4,18 +4,21 @@ and stop it when ranks never join (the hang watchdog)."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from orchestrator.errors import DistctlError, ExitCode, HostError
-from orchestrator.lifecycle import read_exit_code, stop_host
-from orchestrator.plan import stream_script
+from orchestrator.lifecycle import stop_host
+from orchestrator.plan import follow_script
 from orchestrator.remote import Connection
 from orchestrator.state import RunState
 from orchestrator.stream import Followed, follow
 
 FAILURE_GRACE = 2.0  # seconds survivors get to exit after a rank failed; then SIGKILL
 STOPPED = 143  # the trainer's code for "stopped by SIGTERM after checkpointing"
+PEER_LOST = 4  # the trainer's code for "a peer died or a collective timed out": a consequence
 
 
 @dataclass
@@ -41,15 +44,36 @@ def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float)
     return {hs.host.name: r for hs, r in zip(state.hosts, results) if r}
 
 
+@dataclass
+class RankEvents:
+    """Demultiplexes `R line` / `exit R CODE` from host followers into per-rank callbacks."""
+
+    on_line: Callable[[str, int, str], None]
+    on_exit: Callable[[str, int, int | None, float | None], None] = lambda host, rank, code, at: None
+    tails: dict[int, deque] = field(default_factory=dict)
+
+    def line(self, f: Followed, text: str) -> None:
+        head, _, rest = text.partition(" ")
+        if head == "exit":
+            rank, code, at = (rest.split(" ") + ["-", "-"])[:3]
+            self.on_exit(f.host, int(rank), int(code) if code.lstrip("-").isdigit() else None,
+                         float(at) if at.replace(".", "", 1).isdigit() else None)
+        elif head.isdigit():
+            rank = int(head)
+            self.tails.setdefault(rank, deque(maxlen=20)).append(rest)
+            self.on_line(f.host, rank, rest)
+
+
 def open_followers(state: RunState, conns: dict[str, Connection], ranks: set[int] | None = None,
-                   from_lines: dict[int, int] | None = None) -> list[Followed]:
+                   from_lines: dict[int, int] | None = None, live: bool = True,
+                   tail: int | None = None) -> list[Followed]:
+    """One follower channel per host with wanted ranks."""
     out = []
     for hs in state.hosts:
-        for r in hs.ranks:
-            if ranks is None or r.rank in ranks:
-                start = (from_lines or {}).get(r.rank, 0) + 1
-                stream = conns[hs.host.name].open_stream(stream_script(hs.rundir, r.rank, start))
-                out.append(Followed(hs.host.name, r.rank, stream))
+        wanted = {r.rank: (from_lines or {}).get(r.rank, 0) for r in hs.ranks if ranks is None or r.rank in ranks}
+        if wanted:
+            command = follow_script(hs.host.python, hs.rundir, wanted, live, tail)
+            out.append(Followed(hs.host.name, conns[hs.host.name].open_stream(command)))
     return out
 
 
@@ -57,53 +81,65 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
               from_lines: dict[int, int] | None = None) -> Outcome:
     """Follow the run to its end. Returns the outcome; raises KeyboardInterrupt on Ctrl-C."""
     followers = open_followers(state, conns, from_lines=from_lines)
+    host_of = {r.rank: hs.host.name for hs in state.hosts for r in hs.ranks}
     joined: set[int] = set()
+    started: set[int] = set()
     exits: dict[int, int | None] = {}
-    first_failure: list[Followed] = []
+    exit_times: dict[int, float] = {}
+    first_failure: list[int] = []
     fallback_told: set[str] = set()
     deadline = time.monotonic() + join_timeout
     hang: list[str] = []
-    by_rank = {f.rank: f for f in followers}
 
-    def on_line(f: Followed, line: str) -> None:
-        ui.rank_line(f.host, f.rank, line)
+    def on_line(host: str, rank: int, line: str) -> None:
+        ui.rank_line(host, rank, line)
         if line.startswith("joined "):
-            joined.add(f.rank)
-        elif line.startswith("fallback ") and f.host not in fallback_told:
-            fallback_told.add(f.host)
-            ui.warn(f"{f.host}: MNIST could not be had: training on generated digits, not MNIST "
+            joined.add(rank)
+        elif line.startswith("rendezvous "):
+            started.add(rank)
+        elif line.startswith("fallback ") and host not in fallback_told:
+            fallback_told.add(host)
+            ui.warn(f"{host}: MNIST could not be had: training on generated digits, not MNIST "
                     "(job.fallback: generated; set job.data to push your copy of MNIST)")
 
-    def on_end(f: Followed) -> None:
-        try:
-            code = read_exit_code(conns[f.host], state.host(f.host).rundir, f.rank)
-        except HostError:
-            code = None
-        exits[f.rank] = code
+    def on_exit(host: str, rank: int, code: int | None, at: float | None) -> None:
+        exits[rank] = code
+        if at is not None:
+            exit_times[rank] = at
         if code != 0 and not first_failure:
-            first_failure.append(f)
+            first_failure.append(rank)
             if code != STOPPED:
-                teardown(f"rank {f.rank} on {f.host} exited with {_code_text(code)}")
+                teardown(f"rank {rank} on {host} exited with {_code_text(code)}")
 
     def teardown(reason: str) -> None:
         ui.warn(f"{reason}; stopping the run on every host")
-        problems = stop_everywhere(state, conns, FAILURE_GRACE)
-        for host, problem in problems.items():
+        for host, problem in stop_everywhere(state, conns, FAILURE_GRACE).items():
             ui.warn(f"{host}: stop: {problem}")
 
     def tick() -> bool:
         if len(joined) < state.world_size and time.monotonic() > deadline and not first_failure and not hang:
-            missing = sorted(set(range(state.world_size)) - joined)
-            hang.extend(f"{by_rank[r].host} r{r}" for r in missing if r in by_rank)
+            missing = sorted(set(host_of) - joined)
+            # Rank 0 waits in the rendezvous for the others: name the ranks that never reached
+            # it, when the trainer said which did; otherwise every rank still missing.
+            culprits = [r for r in missing if r not in started] if started else missing
+            hang.extend(f"{host_of[r]} r{r}" for r in (culprits or missing))
             teardown(f"ranks never joined within job.join_timeout={join_timeout:g}s: {', '.join(hang)}")
         return True
 
+    events = RankEvents(on_line, on_exit)
     try:
-        follow(followers, on_line, on_end, tick)
+        follow(followers, events.line, lambda f: None, tick)
     finally:
         for f in followers:
             f.stream.close()
-    return _outcome(state, exits, first_failure, hang)
+    return _outcome(state, exits, _root_causes(exits, exit_times), hang, events.tails, host_of)
+
+
+def _root_causes(exits: dict[int, int | None], times: dict[int, float]) -> list[int]:
+    """Failed ranks, most likely cause first: the order distctl saw them in is the order of
+    its reads, not of the failures. A peer-lost exit is a consequence; then earliest first."""
+    failed = [r for r, code in exits.items() if code != 0]
+    return sorted(failed, key=lambda r: (exits[r] in (PEER_LOST, None), times.get(r, float("inf"))))
 
 
 def _code_text(code: int | None) -> str:
@@ -114,19 +150,24 @@ def _code_text(code: int | None) -> str:
     return f"code {code}"
 
 
-def _outcome(state: RunState, exits: dict[int, int | None], failures: list[Followed], hang: list[str]) -> Outcome:
+def _outcome(state: RunState, exits: dict[int, int | None], failures: list[int], hang: list[str],
+             tails: dict[int, deque], host_of: dict[int, str]) -> Outcome:
     if hang:
         return Outcome(ExitCode.HANG, f"ranks never joined: {', '.join(hang)}; the run was stopped. "
                        "Check the interface and firewall (distctl check), and the rank logs (distctl logs)")
-    if not failures and all(c == 0 for c in exits.values()):
+    if not failures and len(exits) == len(host_of) and all(c == 0 for c in exits.values()):
         return Outcome(ExitCode.OK, f"run {state.run_id} finished: {len(exits)} rank(s) exited 0")
-    f = failures[0]
-    if exits.get(f.rank) == STOPPED and all(c in (STOPPED, 0) for c in exits.values()):
+    if not failures:
+        lost = sorted(set(host_of) - set(exits))
+        return Outcome(ExitCode.RUN_FAILED, f"lost contact with rank(s) {', '.join(map(str, lost))} "
+                       f"of run {state.run_id}; see: distctl status")
+    rank = failures[0]
+    if exits.get(rank) == STOPPED and all(c in (STOPPED, 0) for c in exits.values()):
         return Outcome(ExitCode.RUN_FAILED, f"run {state.run_id} was stopped (checkpointed); "
                        "continue it with: distctl up --resume")
-    tail = "\n".join(f"    {line}" for line in list(f.tail)[-10:])
-    return Outcome(ExitCode.RUN_FAILED, f"rank {f.rank} on {f.host} failed first: exited with "
-                   f"{_code_text(exits.get(f.rank))}; last lines of its log:\n{tail}")
+    tail = "\n".join(f"    {line}" for line in list(tails.get(rank, ()))[-10:])
+    return Outcome(ExitCode.RUN_FAILED, f"rank {rank} on {host_of[rank]} failed first: exited with "
+                   f"{_code_text(exits.get(rank))}; last lines of its log:\n{tail}")
 
 
 def raise_for(outcome: Outcome) -> None:
