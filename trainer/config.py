@@ -68,7 +68,8 @@ def build_parser():
                    help="rank on this host (CUDA device); default: LOCAL_RANK, else the rank when "
                    "--init-method is a loopback address, else 0")
     g.add_argument("--local-world-size", type=_positive(int),
-                   help="ranks on this host, for the default --threads")
+                   help="ranks on this host, for the default --threads; default: LOCAL_WORLD_SIZE, "
+                   "else counted after joining")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=_non_negative, default=100)
     t.add_argument("--batch-size", type=_positive(int), default=64, help="per rank")

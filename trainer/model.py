@@ -14,19 +14,28 @@ def build_model(seed, device):
     return model.to(device)
 
 
-def wrap_ddp(model, device, bucket_cap_mb):
-    """DDP tuned for this tiny model on few cores.
+def wrap_ddp(model, device, bucket_cap_mb, example):
+    """DDP tuned for this tiny model on few cores, with its buckets settled before training.
 
-    ``bucket_cap_mb_list`` (not ``bucket_cap_mb``) so the first iteration already uses the small
-    buckets: with ``bucket_cap_mb`` DDP starts with one bucket and re-buckets after step 1,
-    which changes the all-reduce's summation order between an uninterrupted run and a resumed
-    one (more than 2 ranks) and breaks exact resume.  A small cap puts the first layer's 0.8 MB
-    gradient in its own bucket so the rest is reduced while its backward still runs.
-    ``gradient_as_bucket_view`` saves one gradient copy per step.
+    A small ``bucket_cap_mb`` puts the first layer's 0.8 MB gradient in its own bucket, so the
+    rest is all-reduced while that layer's backward still runs.  ``gradient_as_bucket_view``
+    saves one gradient copy per step.
+
+    DDP re-buckets after its first backward (to the order gradients became ready), which
+    changes how each gradient is chunked in the all-reduce and so, with more than 2 ranks, the
+    order of the floating-point sums.  A resumed run would then take its first step with other
+    buckets than the uninterrupted run took at that point, and end with different bits.  Two
+    forward/backwards of a zero loss (grads all zero, no optimizer step, no randomness) make
+    DDP re-bucket before the first real step, in every run alike.
     """
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb_list=[bucket_cap_mb],
-                                   gradient_as_bucket_view=True)
+    ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=bucket_cap_mb,
+                                  gradient_as_bucket_view=True)
+    for _ in range(2):  # the re-bucketing happens at the start of the second forward
+        (ddp(example).sum() * 0.0).backward()
+    for param in model.parameters():
+        param.grad.zero_()
+    return ddp
 
 
 def param_digest(model):

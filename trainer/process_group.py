@@ -23,6 +23,8 @@ import dataclasses
 import datetime
 import ipaddress
 import os
+import re
+import socket
 from urllib.parse import urlparse
 
 from trainer.errors import PeerError, UsageError
@@ -33,7 +35,7 @@ class Placement:
     rank: int
     world_size: int
     local_rank: int
-    local_world_size: int
+    local_world_size: int | None  # None: counted after joining (ranks sharing this machine)
     init_method: str | None  # None: single rank with an in-process store
 
 
@@ -64,8 +66,7 @@ def resolve_placement(config, environ):
         local_rank = config.local_rank
         if local_rank is None:
             local_rank = _env_int(environ, "LOCAL_RANK", config.rank if all_local else 0)
-        local_world = config.local_world_size or _env_int(
-            environ, "LOCAL_WORLD_SIZE", config.world_size if all_local else 1)
+        local_world = config.local_world_size or _env_int(environ, "LOCAL_WORLD_SIZE")
         return Placement(config.rank, config.world_size, local_rank, local_world, config.init_method)
     if "RANK" in environ or "WORLD_SIZE" in environ:
         rank, world = _env_int(environ, "RANK"), _env_int(environ, "WORLD_SIZE")
@@ -75,7 +76,7 @@ def resolve_placement(config, environ):
             if not environ.get(name):
                 raise UsageError(f"RANK is set but {name} is not; set it or pass --init-method")
         local_rank = config.local_rank if config.local_rank is not None else _env_int(environ, "LOCAL_RANK", 0)
-        local_world = config.local_world_size or _env_int(environ, "LOCAL_WORLD_SIZE", 1)
+        local_world = config.local_world_size or _env_int(environ, "LOCAL_WORLD_SIZE")
         return Placement(rank, world, local_rank, local_world, "env://")
     return Placement(0, 1, 0, 1, None)
 
@@ -118,8 +119,24 @@ def join_process_group(placement, backend, device, timeout_s):
                         f"as rank {placement.rank}/{placement.world_size}: {first_line(exc)}") from exc
 
 
+def ranks_on_this_machine():
+    """How many ranks share this kernel (same boot id): they share its cores (collective)."""
+    import torch.distributed as dist
+
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            key = f.read().strip()
+    except OSError:
+        key = socket.gethostname()
+    keys = [None] * dist.get_world_size()
+    dist.all_gather_object(keys, key)
+    return keys.count(key)
+
+
 def first_line(exc):
     """The first informative line of an exception message, trimmed (torch's are long)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text)  # gloo's source location
+    text = text.split(" This is typically caused by")[0]
     return text if len(text) <= 300 else text[:297] + "..."
