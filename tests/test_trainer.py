@@ -239,7 +239,7 @@ def test_dead_peer_ends_the_survivor_within_timeout(blob_data):
     ranks[1].proc.kill()
     killed = time.monotonic()
     code = ranks[0].finish(killed + 10 + 15)
-    assert code == 1, describe(ranks)
+    assert code == 4, describe(ranks)  # ExitCode.PEER_LOST
     assert time.monotonic() - killed < 10 + 15
     assert len(ranks[0].err) == 1 and ranks[0].err[0].startswith("error rank=0 message="), describe(ranks)
 

@@ -11,6 +11,7 @@ Placement (see ``trainer/process_group.py``)::
 
 Output (logfmt on stdout, one line per event, flushed)::
 
+    rendezvous rank=R world_size=W backend=gloo          just before init_process_group
     joined rank=R local_rank=L world_size=W backend=gloo device=cpu      right after init_process_group
     fallback dataset=generated reason="..."              local rank 0 of each host, when MNIST failed
     data rank=R dataset=mnist train=N test=M fingerprint=F threads=T seconds=S
@@ -24,8 +25,9 @@ Output (logfmt on stdout, one line per event, flushed)::
 contiguous CPU tensors; rank 0 (every rank in fact) compares all ranks' digests and exits 3 with
 ``error ... message="replicas diverged: ..."`` if they differ.
 
-Exit codes (``trainer.errors.ExitCode``): 0 done, 1 error (data missing, peer died, timeout,
-bad checkpoint), 2 bad arguments, 3 replicas diverged, 143 stopped by SIGTERM/SIGINT (or
+Exit codes (``trainer.errors.ExitCode``): 0 done, 1 error (data missing,
+bad checkpoint), 2 bad arguments, 3 replicas diverged, 4 peer lost (a peer died or a
+collective exceeded --timeout), 143 stopped by SIGTERM/SIGINT (or
 --stop-after-epoch/--stop-after-step) after rank 0 wrote a checkpoint: rerun with --resume.
 
 Stopping: a SIGTERM or SIGINT to any rank once training runs makes all ranks agree (a cheap

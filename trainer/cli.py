@@ -11,15 +11,16 @@ from trainer.process_group import first_line, resolve_placement
 
 
 def _describe(exc, run):
-    """Message for an unexpected exception; torch's collective failures mean a lost peer."""
+    """Message and exit code for an unexpected exception; torch's collective failures mean a
+    lost peer, which a launcher should not mistake for the failure that caused it."""
     import torch.distributed as dist
 
     phase = run.phase if run else "startup"
     if isinstance(exc, dist.DistError) or "gloo" in str(exc).lower() or "nccl" in str(exc).lower():
         timeout = run.config.timeout if run else 0
         return (f"lost the other ranks during {phase} (a peer died, the network broke, or a "
-                f"collective exceeded --timeout {timeout:g} s): {first_line(exc)}")
-    return f"{type(exc).__name__} during {phase}: {first_line(exc)}"
+                f"collective exceeded --timeout {timeout:g} s): {first_line(exc)}"), ExitCode.PEER_LOST
+    return f"{type(exc).__name__} during {phase}: {first_line(exc)}", ExitCode.ERROR
 
 
 def _exit(code):
@@ -51,6 +52,7 @@ def main(argv=None):
     except Exception as exc:
         if config.debug:
             traceback.print_exc()
-        emit_error(rank, _describe(exc, run))
-        _exit(ExitCode.ERROR)
+        message, code = _describe(exc, run)
+        emit_error(rank, message)
+        _exit(code)
     _exit(code)

@@ -14,6 +14,7 @@ class ExitCode(enum.IntEnum):
     ERROR = 1  # anything that went wrong: data missing, peer died, timeout, bad checkpoint
     USAGE = 2  # bad arguments (argparse's own code)
     DIVERGED = 3  # training finished but the ranks' parameters differ
+    PEER_LOST = 4  # a peer died, the network broke or a collective timed out: often a consequence
     STOPPED = 143  # SIGTERM/SIGINT: every rank stopped together, checkpoint written, resumable
 
 
@@ -35,6 +36,8 @@ class DataError(TrainerError):
 
 class PeerError(TrainerError):
     """A collective failed: a peer died, the network broke, or --timeout passed."""
+
+    exit_code = ExitCode.PEER_LOST
 
 
 class CheckpointError(TrainerError):

@@ -44,6 +44,9 @@ class Run:
         cfg, p = self.config, self.placement
         backend, self.device = choose_device(cfg.backend, p.local_rank)
         self.phase = "rendezvous"
+        # Said before blocking in the rendezvous: a launcher can then tell a rank that never got
+        # here (wedged host, slow import) from one waiting for its peers.
+        emit("rendezvous", rank=self.rank, world_size=self.world, backend=backend)
         join_process_group(p, backend, self.device, cfg.timeout)
         emit("joined", rank=self.rank, local_rank=p.local_rank, world_size=self.world,
              backend=backend, device=str(self.device))
