@@ -452,3 +452,276 @@ def test_a_failing_host_is_named_with_its_cause_and_nothing_starts_anywhere(clus
     assert not (tmp_path / ".distctl").exists()
     assert not exists_on(cluster, "node1", workdir_of(inv, "node1"))
     assert not exists_on(cluster, "node2", workdir_of(inv, "node2"))
+
+
+# ---------------------------------------------------------------- shell injection
+
+# Stands in for python: records its argv and the environment variables named in RECORD_ENV.
+RECORDER = """#!/usr/bin/python3 -S
+import json, os, sys
+out = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "record.json")
+names = os.environ.get("RECORD_ENV", "").split(",")
+data = {"argv": sys.argv, "env": {n: os.environ.get(n) for n in names + ["%s"] if n}}
+with open(out + ".tmp", "w") as f:
+    json.dump(data, f)
+os.rename(out + ".tmp", out)
+""" % RUN_MARKER
+
+CANARY = f"/tmp/distctl-canary-{os.getpid()}"  # what any injected `touch` below would create
+REL_CANARY = "DISTCTL_CANARY"  # the same, relative to whatever directory the shell is in
+HOSTILE = ["'", '"', "\\", "$", "$(", ")", "`", ";", "|", "&", ">", "<", " ", "\t", "*", "?", "~", "#",
+           "!", "{", "}", "[", "]", "=", "-", "--x", "$HOME", "${IFS}", "$((1+1))", "%s", "'\\''",
+           "é", "日本", "🙂", "\u00a0", "\u2028", "\x01", "\x7f",
+           f"$(touch {REL_CANARY})", f"`touch {REL_CANARY}`", f"; touch {REL_CANARY}", f"| touch {REL_CANARY} &"]
+_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
+
+
+def _hostile(extra: list[str], exclude: str = "") -> st.SearchStrategy[str]:
+    """Text built from shell metacharacters, injection fragments and arbitrary characters."""
+    frag = st.sampled_from([f for f in HOSTILE + extra if not set(f) & set(exclude)])
+    text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0" + exclude), max_size=6)
+    return st.lists(frag | text, max_size=8).map("".join)
+
+
+# A path component: single line, no "/" (a directory name); "." and ".." are not names.
+component = _hostile([], exclude="/\r\n").filter(lambda s: s.strip() and s not in (".", ".."))
+env_value = _hostile(["\n", "\r\n", f"\ntouch {CANARY}\n", f"$(touch {CANARY})", f"; touch {CANARY}"])
+env_vars = st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True).map("T_".__add__),
+                           env_value, min_size=1, max_size=3)
+job_name = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
+INJECTIONS = [(f"$(touch {REL_CANARY})", {"T_A": f"$(touch {CANARY})"}),
+              (f"; touch {REL_CANARY}", {"T_A": f"; touch {CANARY}", "T_B": f"'; touch {CANARY}; '"}),
+              (f"`touch {REL_CANARY}`", {"T_A": f"`touch {CANARY}`", "T_B": f"\"; touch {CANARY}; \""}),
+              (f"' && touch {REL_CANARY} '", {"T_A": f"\ntouch {CANARY}\n", "T_B": f"x\\'; touch {CANARY} #"}),
+              (f"a b\"c\\ $HOME * ~ | touch {REL_CANARY} &", {"T_A": "", "T_B": "\\"})]
+FAKE_CODE = (Artifact("code", "0" * 64, "/nonexistent"),)
+
+
+def _injection_examples(test):
+    for path, env in INJECTIONS:
+        test = example(path=path, pydir=path, env=env, job="j")(test)
+    return test
+
+
+def launch_plan(base: str, path: str, pydir: str, env: dict[str, str], job: str, **host):
+    """Inventory text → parse_inventory → plan_launch, as `distctl up` does; and the recorder."""
+    folder = Path(base, "py", pydir)
+    folder.mkdir(parents=True, exist_ok=True)
+    recorder = folder / "python"
+    recorder.write_text(RECORDER)
+    recorder.chmod(0o755)
+    all_env = {**env, "RECORD_ENV": ",".join(env)}
+    text = yaml.safe_dump({"hosts": [{"name": "h1", "address": "h1", "slots": 1, "python": str(recorder),
+                                      "workdir": f"{base}/work/{path}", "env": all_env, **host}],
+                           "job": {"name": job}})
+    inv = parse_inventory(text)
+    assert {v.name: v.value for v in inv.hosts[0].env} == all_env  # the YAML round trip kept them
+    run_id = f"{job}-20250101-000000-abcd"
+    return plan_launch(inv, run_id, FAKE_CODE), folder / "record.json"
+
+
+def steps_of(plan, kind: StepKind) -> str:
+    return next(s.command for s in plan.steps if s.kind is kind)
+
+
+def assert_recorded(record: Path, plan, env: dict[str, str]) -> None:
+    data = json.loads(wait_for(lambda: record.exists() and record.read_text(), 30, "the recorder's output",
+                               every=0.01))
+    assert data["argv"] == list(plan.hosts[0].ranks[0].argv)
+    assert data["env"] == {**env, RUN_MARKER: plan.run_id}
+
+
+@settings(max_examples=60, deadline=None)
+@given(path=component, pydir=component, env=env_vars, job=job_name)
+@_injection_examples
+def test_launch_scripts_pass_hostile_values_verbatim_in_a_local_sandbox(path, pydir, env, job):
+    base = tempfile.mkdtemp(prefix="distctl-inj-")
+    try:
+        plan, record = launch_plan(base, path, pydir, env, job)
+        hp = plan.hosts[0]
+        sandbox = {"HOME": base, "PATH": os.environ["PATH"]}
+        for kind, stdin in ((StepKind.PREPARE, shell.env_file(hp.env)), (StepKind.LAUNCH, "")):
+            command = steps_of(plan, kind)
+            parsed = subprocess.run(["sh", "-n", "-c", command], capture_output=True, text=True)
+            assert parsed.returncode == 0, parsed.stderr
+            done = subprocess.run(["sh", "-c", command], input=stdin.encode(), capture_output=True, cwd=base,
+                                  env=sandbox, timeout=30)
+            assert done.returncode == 0, done.stderr
+        assert_recorded(record, plan, env)
+        assert Path(hp.workdir).is_dir() and Path(hp.rundir, "env").is_file()
+        assert not os.path.exists(CANARY)
+        assert not [p for p in Path(base).rglob(REL_CANARY)]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def node1_conn(cluster):
+    """One SSH connection to node1 through distctl's own remote module, kept for every example."""
+    h = cluster.host("node1")
+    conn = remote.connect(Host("node1", h.address, user=cluster.user, port=h.port,
+                               identity_file=str(cluster.key_path)), Ssh(known_hosts=(str(cluster.known_hosts),)))
+    yield conn
+    conn.close()
+
+
+@cluster_test
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=component, pydir=component, env=env_vars, job=job_name)
+@_injection_examples
+def test_hostile_values_reach_a_real_remote_rank_verbatim_over_ssh(cluster, node1_conn, path, pydir, env, job):
+    node1 = cluster.host("node1")
+    shared = tempfile.mkdtemp(prefix="distctl-inj-")  # /tmp is shared with the hosts; the workdir is not
+    try:
+        base = f"{node1.workdir}/inj-{uuid.uuid4().hex[:8]}"
+        plan, record = launch_plan(shared, path, pydir, env, job, workdir=f"{base}/{path}")
+        hp = plan.hosts[0]
+        prepared = node1_conn.run(steps_of(plan, StepKind.PREPARE), stdin=shell.env_file(hp.env).encode(),
+                                  timeout=30)
+        assert prepared.exit_code == 0, prepared.stderr
+        launched = node1_conn.run(steps_of(plan, StepKind.LAUNCH), timeout=30)
+        assert launched.exit_code == 0, launched.stderr
+        assert_recorded(record, plan, env)
+        assert not os.path.exists(CANARY)
+        # inside the host: only our files in the run dir, no canary where a shell could have run
+        look = ('i=0; while [ ! -e "$1/rank0.exit" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; '
+                'cat "$1/rank0.exit"; ls -A "$1"; '
+                'for d in "$HOME" "$2" "$3" "$1"; do [ -e "$d/$4" ] && echo "CANARY in $d"; done; true')
+        seen = node1.run(["sh", "-c", look, "-", hp.rundir, base, hp.workdir, REL_CANARY], check=True).stdout
+        assert seen.split() == ["0", "ckpt", "env", "rank0.exit", "rank0.log", "rank0.pid"], seen
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize("env, message", [
+    ("{A-B: x}", "env name 'A-B' is not a valid variable name"),
+    ('{A: "x\\0y"}', "must not contain a NUL byte"),
+])
+def test_values_the_shell_cannot_carry_are_rejected_at_load_time(env, message):
+    text = f"hosts:\n  - name: h1\n    address: h1\n    env: {env}\n"
+    with pytest.raises(InventoryError) as err:
+        parse_inventory(text, "inv.yaml")
+    assert str(err.value).startswith("inv.yaml:4: hosts[0] (h1): ") and message in str(err.value)
+
+
+# ---------------------------------------------------------------- secrets
+
+# Stands in for python on the host: discovery and preflight get the real interpreter; the
+# "trainer" listens on the rendezvous port, records its pid, then holds (SHIM_MODE=hold) until
+# stopped or prints its token and exits 0 (SHIM_MODE=print).
+SHIM = """#!/usr/bin/python3 -S
+import json, os, signal, socket, sys, time
+if sys.argv[1:3] != ["-m", "trainer"]:
+    os.execv(%(real)r, [%(real)r] + sys.argv[1:])
+addr, port = sys.argv[sys.argv.index("--init-method") + 1][len("tcp://"):].rsplit(":", 1)
+srv = socket.create_server((addr, int(port)))
+record = os.environ["SHIM_RECORD"]
+with open(record + ".tmp", "w") as f:
+    json.dump({"pid": os.getpid()}, f)
+os.rename(record + ".tmp", record)
+print("joined rank=0", flush=True)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+if os.environ["SHIM_MODE"] == "print":
+    srv.settimeout(30)
+    srv.accept()  # the wait-port step has seen the port: rank 0 is up
+    print("token=" + os.environ["TOKEN"], flush=True)
+    sys.exit(0)
+time.sleep(120)
+"""
+
+SCAN = """
+import os, sys
+secret = sys.stdin.buffer.read()
+for root, dirs, files in os.walk(sys.argv[1]):
+    for name in files:
+        path = os.path.join(root, name)
+        if os.path.isfile(path) and secret in open(path, "rb").read():
+            print(path, oct(os.stat(path).st_mode & 0o777), oct(os.stat(root).st_mode & 0o777))
+"""
+
+
+def secret_inventory(tmp_path: Path, cluster: Cluster, mode: str) -> tuple[Path, Path]:
+    """node1 running the shim as its 'trainer', TOKEN from the workstation's $MY_TOKEN."""
+    shared = tmp_path / "shared"  # under /tmp, which the hosts share
+    shared.mkdir()
+    shim = shared / "python"
+    shim.write_text(SHIM % {"real": cluster.python})
+    shim.chmod(0o755)
+    record = shared / "record.json"
+    inv = inventory(tmp_path, cluster, ["node1"], host_extra={"node1": {"python": str(shim)}},
+                    env={"TOKEN": {"from_env": "MY_TOKEN"}, "SHIM_RECORD": str(record), "SHIM_MODE": mode})
+    return inv, record
+
+
+def no_secret(secret: str, *outputs: subprocess.CompletedProcess) -> None:
+    for done in outputs:
+        assert_clean(done)
+        assert secret not in done.stdout + done.stderr
+
+
+@cluster_test
+def test_a_secret_reaches_the_rank_and_nothing_else(cluster, tmp_path):
+    secret = f"s3cr3t-{secrets.token_hex(8)}"
+    env = {"MY_TOKEN": secret}
+    inv, record = secret_inventory(tmp_path, cluster, "hold")
+    node1 = cluster.host("node1")
+    workdir = workdir_of(inv, "node1")
+
+    dry = distctl("up", "--dry-run", str(inv), cwd=tmp_path, env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "export TOKEN='***'" in dry.stdout or "export TOKEN=***" in dry.stdout
+    checked = distctl("check", str(inv), cwd=tmp_path, env=env)
+    assert checked.returncode == 0, checked.stderr
+    started = distctl("up", "--detach", str(inv), cwd=tmp_path, env=env, timeout=120)
+    no_secret(secret, dry, checked, started)
+    assert started.returncode == 0, started.stderr
+    run_id = last_run_id(tmp_path)
+    try:
+        pid = json.loads(wait_for(lambda: record.exists() and record.read_text(), 30, "the rank to start"))["pid"]
+        environ = node1.run(["cat", f"/proc/{pid}/environ"], check=True).stdout.split("\0")
+        assert f"TOKEN={secret}" in environ  # it did arrive
+        pids = run_pids(cluster, run_id)["node1"]
+        assert pid in pids
+        for p in pids:  # the rank, its wrapper shell: no command line carries it
+            cmdline = node1.run(["cat", f"/proc/{p}/cmdline"]).stdout
+            assert secret not in cmdline, cmdline.split("\0")
+
+        found = node1.run([cluster.python, "-c", SCAN, workdir], input=secret, check=True).stdout.split("\n")
+        rundir = f"{workdir}/runs/{run_id}"
+        assert [line for line in found if line] == [f"{rundir}/env 0o600 0o700"]
+        modes = node1.run(["stat", "-c", "%a %n", rundir], check=True).stdout.split()
+        assert modes[0] == "700"
+        code = node1.run(["find", f"{workdir}/code", "-perm", "/022"], check=True).stdout
+        assert code == ""  # no pushed file or directory is group- or world-writable
+        assert node1.run(["find", f"{workdir}/code", "-type", "f"], check=True).stdout.strip()  # there was a push
+
+        for path in (tmp_path / ".distctl").rglob("*"):
+            assert not path.is_file() or secret not in path.read_text(errors="replace"), path
+        status = distctl("status", cwd=tmp_path, env=env)
+        assert status.returncode == 0, status.stderr
+        assert "running" in status.stdout
+        no_secret(secret, status)
+    finally:
+        stopped = distctl("stop", "--grace", "5", cwd=tmp_path, env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    no_secret(secret, stopped)
+
+
+@cluster_test
+def test_a_secret_printed_by_a_rank_is_shown_masked(cluster, tmp_path):
+    secret = f"s3cr3t-{secrets.token_hex(8)}"
+    inv, _record = secret_inventory(tmp_path, cluster, "print")
+    done = distctl("up", str(inv), cwd=tmp_path, env={"MY_TOKEN": secret}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "[node1 r0] token=***" in done.stdout
+    no_secret(secret, done)
+    replay = distctl("logs", cwd=tmp_path, env={"MY_TOKEN": secret})
+    assert replay.returncode == 0, replay.stderr
+    assert "[node1 r0] token=***" in replay.stdout
+    no_secret(secret, replay)
+    # the rank's log on the host holds it now: only inside the 0700 run dir, out of others' reach
+    workdir = workdir_of(inv, "node1")
+    found = cluster.host("node1").run([cluster.python, "-c", SCAN, workdir], input=secret, check=True).stdout
+    rundir = f"{workdir}/runs/{last_run_id(tmp_path)}"
+    assert sorted(line.split()[0] for line in found.splitlines()) == [f"{rundir}/env", f"{rundir}/rank0.log"]
+    assert all(line.split()[2] == "0o700" for line in found.splitlines()), found
