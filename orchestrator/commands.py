@@ -48,15 +48,16 @@ def dry_run(inv: Inventory, ui) -> None:
 def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = False):
     """Connect, discover and preflight; returns connections, facts and the real plan."""
     ui.info(f"connecting to {len(inv.hosts)} host(s)")
-    conns = launcher.connect_all(inv.hosts, inv.ssh, opts.fanout)
-    try:
-        facts, network = launcher.discover(inv, conns, opts.fanout)
-        launcher.preflight_facts(inv, facts)
-        launcher.preflight_port(inv, conns, network.master_addr, opts.fanout)
-        plan = plan_launch(inv, run_id, job_artifacts(inv.job.data), facts, network, resume)
-    except BaseException:
-        launcher.close_all(conns)
-        raise
+    with ui.host_progress([h.name for h in inv.hosts]):
+        conns = launcher.connect_all(inv.hosts, inv.ssh, opts.fanout)
+        try:
+            facts, network = launcher.discover(inv, conns, opts.fanout)
+            launcher.preflight_facts(inv, facts)
+            launcher.preflight_port(inv, conns, network.master_addr, opts.fanout)
+            plan = plan_launch(inv, run_id, job_artifacts(inv.job.data), facts, network, resume)
+        except BaseException:
+            launcher.close_all(conns)
+            raise
     return conns, facts, plan
 
 
@@ -91,8 +92,9 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
     run_id = _last_run_of(inv) if resume else new_run_id(inv.job.name)
     conns, _facts, plan = _resolve(inv, opts, ui, run_id, resume)
     try:
-        prepared = launcher.prepare(plan, conns, opts.fanout)
-        sent = launcher.push(plan, conns, prepared, opts.fanout)
+        with ui.host_progress([h.name for h in inv.hosts]):
+            prepared = launcher.prepare(plan, conns, opts.fanout)
+            sent = launcher.push(plan, conns, prepared, opts.fanout)
         ui.info(f"pushed {sent} bytes" + (" (every host was up to date)" if sent == 0 else ""))
         state = _state_of(plan, inv)
         save_run(state)
@@ -199,9 +201,13 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
         ui.out(json.dumps({"run_id": state.run_id, "ranks": [
             {"host": h, "rank": r, "state": s, "exit_code": c, "detail": d} for h, r, s, c, d in rows]}, indent=2))
         return
+    shown = [(host, rank, f"exited {code}" if st == "exited" else st, detail) for host, rank, st, code, detail in rows]
+    if ui.interactive:
+        ui.table(f"run {state.run_id}", ["host", "rank", "state", "detail"],
+                 [[h, str(r), s, d] for h, r, s, d in shown])
+        return
     ui.out(f"run {state.run_id}")
-    for host, rank, st, code, detail in rows:
-        text = f"exited {code}" if st == "exited" else st
+    for host, rank, text, detail in shown:
         ui.out(f"  {ui.prefix(host, rank)} {text}{'  (' + detail + ')' if detail else ''}")
 
 

@@ -18,6 +18,7 @@ from orchestrator.inventory import Host, Inventory, Ssh
 from orchestrator.plan import Network, Plan, StepKind
 from orchestrator.push import tar_of
 from orchestrator.remote import Connection, connect
+from orchestrator.ui import progress
 
 T = TypeVar("T")
 DEFAULT_FANOUT = 32
@@ -34,10 +35,13 @@ def fan_out(step: str, items: Iterable[T], fn: Callable[[T], object], fanout: in
         for item, future in futures:
             try:
                 results[name(item)] = future.result()
+                progress(name(item), step, None)
             except HostError as exc:
                 errors.append(exc)
+                progress(name(item), step, exc.cause)
             except Exception as exc:  # one host's surprise must not hide the others' outcome
                 errors.append(HostError(name(item), f"{type(exc).__name__}: {exc}"))
+                progress(name(item), step, str(exc))
     if errors:
         raise GroupError(step, errors)
     return results

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import click
 
 _COLORS = ("cyan", "magenta", "yellow", "green", "blue", "bright_red", "bright_cyan", "bright_magenta")
+
+
+# Set while a command shows per-host progress; launcher.fan_out reports each host's step to it.
+_progress: contextvars.ContextVar[Callable[[str, str, str | None], None] | None] = \
+    contextvars.ContextVar("progress", default=None)
+
+
+def progress(host: str, step: str, error: str | None) -> None:
+    """One host finished one step (error: why it failed)."""
+    hook = _progress.get()
+    if hook:
+        hook(host.split("/")[0], step, error)
 
 
 class Ui:
@@ -58,3 +73,49 @@ class Ui:
 
     def _style(self, text: str, color: str) -> str:
         return click.style(text, fg=color) if self.color else text
+
+    @contextmanager
+    def host_progress(self, hosts: list[str]) -> Iterator[None]:
+        """Live per-host progress on a terminal (connect, discover, push...); silent otherwise."""
+        if self.quiet or not self.color or not sys.stderr.isatty():
+            yield
+            return
+        from rich.console import Console
+        from rich.live import Live
+        from rich.table import Table
+
+        steps: dict[str, str] = {h: "connecting" for h in hosts}
+
+        def table() -> Table:
+            t = Table(show_header=False, box=None, pad_edge=False)
+            for host, text in steps.items():
+                color = self._host_colors.setdefault(host, _COLORS[len(self._host_colors) % len(_COLORS)])
+                t.add_row(f"[{color}]{host}[/]", text)
+            return t
+
+        with Live(table(), console=Console(stderr=True), transient=True, refresh_per_second=10) as live:
+            def hook(host: str, step: str, error: str | None) -> None:
+                steps[host] = f"[red]{step} failed: {error}[/]" if error else f"{step} done"
+                live.update(table())
+
+            token = _progress.set(hook)
+            try:
+                yield
+            finally:
+                _progress.reset(token)
+
+    @property
+    def interactive(self) -> bool:
+        return self.color and sys.stdout.isatty()
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        """A rich table (for terminals; callers print plain lines otherwise)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left")
+        for c in columns:
+            t.add_column(c)
+        for row in rows:
+            t.add_row(*row)
+        Console().print(t)
