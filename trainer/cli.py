@@ -1,6 +1,7 @@
 """Entry point: flags -> placement -> one rank's run; failures -> one line and an exit code."""
 
 import os
+import signal
 import sys
 import traceback
 
@@ -46,9 +47,11 @@ def main(argv=None):
             traceback.print_exc()
         emit_error(rank, str(exc))
         _exit(exc.exit_code)
-    except KeyboardInterrupt:
-        emit_error(rank, "interrupted before training started")
-        _exit(ExitCode.STOPPED)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (or a second one inside)
+        emit_error(rank, "interrupted; no checkpoint written")
+        sys.stdout.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)  # die by the signal, as shells and distctl expect
     except Exception as exc:
         if config.debug:
             traceback.print_exc()

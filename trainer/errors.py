@@ -11,7 +11,7 @@ class ExitCode(enum.IntEnum):
     """How ``python -m trainer`` ends; distctl relies on these values."""
 
     OK = 0
-    ERROR = 1  # anything that went wrong: data missing, peer died, timeout, bad checkpoint
+    ERROR = 1  # this rank's own failure: data missing, bad checkpoint, unexpected exception
     USAGE = 2  # bad arguments (argparse's own code)
     DIVERGED = 3  # training finished but the ranks' parameters differ
     PEER_LOST = 4  # a peer died, the network broke or a collective timed out: often a consequence

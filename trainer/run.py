@@ -64,13 +64,11 @@ class Run:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
 
     def resume(self):
-        """Rank 0 reads the newest checkpoint and broadcasts it; every rank loads it."""
+        """Continue from the newest checkpoint (if any): weights, optimizer, RNG, position."""
         if not self.config.resume:
             return Position()
         self.phase = "resuming"
-        box = [checkpoint.load_latest(self.config.checkpoint_dir) if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        state = box[0]
+        state = self.shared_checkpoint()
         if state is None:
             emit("resume", rank=self.rank, checkpoint="none", epoch=0, step=0)
             return Position()
@@ -81,16 +79,28 @@ class Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         checkpoint.restore_rng(state["rng"])
-        self.seed = state["seed"]
-        position = Position(state["epoch"], state["step"])
+        self.seed = state["seed"]  # the sampler's seed: same shards as before the stop
+        fields = dict(rank=self.rank, checkpoint=state["path"], epoch=state["epoch"], step=state["step"])
         if state["step"] and (state["world_size"], state["batch_size"]) != (self.world, self.config.batch_size):
-            emit("resume", rank=self.rank, checkpoint=state["path"], epoch=state["epoch"], step=0,
+            emit("resume", **dict(fields, step=0),
                  note="world size or batch size changed: the interrupted epoch starts over")
             return Position(state["epoch"])
-        if state["step"]:
-            position.loss_sum, position.samples = state["partial"][self.rank]
-        emit("resume", rank=self.rank, checkpoint=state["path"], epoch=state["epoch"], step=state["step"])
-        return position
+        emit("resume", **fields)
+        partial = state["partial"][self.rank] if state["step"] else (0.0, 0)
+        return Position(state["epoch"], state["step"], *partial)
+
+    def shared_checkpoint(self):
+        """Rank 0 reads the newest checkpoint and broadcasts it (the other hosts have no copy)."""
+        box = [None]
+        if self.rank == 0:
+            try:
+                box = [checkpoint.load_latest(self.config.checkpoint_dir)]
+            except CheckpointError as exc:
+                box = [{"error": str(exc)}]  # every rank reports it, not only rank 0
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and "error" in box[0]:
+            raise CheckpointError(f"rank 0: {box[0]['error']}")
+        return box[0]
 
     def train(self, position):
         """Epoch loop; returns (epoch, step, reason, path) when stopped, else None."""
