@@ -158,3 +158,23 @@ def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, small_mni
     acc = lambda out: float(re.findall(r"\] done rank=0 .*test_accuracy=([0-9.]+)", out)[-1])
     assert acc(resumed.stdout) == pytest.approx(acc(whole.stdout), abs=0.02)
     assert digests(resumed.stdout)[0] == digests(resumed.stdout)[1]
+
+
+def test_ctrl_c_while_streaming_detaches_and_the_run_goes_on(cluster, small_mnist, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist), epochs=500)
+    up = start_distctl("up", str(inv), cwd=tmp_path)
+    try:
+        run_id = wait_for(lambda: (tmp_path / ".distctl" / "last").exists() and last_run_id(tmp_path), 60,
+                          "the run to start")
+        wait_for(lambda: epochs_done(cluster, "node2", run_id, 1) >= 1, 120, "rank 1 to train")
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=30)
+        assert up.returncode == 130, err
+        assert f"detached; run {run_id} goes on. Follow it: distctl logs -f   Stop it: distctl stop" in err
+        before = epochs_done(cluster, "node2", run_id, 1)
+        wait_for(lambda: epochs_done(cluster, "node2", run_id, 1) > before, 60, "training to go on")
+        assert all(run_pids(cluster, run_id)[h] for h in ("node1", "node2"))
+    finally:
+        kill_tree(up)
+        distctl("stop", "--grace", "0", cwd=tmp_path)
+    assert all_gone(cluster, run_id)
