@@ -11,13 +11,14 @@ from pathlib import Path
 from orchestrator import launcher, shell
 from orchestrator.errors import DistctlError, ExitCode, GroupError, HostError
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
-from orchestrator.lifecycle import parse_status, status_script
+from orchestrator.lifecycle import RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
 from orchestrator.push import job_artifacts
 from orchestrator.remote import Connection
 from orchestrator.render import plan_json, render_plan
 from orchestrator.state import HostState, RankState, RunState, load_run, runs_of_inventory, save_run
-from orchestrator.watch import FAILURE_GRACE, RankEvents, open_followers, raise_for, stop_everywhere, watch_run
+from orchestrator.watch import (FAILURE_GRACE, RankEvents, open_followers, raise_for, root_causes, stop_everywhere,
+                                watch_run)
 from orchestrator.stream import follow
 
 
@@ -184,31 +185,54 @@ def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connec
 def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
     state = find_run(target)
     conns, down = _connect_reachable(state, opts)
-    rows = []
+    rows: list[tuple[str, RankStatus, str]] = []
     try:
         for hs in state.hosts:
-            if hs.host.name in down:
-                rows += [(hs.host.name, r.rank, "unreachable", None, down[hs.host.name]) for r in hs.ranks]
-                continue
-            try:
-                out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30)
-                rows += [(hs.host.name, s.rank, s.state, s.code, "") for s in parse_status(out.stdout)]
-            except HostError as exc:
-                rows += [(hs.host.name, r.rank, "unreachable", None, exc.cause) for r in hs.ranks]
+            cause = down.get(hs.host.name)
+            if cause is None:
+                try:
+                    out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30)
+                    rows += [(hs.host.name, s, "") for s in parse_status(out.stdout)]
+                    continue
+                except HostError as exc:
+                    cause = exc.cause
+            rows += [(hs.host.name, RankStatus(r.rank, "unreachable"), cause) for r in hs.ranks]
+        failure = _first_failure(state, conns, rows)
     finally:
         launcher.close_all(conns)
     if as_json:
         ui.out(json.dumps({"run_id": state.run_id, "ranks": [
-            {"host": h, "rank": r, "state": s, "exit_code": c, "detail": d} for h, r, s, c, d in rows]}, indent=2))
+            {"host": h, "rank": s.rank, "state": s.state, "exit_code": s.code, "detail": d} for h, s, d in rows],
+            "first_failure": failure}, indent=2))
         return
-    shown = [(host, rank, f"exited {code}" if st == "exited" else st, detail) for host, rank, st, code, detail in rows]
+    shown = [(h, s.rank, f"exited {s.code}" if s.state == "exited" else s.state, d) for h, s, d in rows]
     if ui.interactive:
         ui.table(f"run {state.run_id}", ["host", "rank", "state", "detail"],
                  [[h, str(r), s, d] for h, r, s, d in shown])
-        return
-    ui.out(f"run {state.run_id}")
-    for host, rank, text, detail in shown:
-        ui.out(f"  {ui.prefix(host, rank)} {text}{'  (' + detail + ')' if detail else ''}")
+    else:
+        ui.out(f"run {state.run_id}")
+        for host, rank, text, detail in shown:
+            ui.out(f"  {ui.prefix(host, rank)} {text}{'  (' + detail + ')' if detail else ''}")
+    if failure:
+        ui.out(f"first failure: rank {failure['rank']} on {failure['host']} exited with code {failure['exit_code']}; "
+               "last lines of its log:")
+        ui.out("".join(f"    {ui.masked(line)}\n" for line in failure["log_tail"]).rstrip("\n"))
+
+
+def _first_failure(state: RunState, conns: dict[str, Connection], rows) -> dict | None:
+    """The rank that most likely failed first (see watch.root_causes), with its log's tail."""
+    exited = {s.rank: s.code for _, s, _ in rows if s.state == "exited"}
+    ranked = root_causes(exited, {s.rank: s.at for _, s, _ in rows if s.at is not None})
+    if not ranked:
+        return None
+    rank = ranked[0]
+    host = next(h for h, s, _ in rows if s.rank == rank)
+    log = shell.join([f"{state.host(host).rundir}/rank{rank}.log"])
+    try:
+        tail = conns[host].run(f"tail -n 10 {log} 2>/dev/null", timeout=30).stdout.splitlines()
+    except HostError:
+        tail = []
+    return {"host": host, "rank": rank, "exit_code": exited[rank], "log_tail": tail}
 
 
 def stop(target: str | None, opts: Options, ui, grace: float) -> None:

@@ -43,11 +43,11 @@ def stop_script(rundir: str, run_id: str, grace: float) -> str:
 
 
 def status_script(rundir: str, ranks: list[int]) -> str:
-    """One line per rank: `rank=R state=running|exited|gone code=C`."""
+    """One line per rank: `rank=R state=running|exited|killed|not-started code=C at=MTIME`."""
     return shell.lines(
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo missing=1; exit 0; }}",
         f"for r in {' '.join(str(r) for r in ranks)}; do",
-        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit)";',
+        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) at=$(stat -c %Y rank$r.exit)";',
         '  elif [ -f rank$r.pid ] && kill -0 -- -"$(cat rank$r.pid)" 2>/dev/null; then echo "rank=$r state=running";',
         '  elif [ -f rank$r.pid ]; then echo "rank=$r state=killed"; else echo "rank=$r state=not-started"; fi',
         "done",
@@ -59,6 +59,7 @@ class RankStatus:
     rank: int
     state: str  # running | exited | killed | not-started | unreachable | missing
     code: int | None = None
+    at: float | None = None  # when the exit code was written (host clock)
 
 
 def parse_status(output: str) -> list[RankStatus]:
@@ -67,8 +68,10 @@ def parse_status(output: str) -> list[RankStatus]:
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
         if "rank" in fields:
             code = fields.get("code", "")
+            at = fields.get("at", "")
             out.append(RankStatus(int(fields["rank"]), fields.get("state", "?"),
-                                  int(code) if code.lstrip("-").isdigit() else None))
+                                  int(code) if code.lstrip("-").isdigit() else None,
+                                  float(at) if at.isdigit() else None))
     return out
 
 

@@ -132,10 +132,10 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
     finally:
         for f in followers:
             f.stream.close()
-    return _outcome(state, exits, _root_causes(exits, exit_times), hang, events.tails, host_of)
+    return _outcome(state, exits, root_causes(exits, exit_times), hang, events.tails, host_of)
 
 
-def _root_causes(exits: dict[int, int | None], times: dict[int, float]) -> list[int]:
+def root_causes(exits: dict[int, int | None], times: dict[int, float]) -> list[int]:
     """Failed ranks, most likely cause first: the order distctl saw them in is the order of
     its reads, not of the failures. A peer-lost exit is a consequence; then earliest first."""
     failed = [r for r, code in exits.items() if code != 0]

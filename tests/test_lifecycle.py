@@ -53,6 +53,8 @@ def test_a_rank_killed_on_host_2_tears_down_every_host(cluster, small_mnist, tmp
         out, err = up.communicate(timeout=60)
         assert up.returncode == 1, err
         assert "rank 1 on node2 failed first: exited with code 137 (signal 9)" in err
+        status = distctl("status", cwd=tmp_path)
+        assert "first failure: rank 1 on node2 exited with code 137; last lines of its log:" in status.stdout
     finally:
         kill_tree(up)
 
