@@ -1,8 +1,9 @@
 """The data path: MNIST (or generated digits) read by torchvision, decoded once into tensors.
 
-One process per host prepares the files: every rank takes an fcntl lock in the data folder
-(it works before and without the process group), so the first one there downloads or
-generates while the others wait, then read what it wrote.  The decoded images are normalised
+One process per host prepares the files: every rank that may write (``--download``, generated
+digits) takes an fcntl lock in the data folder (it works before and without the process
+group), so the first one there, normally local rank 0, downloads or generates while the others
+wait, then read what it wrote.  The decoded images are normalised
 like the seed's ``ToTensor() + Normalize((0.1307,), (0.3081,))`` (bit for bit) and kept on the
 training device; the loop only indexes them, no per-sample PIL transforms and no DataLoader.
 """
@@ -87,20 +88,28 @@ def _missing_message(root):
             "it, push a copy to the hosts with distctl's job.data, or use --fallback generated")
 
 
-def read_mnist(root, download, timeout_s):
-    """MNIST from ``root/MNIST/raw``, downloading first when asked and missing."""
+def _download(root, timeout_s):
     from torchvision import datasets
 
-    with data_lock(root):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(min(timeout_s, 60.0))  # torchvision's urlopen has none
+    try:
+        datasets.MNIST(root, train=True, download=True)  # no network when the files exist
+    except Exception as exc:  # URLError, HTTP errors, checksum, disk full ...
+        raise DataError(f"could not download MNIST into {root}: {_condense(exc)}") from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def read_mnist(root, download, timeout_s):
+    """MNIST from ``root/MNIST/raw``, downloading first (under the lock) when asked and missing.
+
+    Without --download nothing on this host writes MNIST files, so no lock is taken and a
+    read-only data folder works.
+    """
+    with data_lock(root) if download else contextlib.nullcontext():
         if download:
-            previous = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(min(timeout_s, 60.0))  # torchvision's urlopen has none
-            try:
-                datasets.MNIST(root, train=True, download=True)
-            except Exception as exc:  # URLError, HTTP errors, checksum, disk full ...
-                raise DataError(f"could not download MNIST into {root}: {_condense(exc)}") from exc
-            finally:
-                socket.setdefaulttimeout(previous)
+            _download(root, timeout_s)
         if not all(os.path.exists(os.path.join(root, "MNIST", "raw", f)) for f in RAW_FILES):
             raise DataError(_missing_message(root))
         try:
