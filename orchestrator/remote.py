@@ -346,6 +346,9 @@ def _connect_error(exc: Exception, conn, name: str, timeout: int, known_hosts: s
             f"ssh-keygen -R {shlex.quote(entry)} -f {shlex.quote(os.path.expanduser(known_hosts))}"))
     if isinstance(exc, paramiko.AuthenticationException):
         return HostError(name, f"authentication failed for {conn.user}@{conn.host}: {exc}")
+    if isinstance(exc, paramiko.SSHException) and "No authentication methods available" in str(exc):
+        return HostError(name, f"authentication failed for {conn.user}@{conn.host}: no key to offer "
+                         "(set identity_file, or add a key to ssh-agent)")
     if isinstance(exc, socket.gaierror):
         return HostError(name, f"cannot resolve host name '{conn.host}'")
     if isinstance(exc, (socket.timeout, TimeoutError)):

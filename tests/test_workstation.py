@@ -60,3 +60,33 @@ def test_pull_brings_back_a_loadable_model_logs_metrics_and_a_plot(cluster, smal
                                 torch.nn.LogSoftmax(dim=1))
     model.load_state_dict(state["model"])
     assert state["epoch"] == 2
+
+
+def test_ssh_agent_keys_are_used_when_present(cluster, tmp_path):
+    import os
+    import subprocess
+
+    from e2e import write_inventory
+
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1"])
+    data = yaml.safe_load(inv.read_text())
+    del data["defaults"]["identity_file"]  # no key named anywhere: only the agent has it
+    data["ssh"]["config"] = str(tmp_path / "empty_ssh_config")
+    (tmp_path / "empty_ssh_config").write_text("")
+    inv.write_text(yaml.safe_dump(data))
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        from e2e import wait_for
+
+        wait_for(sock.exists, 10, "ssh-agent to listen")
+        env = {"SSH_AUTH_SOCK": str(sock), "HOME": str(tmp_path)}  # no ~/.ssh keys either
+        without = distctl("check", str(inv), cwd=tmp_path, env=env)
+        assert without.returncode == 3 and "authentication failed" in without.stderr, without.stderr
+        subprocess.run(["ssh-add", str(cluster.key_path)], env={**os.environ, **env}, check=True,
+                       capture_output=True)
+        with_agent = distctl("check", str(inv), cwd=tmp_path, env=env)
+        assert with_agent.returncode == 0, with_agent.stderr
+    finally:
+        agent.terminate()
+        agent.wait()
