@@ -11,7 +11,7 @@ from typing import Callable
 
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.lifecycle import stop_host
-from orchestrator.plan import follow_script
+from orchestrator.scripts import follow_script
 from orchestrator.remote import Connection
 from orchestrator.state import RunState
 from orchestrator.stream import Followed, follow
