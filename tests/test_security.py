@@ -551,7 +551,11 @@ def test_launch_scripts_pass_hostile_values_verbatim_in_a_local_sandbox(path, py
                                   env=sandbox, timeout=30)
             assert done.returncode == 0, done.stderr
         assert_recorded(record, plan, env)
-        assert Path(hp.workdir).is_dir() and Path(hp.rundir, "env").is_file()
+        exit_file = Path(hp.rundir, "rank0.exit")  # the detached wrapper is done: nothing writes any more
+        assert wait_for(lambda: exit_file.exists() and exit_file.read_text(), 30, "the rank's exit code",
+                        every=0.01) == "0\n"
+        assert sorted(p.name for p in Path(hp.rundir).iterdir()) == [
+            "ckpt", "env", "rank0.exit", "rank0.log", "rank0.pid"]
         assert not os.path.exists(CANARY)
         assert not [p for p in Path(base).rglob(REL_CANARY)]
     finally:
