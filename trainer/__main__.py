@@ -16,7 +16,7 @@ Output (logfmt on stdout, one line per event, flushed)::
     fallback dataset=generated reason="..."              local rank 0 of each host, when MNIST failed
     data rank=R dataset=mnist train=N test=M fingerprint=F threads=T seconds=S
     resume rank=R checkpoint=PATH|none epoch=E step=S    with --resume
-    epoch=E rank=R loss=X samples_per_s=Y test_accuracy=Z     every epoch, E 1-based
+    epoch=E rank=R loss=X samples_per_s=Y [test_accuracy=Z]   every epoch, E 1-based; accuracy on rank 0
     stopped rank=R epoch=E step=S checkpoint=PATH|none reason=SIGTERM   then exit 143
     done rank=R param_sha256=HEX test_accuracy=Z          once at the end
     error rank=R message="..."                            on stderr, then a non-zero exit
@@ -25,18 +25,20 @@ Output (logfmt on stdout, one line per event, flushed)::
 contiguous CPU tensors; rank 0 (every rank in fact) compares all ranks' digests and exits 3 with
 ``error ... message="replicas diverged: ..."`` if they differ.
 
-Exit codes (``trainer.errors.ExitCode``): 0 done, 1 error (data missing,
-bad checkpoint), 2 bad arguments, 3 replicas diverged, 4 peer lost (a peer died or a
-collective exceeded --timeout), 143 stopped by SIGTERM/SIGINT (or
---stop-after-epoch/--stop-after-step) after rank 0 wrote a checkpoint: rerun with --resume.
+Exit codes (``trainer.errors.ExitCode``): 0 done, 1 error (data missing, bad checkpoint),
+2 bad arguments, 3 replicas diverged, 4 peer lost (a peer died or a collective exceeded
+--timeout), 143 stopped by SIGTERM/SIGINT (or --stop-after-epoch/--stop-after-step) after
+rank 0 wrote a checkpoint: rerun with --resume.
 
 Stopping: a SIGTERM or SIGINT to any rank once training runs makes all ranks agree (a cheap
 all-reduce every --stop-check-steps steps and at each epoch's end) on one step; rank 0 writes
 ``ckpt-EEEEEE-SSSSSS.pt`` and ``latest.pt`` and every rank prints ``stopped`` and exits 143.
 ``--resume`` continues from there; on CPU with a fixed seed the final parameters equal those of
-an uninterrupted run, for stops at an epoch's end or mid-epoch.  Before training starts SIGTERM
-has its default effect.  A dead peer or a stuck collective ends the run with exit 1 within
-``--timeout`` seconds (see ``trainer/process_group.py`` for what gloo and nccl each do).
+an uninterrupted run, for stops at an epoch's end or mid-epoch.  Before training starts the
+signals keep their default effect (a shell then also reports 143 for SIGTERM, but no
+``stopped`` line was printed and no checkpoint written).  A dead peer or a stuck collective ends
+the run with exit 4 within ``--timeout`` seconds (see ``trainer/process_group.py`` for what gloo
+and nccl each do).
 
 Data: torchvision's MNIST files under ``--data`` (downloaded with ``--download``), decoded once
 into normalised tensors on the training device.  ``--dataset generated`` or ``--fallback
