@@ -573,7 +573,7 @@ def node1_conn(cluster):
 
 
 @cluster_test
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(path=component, pydir=component, env=env_vars, job=job_name)
 @_injection_examples
 def test_hostile_values_reach_a_real_remote_rank_verbatim_over_ssh(cluster, node1_conn, path, pydir, env, job):
