@@ -18,7 +18,8 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan]) -> str:
     The wrapper traps TERM so that it outlives the trainer's graceful stop and
     records the exit code; `$!` of `setsid` is the process group id `stop` signals.
     """
-    commands = [f"cd {shell.join([rundir])} || exit 1"]
+    # Logs and checkpoints may hold what a rank prints, secrets included: owner-only files.
+    commands = [f"cd {shell.join([rundir])} || exit 1", "umask 077"]
     for r in ranks:
         log, code = f"rank{r.rank}.log", f"rank{r.rank}.exit"
         wrapper = (f"trap : TERM INT HUP; . ./env; \"$@\" >>{log} 2>&1 </dev/null; "
