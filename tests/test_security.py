@@ -726,9 +726,9 @@ def test_a_secret_printed_by_a_rank_is_shown_masked(cluster, tmp_path):
     assert replay.returncode == 0, replay.stderr
     assert "[node1 r0] token=***" in replay.stdout
     no_secret(secret, replay)
-    # the rank's log on the host holds it now: only inside the 0700 run dir, out of others' reach
+    # the rank's log on the host holds it now: an owner-only file in the 0700 run dir
     workdir = workdir_of(inv, "node1")
     found = cluster.host("node1").run([cluster.python, "-c", SCAN, workdir], input=secret, check=True).stdout
     rundir = f"{workdir}/runs/{last_run_id(tmp_path)}"
     assert sorted(line.split()[0] for line in found.splitlines()) == [f"{rundir}/env", f"{rundir}/rank0.log"]
-    assert all(line.split()[2] == "0o700" for line in found.splitlines()), found
+    assert all(line.split()[1:] == ["0o600", "0o700"] for line in found.splitlines()), found
