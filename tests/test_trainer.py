@@ -20,6 +20,7 @@ import time
 import pytest
 
 from idx import write_blob_mnist
+from trainer.data import generated_root
 from trainer.generated import generate_digits, write_generated_mnist
 from trainer.log import format_line, parse_line
 
@@ -230,7 +231,7 @@ def test_fallback_is_agreed_by_all_ranks(blob_data, tmp_path):
         assert len(fallback) == 1 and "MNIST not found" in fallback[0]["reason"]
         assert r.fields("data ")[0]["dataset"] == "generated"
     assert len(set(digests(ranks))) == 1
-    assert os.path.exists(empty / "generated" / "v1-seed0-600-200" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte")
+    assert os.path.exists(os.path.join(generated_root(empty, 0, 600, 200), "MNIST", "raw", "t10k-labels-idx1-ubyte"))
 
 
 def test_dead_peer_ends_the_survivor_within_timeout(blob_data):

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 SIZE = 28
 SCALE = 3  # drawing resolution multiplier before the box filter
-VERSION = 1  # bump when the drawing changes, so cached sets are not reused across versions
+VERSION = 2  # bump when the drawing changes, so cached sets are not reused across versions
 
 
 def _arc(cx, cy, rx, ry, start, end, n=14):
@@ -71,55 +71,58 @@ GLYPHS = {
 
 def _place(stroke, rng, shape):
     """Jitter and bend one stroke, then map it to pixel coordinates with the glyph's shape."""
-    height, aspect, shear, angle, shift, bend = shape
+    height, aspect, shear, angle, shift_x, shift_y, bend = shape
     p = stroke + rng.normal(0.0, 0.02, stroke.shape)
     p[:, 0] += bend * (p[:, 1] - 0.5) ** 2
     xy = (p - 0.5) * (height * aspect, height)
     xy[:, 0] -= shear * xy[:, 1]
     c, s = np.cos(angle), np.sin(angle)
-    xy = xy @ np.array([[c, s], [-s, c]]) + SIZE / 2 + shift
+    xy = xy @ np.array([[c, s], [-s, c]]) + (SIZE / 2 + shift_x, SIZE / 2 + shift_y)
     return xy * SCALE
 
 
-def _random_shape(rng):
-    return (rng.uniform(16.5, 21.0), rng.uniform(0.75, 1.1), rng.uniform(-0.35, 0.35),
-            np.radians(rng.uniform(-12.0, 12.0)), rng.uniform(-1.4, 1.4, 2), rng.uniform(-0.3, 0.3))
+def _random_shapes(rng, n):
+    """Per digit: height and aspect (px), shear, rotation, shift x/y (px), bend."""
+    return np.column_stack([rng.uniform(17.0, 21.0, n), rng.uniform(0.75, 1.1, n), rng.uniform(-0.3, 0.3, n),
+                            np.radians(rng.uniform(-11.0, 11.0, n)), rng.uniform(-1.2, 1.2, (n, 2)),
+                            rng.uniform(-0.3, 0.3, n)])
 
 
 def _draw(draw, xy, width):
-    points = [tuple(pt) for pt in xy]
-    draw.line(points, fill=255, width=width, joint="curve")
+    """A pen stroke: straight segments with a round dot at every vertex (round joins and caps;
+    cheaper than PIL's joint="curve", which computes each join in Python)."""
+    draw.line(xy.ravel().tolist(), fill=255, width=width)
     r = width / 2.0
-    for x, y in (points[0], points[-1]):  # round pen caps
+    for x, y in xy.tolist():
         draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
 
 
-def render_digit(label, rng):
-    """One 28x28 uint8 image of ``label`` drawn with randomness from ``rng``."""
+def draw_ink(label, variant, shape, width, rng):
+    """The anti-aliased pen strokes of one digit: uint8 [28,28], before dimming and noise."""
     variants = GLYPHS[label]
-    strokes = variants[rng.integers(len(variants))]
-    shape = _random_shape(rng)
-    width = int(round(rng.uniform(1.5, 3.6) * SCALE))
     canvas = Image.new("L", (SIZE * SCALE, SIZE * SCALE))
     draw = ImageDraw.Draw(canvas)
-    for stroke in strokes:
+    for stroke in variants[variant % len(variants)]:
         _draw(draw, _place(stroke, rng, shape), width)
     if rng.random() < 0.2:  # a stray pen mark
         start = rng.uniform(2, SIZE - 2, 2)
-        _draw(draw, (np.stack([start, start + rng.normal(0, 4, 2)]) * SCALE), max(2, width // 2))
-    small = np.asarray(canvas.resize((SIZE, SIZE), Image.BOX), dtype=np.float32)
-    small = small * rng.uniform(0.6, 1.0) + rng.normal(0.0, rng.uniform(0.0, 25.0), small.shape)
-    return np.clip(np.rint(small), 0, 255).astype(np.uint8)
+        _draw(draw, np.stack([start, start + rng.normal(0, 4, 2)]) * SCALE, max(2, width // 2))
+    return np.asarray(canvas.resize((SIZE, SIZE), Image.BOX))
 
 
 def generate_digits(n, seed, split):
     """``n`` balanced, shuffled (images uint8 [n,28,28], labels uint8 [n]) for split 0 or 1."""
     rng = np.random.default_rng([seed, split, VERSION])
     labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
-    images = np.empty((n, SIZE, SIZE), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        images[i] = render_digit(int(label), rng)
-    return images, labels
+    variants = rng.integers(0, 6, n)  # 6: uniform over 2 or 3 variants alike
+    shapes = _random_shapes(rng, n)
+    widths = np.rint(rng.uniform(1.5, 3.6, n) * SCALE).astype(int)
+    gains = rng.uniform(0.6, 1.0, (n, 1, 1)).astype(np.float32)
+    sigmas = rng.uniform(0.0, 25.0, (n, 1, 1)).astype(np.float32)
+    ink = np.stack([draw_ink(int(label), int(variant), shape, int(width), rng)
+                    for label, variant, shape, width in zip(labels, variants, shapes, widths)])
+    noisy = ink * gains + rng.standard_normal(ink.shape, dtype=np.float32) * sigmas
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8), labels
 
 
 def idx_bytes(array):
@@ -142,8 +145,8 @@ def write_generated_mnist(root, seed, n_train, n_test):
     os.makedirs(raw, exist_ok=True)
     for prefix, n, split in (("train", n_train, 0), ("t10k", n_test, 1)):
         images, labels = generate_digits(n, seed, split)
-        # Labels last: torchvision checks that all four files exist, so a half-written set
-        # (a killed process) is never taken for a complete one.
+        # Each file appears whole (rename); the set counts as complete once all four exist,
+        # and the test labels come last, so a killed writer never leaves a "complete" set.
         _write_atomic(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), idx_bytes(images))
         _write_atomic(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), idx_bytes(labels))
     return raw
