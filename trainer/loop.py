@@ -61,9 +61,9 @@ def train_epoch(ddp, optimizer, data, shard, batch_size, position, stop):
         step += 1
         if stop.after_step(step, step == n_steps):
             break
+    epoch_loss = loss_sum.item()  # on CUDA this waits for the queued steps: time them all
     seconds = time.perf_counter() - start
-    new = Position(position.epochs_done, step, position.loss_sum + loss_sum.item(),
-                   position.samples + samples_run)
+    new = Position(position.epochs_done, step, position.loss_sum + epoch_loss, position.samples + samples_run)
     return EpochResult(step < n_steps, new, seconds, samples_run)
 
 
