@@ -36,7 +36,7 @@ def check_golden(name, text):
     path = GOLDEN / name
     if os.environ.get("DISTCTL_UPDATE_GOLDEN"):
         path.write_text(text)
-    assert text == path.read_text(), f"plan changed; review, then DISTCTL_UPDATE_GOLDEN=1 to accept"
+    assert text == path.read_text(), "plan changed; review, then DISTCTL_UPDATE_GOLDEN=1 to accept"
 
 
 def test_dry_run_plan_uses_named_placeholders():
