@@ -87,8 +87,9 @@ def main() -> None:
                 cpu = sorted(cases[name].spent)[len(cases[name].spent) // 2]
                 rows.append((n, name, f"{median_ms(values) / 1000:.2f}", f"{median_ms(values) / base:.2f}x",
                              f"{cpu:.2f}"))
-            print(f"# {n} hosts done", flush=True)
-    print(f"\nmedian of {args.reps} interleaved rounds; fan-out {args.fanout}; "
+            print_table(("hosts", "command", "wall s", "vs pdsh", "client CPU s"), rows[-len(times):])
+            print(flush=True)
+    print(f"median of {args.reps} interleaved rounds; fan-out {args.fanout}; "
           f"{'namespaced' if cluster.isolated else 'loopback'} hosts on this machine\n")
     print_table(("hosts", "command", "wall s", "vs pdsh", "client CPU s"), rows)
 
