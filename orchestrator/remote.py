@@ -138,7 +138,9 @@ class SshConnection:
             chan.settimeout(timeout)
             chan.exec_command(command)
             if stdin:
-                chan.sendall(stdin)
+                # paramiko's sendall re-slices what is left after every packet: on bytes each
+                # slice copies the rest (a 55 MB push took 25 s instead of 0.5 s); a view doesn't.
+                chan.sendall(memoryview(stdin))
             chan.shutdown_write()
             stdout = _read_all(chan.recv)
             stderr = _read_all(chan.recv_stderr)
