@@ -75,9 +75,8 @@ def stamp(text: str, now: float, seen: dict[str, float], per_rank: dict[str, dic
     match = RANK_LINE.match(text)
     if match:
         rank, first = int(match[1]), match[2]
-        event = "epoch=1" if first.startswith("epoch=1") and not first.startswith("epoch=10") else first
-        if event in per_rank:
-            per_rank[event].setdefault(rank, now)
+        if first in per_rank:  # `epoch=1` is the first word of the first epoch's line
+            per_rank[first].setdefault(rank, now)
     elif text.startswith("distctl: pushed "):
         seen["pushed"] = now
     elif "rank 0 started; waiting" in text:
