@@ -18,7 +18,9 @@ Run (root, for network namespaces):
 from __future__ import annotations
 
 import argparse
+import atexit
 import resource
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -60,6 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(n) for n in args.hosts.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    atexit.register(shutil.rmtree, work, True)  # data sets and run state
     data = None if args.no_up else str(tiny_data(work / "data"))
     rows = []
     with cluster_of(max(sizes)) as cluster:

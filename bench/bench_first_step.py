@@ -25,9 +25,11 @@ Run (root):
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import re
 import selectors
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -101,6 +103,7 @@ def main() -> None:
     from trainer.generated import write_generated_mnist
 
     work = Path(tempfile.mkdtemp(prefix="bench-first-step-"))
+    atexit.register(shutil.rmtree, work, True)  # data sets and run state
     write_generated_mnist(str(work / "data"), seed=0, n_train=args.n_train, n_test=args.n_train // 4)
     runs = []
     with cluster_of(args.hosts) as cluster:

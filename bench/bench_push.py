@@ -21,6 +21,7 @@ Run (root):
 from __future__ import annotations
 
 import argparse
+import atexit
 import shutil
 import statistics
 import tempfile
@@ -171,6 +172,7 @@ def main() -> None:
     from trainer.generated import write_generated_mnist
 
     work = Path(tempfile.mkdtemp(prefix="bench-push-"))
+    atexit.register(shutil.rmtree, work, True)  # data sets and run state
     code_root = work / "trainer"
     shutil.copytree(trainer_root(), code_root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     data_root = work / "data"
