@@ -105,7 +105,7 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
             raise _launch_failed(exc, state, conns) from None
         ui.info(f"run {plan.run_id} started: {plan.world_size} rank(s), init method {plan.init_method}")
         if detach:
-            _verify_started(state, conns)
+            _verify_started(state, conns, opts.fanout)
             _report_detached(state)
             return
         from_lines = {r: n for p in prepared.values() for r, n in p.log_lines.items()}
@@ -134,13 +134,17 @@ def _launch_failed(exc: DistctlError, state: RunState, conns: dict[str, Connecti
                         + (f" Last lines of rank 0's log:{shown}" if shown else ""), exc.exit_code)
 
 
-def _verify_started(state: RunState, conns: dict[str, Connection]) -> None:
+def _verify_started(state: RunState, conns: dict[str, Connection], fanout: int) -> None:
     """Detached `up` returns only once every rank runs (or already finished cleanly)."""
-    for hs in state.hosts:
-        out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30)
-        for s in parse_status(out.stdout):
+    def one(hs: HostState) -> list[RankStatus]:
+        return parse_status(conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]),
+                                                    timeout=30).stdout)
+
+    found = launcher.fan_out("verify", state.hosts, one, fanout, lambda hs: hs.host.name)
+    for host, ranks in found.items():
+        for s in ranks:  # type: ignore[attr-defined]
             if s.state not in ("running", "exited") or (s.state == "exited" and s.code != 0):
-                raise DistctlError(f"rank {s.rank} on {hs.host.name} is {s.state}"
+                raise DistctlError(f"rank {s.rank} on {host} is {s.state}"
                                    f"{f' with code {s.code}' if s.code is not None else ''} right after launch; "
                                    f"see: distctl logs --rank {s.rank}", ExitCode.RUN_FAILED)
 
@@ -239,7 +243,7 @@ def stop(target: str | None, opts: Options, ui, grace: float) -> None:
     state = find_run(target)
     conns, down = _connect_reachable(state, opts)
     try:
-        problems = stop_everywhere(state, conns, grace)
+        problems = stop_everywhere(state, conns, grace, opts.fanout)
     finally:
         launcher.close_all(conns)
     problems.update({h: f"unreachable: {cause}" for h, cause in down.items()})

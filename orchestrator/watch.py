@@ -27,7 +27,8 @@ class Outcome:
     message: str
 
 
-def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float) -> dict[str, str]:
+def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float,
+                    fanout: int = 64) -> dict[str, str]:
     """Stop the run on every host in parallel; per-host problems are returned, not raised."""
     def one(hs) -> str:
         conn = conns.get(hs.host.name)
@@ -39,7 +40,7 @@ def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float)
         except HostError as exc:
             return exc.cause
 
-    with ThreadPoolExecutor(max_workers=max(1, len(state.hosts))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(fanout, len(state.hosts)))) as pool:
         results = list(pool.map(one, state.hosts))
     return {hs.host.name: r for hs, r in zip(state.hosts, results) if r}
 
