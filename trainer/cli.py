@@ -6,7 +6,7 @@ import sys
 import traceback
 
 from trainer.config import parse_config
-from trainer.errors import ExitCode, TrainerError, UsageError
+from trainer.errors import ExitCode, TrainerError
 from trainer.log import emit_error
 from trainer.process_group import first_line, resolve_placement
 
