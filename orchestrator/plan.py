@@ -7,6 +7,7 @@ when `plan_launch` gets no facts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -108,7 +109,10 @@ def workdir_of(host: Host, facts: HostFacts | None) -> str:
     """The host's workdir with `~` expanded by the host's own $HOME (discovered)."""
     workdir = host.workdir.rstrip("/") or "/"
     if workdir == "~" or workdir.startswith("~/"):
-        home = facts.home if facts and facts.home else f"<home of {host.name}>"
+        if facts and facts.home:
+            home = facts.home
+        else:  # the workstation's own home needs no discovery
+            home = os.path.expanduser("~") if host.is_local else f"<home of {host.name}>"
         return home.rstrip("/") + workdir[1:]
     return workdir
 
