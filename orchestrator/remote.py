@@ -319,6 +319,7 @@ def connect(host: Host, ssh: Ssh) -> Connection:
     timeout = max(1, math.ceil(ssh.connect_timeout))
     conn = FabricConnection(host.address, user=host.user, port=host.port, config=config,
                             connect_timeout=timeout, connect_kwargs=connect_kwargs)
+    _jump_chain(conn, config, timeout)
     record_to = _secure(conn, host, ssh)
     try:
         conn.open()
@@ -330,6 +331,27 @@ def connect(host: Host, ssh: Ssh) -> Connection:
         conn.close()
         raise _connect_error(exc, conn, host.name, timeout, record_to) from None
     return SshConnection(host.name, conn)
+
+
+def _jump_chain(conn, config, timeout: int) -> None:
+    """Gateways in OpenSSH's order. For `ProxyJump a,b` OpenSSH dials a, then b through a, then
+    the target through b; Fabric builds the chain reversed (b first, then a through b), and takes
+    `ProxyJump none` for a host called "none"."""
+    from fabric import Connection as FabricConnection
+
+    jump = conn.ssh_config.get("proxyjump", "").strip()
+    if not jump:
+        return
+    if jump.lower() == "none":
+        conn.gateway = None
+        return
+    gateway = None
+    for hop in (h.strip() for h in jump.split(",")):
+        # A later hop is dialled through the one before it, whatever its own ssh_config says.
+        gateway = FabricConnection(hop, config=config.clone(), connect_timeout=timeout,
+                                   connect_kwargs={"transport_factory": _nodelay_transport},
+                                   **({"gateway": gateway} if gateway is not None else {}))
+    conn.gateway = gateway
 
 
 def _connect_error(exc: Exception, conn, name: str, timeout: int, known_hosts: str) -> HostError:
