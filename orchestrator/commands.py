@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator import launcher, shell
@@ -35,8 +35,6 @@ def new_run_id(job: str) -> str:
 def _with_options(inv: Inventory, opts: Options) -> Inventory:
     if not opts.accept_new_host_keys:
         return inv
-    from dataclasses import replace
-
     return replace(inv, ssh=replace(inv.ssh, accept_new_host_keys=True))
 
 
