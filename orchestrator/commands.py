@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator import launcher, shell
-from orchestrator.errors import DistctlError, ExitCode, GroupError, HostError
+from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
@@ -176,12 +176,8 @@ def find_run(target: str | None) -> RunState:
 
 def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connection], dict[str, str]]:
     """Connect to every host of a run; unreachable hosts are reported, not fatal."""
-    try:
-        return launcher.connect_all([h.host for h in state.hosts], state.ssh, opts.fanout), {}
-    except GroupError as exc:
-        failed = {e.host: e.cause for e in exc.errors}
-        ok = [h.host for h in state.hosts if h.host.name not in failed]
-        return (launcher.connect_all(ok, state.ssh, opts.fanout) if ok else {}), failed
+    conns, failed = launcher.connect_each([h.host for h in state.hosts], state.ssh, opts.fanout)
+    return conns, {e.host: e.cause for e in failed.errors} if failed else {}
 
 
 def status(target: str | None, opts: Options, ui, as_json: bool) -> None:

@@ -47,8 +47,8 @@ def fan_out(step: str, items: Iterable[T], fn: Callable[[T], object], fanout: in
     return results
 
 
-def connect_all(hosts: Iterable[Host], ssh: Ssh, fanout: int) -> dict[str, Connection]:
-    """One connection per host, opened in parallel; on any failure close the rest."""
+def connect_each(hosts: Iterable[Host], ssh: Ssh, fanout: int) -> tuple[dict[str, Connection], GroupError | None]:
+    """One connection per host, opened in parallel: those that opened, and what failed."""
     opened: dict[str, Connection] = {}
 
     def open_one(host: Host) -> Connection:
@@ -57,10 +57,19 @@ def connect_all(hosts: Iterable[Host], ssh: Ssh, fanout: int) -> dict[str, Conne
         return conn
 
     try:
-        return fan_out("connect", hosts, open_one, fanout, lambda h: h.name)  # type: ignore[return-value]
-    except GroupError:
+        fan_out("connect", hosts, open_one, fanout, lambda h: h.name)
+        return opened, None
+    except GroupError as exc:
+        return opened, exc
+
+
+def connect_all(hosts: Iterable[Host], ssh: Ssh, fanout: int) -> dict[str, Connection]:
+    """One connection per host, or none at all: on any failure close the rest and raise."""
+    opened, failed = connect_each(hosts, ssh, fanout)
+    if failed:
         close_all(opened)
-        raise
+        raise failed
+    return opened
 
 
 def close_all(conns: dict[str, Connection]) -> None:
