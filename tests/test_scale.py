@@ -139,9 +139,10 @@ def test_discovery_does_not_import_torch_on_the_hosts(cluster, tmp_path):
 
 
 @pytest.mark.cluster
-def test_a_large_stdin_arrives_intact_in_linear_time(cluster, tmp_path):
-    """A data push is one command with the tar on stdin. paramiko's sendall copied the rest of
-    a bytes object after every 32 KiB packet: 48 MiB took ~15 s; sent as a view, ~0.5 s."""
+def test_a_large_stdin_arrives_intact(cluster, tmp_path):
+    """A data push is one command with the tar on stdin (sent as a memoryview: paramiko's
+    sendall copies the rest of a bytes object after every packet, quadratic in the size;
+    bench/bench_push.py measures it)."""
     import hashlib
     import os
 
@@ -151,13 +152,10 @@ def test_a_large_stdin_arrives_intact_in_linear_time(cluster, tmp_path):
     conn = launcher.connect_all(inv.hosts, inv.ssh, 1)["node1"]
     try:
         data = os.urandom(48 << 20)
-        start = time.monotonic()
         out = launcher.check(conn, "sha256sum", "digest", stdin=data).stdout
-        took = time.monotonic() - start
     finally:
         conn.close()
     assert out.split()[0] == hashlib.sha256(data).hexdigest()
-    assert took < 5, f"48 MiB on stdin took {took:.1f} s"
 
 
 HOSTS = 16
