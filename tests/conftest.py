@@ -36,8 +36,8 @@ def cannot_run(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def _session_cluster(specs: Sequence[HostSpec]) -> Iterator[Cluster]:
-    """Bring a cluster up for the session; closed by the fixture, at exit, or on SIGTERM/SIGHUP."""
+def serve_cluster(specs: Sequence[HostSpec]) -> Iterator[Cluster]:
+    """Bring a cluster up for a fixture's scope; closed by the fixture, at exit, or on SIGTERM/SIGHUP."""
     reason = cluster_unavailable()
     if reason:
         cannot_run(reason)
@@ -52,13 +52,13 @@ def _session_cluster(specs: Sequence[HostSpec]) -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """Four SSH hosts node1..node4 (node2: ens5; node3: eth0 + eth1 on the back net)."""
-    yield from _session_cluster(CLUSTER_HOSTS)
+    yield from serve_cluster(CLUSTER_HOSTS)
 
 
 @pytest.fixture(scope="session")
 def jump_cluster() -> Iterator[Cluster]:
     """bastion (front + back net) and node5 (back net only, reachable via bastion); built lazily."""
-    yield from _session_cluster(JUMP_HOSTS)
+    yield from serve_cluster(JUMP_HOSTS)
 
 
 def _require_isolation(cluster: Cluster) -> Cluster:

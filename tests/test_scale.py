@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import HostSpec, cluster_unavailable, close_on_exit, start_cluster
-from conftest import cannot_run
+from cluster import HostSpec
+from conftest import serve_cluster
 from e2e import digests, distctl, write_inventory
 from orchestrator import launcher
 from orchestrator.inventory import parse_inventory
@@ -164,15 +164,7 @@ HOSTS = 16
 @pytest.fixture(scope="module")
 def sixteen() -> object:
     """Sixteen namespaced hosts h01..h16 of their own, for this module only."""
-    reason = cluster_unavailable()
-    if reason:
-        cannot_run(reason)
-    cluster = start_cluster([HostSpec(f"h{i:02d}") for i in range(1, HOSTS + 1)])
-    close_on_exit(cluster)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+    yield from serve_cluster([HostSpec(f"h{i:02d}") for i in range(1, HOSTS + 1)])
 
 
 def _accepted(cluster) -> dict[str, int]:
