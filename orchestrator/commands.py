@@ -273,7 +273,7 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
     try:
         followers = open_followers(state, conns, wanted, live=follow_live, tail=tail)
         try:
-            follow(followers, RankEvents(ui.rank_line).line, lambda f: None)
+            follow(followers, RankEvents(ui.rank_line).line)
         except KeyboardInterrupt:
             pass
         finally:

@@ -97,10 +97,6 @@ class Inventory:
     job: Job
     ssh: Ssh
 
-    @property
-    def world_size_known(self) -> bool:
-        return all(h.slots is not None for h in self.hosts)
-
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
 

@@ -54,7 +54,6 @@ class Step:
     command: str
     stdin: str = ""  # shown masked; the runner sends the real bytes
     artifact: str | None = None
-    rank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +92,6 @@ class Plan:
     @property
     def init_method(self) -> str:
         return f"tcp://{self.master_addr}:{self.port}"
-
-    def rank_host(self, rank: int) -> HostPlan:
-        return next(h for h in self.hosts for r in h.ranks if r.rank == rank)
 
 
 def slots_of(host: Host, facts: HostFacts | None) -> int:

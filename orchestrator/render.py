@@ -25,7 +25,7 @@ def render_plan(plan: Plan) -> str:
     out += [f"  note: {n}" for n in plan.notes]
     for number, step in enumerate(plan.steps, 1):
         hp = plan.host_plan(step.host)
-        title = _TITLES[step.kind].format(artifact=step.artifact, rank=step.rank, addr=plan.master_addr,
+        title = _TITLES[step.kind].format(artifact=step.artifact, addr=plan.master_addr,
                                           port=plan.port, ranks=", ".join(str(r.rank) for r in hp.ranks))
         out.append(f"\n# {number}. {step.host}: {title}")
         out.append(step.command)

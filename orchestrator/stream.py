@@ -21,7 +21,6 @@ class Followed:
 
     host: str
     stream: Stream
-    ended: bool = False
     _decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     _partial: str = ""
@@ -37,9 +36,8 @@ class Followed:
 
 
 def follow(streams: list[Followed], on_line: Callable[[Followed, str], None],
-           on_end: Callable[[Followed], None], tick: Callable[[], bool] | None = None,
-           tick_every: float = 0.25) -> None:
-    """Read every stream to its end. `tick()` runs periodically; returning False stops early."""
+           tick: Callable[[], None] | None = None, tick_every: float = 0.25) -> None:
+    """Read every stream to its end, calling `tick()` periodically."""
     sel = selectors.DefaultSelector()
     for f in streams:
         sel.register(f.stream.fileno(), selectors.EVENT_READ, f)
@@ -58,12 +56,9 @@ def follow(streams: list[Followed], on_line: Callable[[Followed, str], None],
                     on_line(f, line)
                 if not data:
                     sel.unregister(key.fileobj)
-                    f.ended = True
                     open_count -= 1
-                    on_end(f)
             if tick and time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + tick_every
-                if not tick():
-                    return
+                tick()
     finally:
         sel.close()

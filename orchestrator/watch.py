@@ -117,7 +117,7 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
         for host, problem in stop_everywhere(state, conns, FAILURE_GRACE).items():
             ui.warn(f"{host}: stop: {problem}")
 
-    def tick() -> bool:
+    def tick() -> None:
         if len(joined) < state.world_size and time.monotonic() > deadline and not first_failure and not hang:
             missing = sorted(set(host_of) - joined)
             # Rank 0 waits in the rendezvous for the others: name the ranks that never reached
@@ -125,11 +125,10 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
             culprits = [r for r in missing if r not in started] if started else missing
             hang.extend(f"{host_of[r]} r{r}" for r in (culprits or missing))
             teardown(f"ranks never joined within job.join_timeout={join_timeout:g}s: {', '.join(hang)}")
-        return True
 
     events = RankEvents(on_line, on_exit)
     try:
-        follow(followers, events.line, lambda f: None, tick)
+        follow(followers, events.line, tick)
     finally:
         for f in followers:
             f.stream.close()
