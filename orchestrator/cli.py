@@ -46,7 +46,7 @@ class _Cli(click.Group):
             if debug:
                 raise
             Ui().error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
-            ctx.exit(ExitCode.RUN_FAILED)
+            ctx.exit(ExitCode.INTERNAL)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
