@@ -40,7 +40,7 @@ def _with_options(inv: Inventory, opts: Options) -> Inventory:
 
 def dry_run(inv: Inventory, ui) -> None:
     """Print the plan from the inventory alone; opens no connection."""
-    plan = plan_launch(inv, new_run_id(inv.job.name), job_artifacts(inv.job.data))
+    plan = plan_launch(inv, new_run_id(inv.job.name), job_artifacts(inv.job))
     ui.out(render_plan(plan))
 
 
@@ -53,7 +53,7 @@ def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = Fals
             facts, network = launcher.discover(inv, conns, opts.fanout)
             launcher.preflight_facts(inv, facts)
             launcher.preflight_port(inv, conns, network.master_addr, opts.fanout)
-            plan = plan_launch(inv, run_id, job_artifacts(inv.job.data), facts, network, resume)
+            plan = plan_launch(inv, run_id, job_artifacts(inv.job), facts, network, resume)
         except BaseException:
             launcher.close_all(conns)
             raise
@@ -79,22 +79,29 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool) -> None:
 
 
 def _state_of(plan: Plan, inv: Inventory) -> RunState:
+    # The host's python resolved: a relative one (a venv job.setup made) is a path on the host.
     return RunState(plan.run_id, str(Path(inv.path).resolve()), inv.ssh, plan.world_size, plan.master_addr,
-                    plan.port, tuple(HostState(hp.host, hp.rundir, tuple(RankState(r.rank, r.local_rank)
-                                                                           for r in hp.ranks))
-                                     for hp in plan.hosts))
+                    plan.port, tuple(HostState(replace(hp.host, python=hp.python), hp.rundir,
+                                               tuple(RankState(r.rank, r.local_rank) for r in hp.ranks))
+                                     for hp in plan.hosts), trainer=plan.trainer)
 
 
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
     inv = _with_options(inv, opts)
     ui.hide(inv.secrets)
     run_id = _last_run_of(inv) if resume else new_run_id(inv.job.name)
-    conns, _facts, plan = _resolve(inv, opts, ui, run_id, resume)
+    conns, facts, plan = _resolve(inv, opts, ui, run_id, resume)
     try:
         with ui.host_progress([h.name for h in inv.hosts]):
             prepared = launcher.prepare(plan, conns, opts.fanout)
             sent = launcher.push(plan, conns, prepared, opts.fanout)
         ui.info(f"pushed {sent} bytes" + (" (every host was up to date)" if sent == 0 else ""))
+        if plan.setup:
+            ui.info("running job.setup on every host")
+            probed = launcher.run_setup(plan, conns, opts.fanout, ui)
+            launcher.preflight_facts(inv, {n: replace(facts[n], python=f.python, torch=f.torch,
+                                                      torchvision=f.torchvision) for n, f in probed.items()},
+                                     after_setup=True)
         state = _state_of(plan, inv)
         save_run(state)
         try:

@@ -58,15 +58,20 @@ class Route:
 
 def discover_script(python: str) -> str:
     """One read-only script that prints `key=value` lines."""
-    py = shell.join([python])
     return shell.lines(
         'echo "home=$HOME"',
         'echo "hostname=$(hostname 2>/dev/null || uname -n)"',
         "if command -v ip >/dev/null 2>&1; then echo has_ip=1; "
         "ip -o -4 addr show | sed 's/^/addr=/'; else echo has_ip=0; fi",
-        f"if command -v {py} >/dev/null 2>&1; then {py} -c {shell.join([_PROBE])}; else echo python=; fi",
+        probe_script(python),
         "echo \"gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')\"",
     )
+
+
+def probe_script(python: str) -> str:
+    """`python=`, `torch=`, `torchvision=` lines for an interpreter (empty when missing)."""
+    py = shell.join([python])
+    return f"if command -v {py} >/dev/null 2>&1; then {py} -c {shell.join([_PROBE])}; else echo python=; fi"
 
 
 def parse_facts(output: str) -> HostFacts:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,12 +75,22 @@ class Job:
     name: str = "mnist"
     port: int = 23456
     backend: str = "auto"
-    data: str | None = None  # workstation folder with MNIST/raw, pushed to every host
+    data: str | None = None  # workstation folder pushed to every host (MNIST/raw for the trainer)
     dataset: str = "mnist"
     fallback: str = "none"  # what ranks train on when MNIST can't be read or downloaded
     join_timeout: float = 300.0
     env: tuple[EnvVar, ...] = ()
     train: Train = field(default_factory=Train)
+    code: str | None = None  # workstation folder with the user's program, pushed to every host
+    command: tuple[str, ...] = ()  # the user's program; empty: the bundled trainer
+    setup: str | None = None  # shell script run once per host before launch
+    outputs: tuple[str, ...] = ()  # globs under the run's working directory, for `pull`
+    wait_for_rank0: bool = True  # start the other ranks once rank 0 listens on job.port
+
+    @property
+    def is_trainer(self) -> bool:
+        """The bundled MNIST trainer runs (no `job.command`): its conventions apply."""
+        return not self.command
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,8 @@ def _env_value(ctx: y.Ctx, node: yaml.Node, where: str, name: str, environ: dict
 
 HOST_KEYS = ("name", "address", "connection", "user", "port", "identity_file", "python",
              "workdir", "slots", "env")
-JOB_KEYS = ("name", "port", "backend", "data", "dataset", "fallback", "join_timeout", "env", "train")
+JOB_KEYS = ("name", "port", "backend", "data", "dataset", "fallback", "join_timeout", "env", "train",
+            "code", "command", "setup", "outputs", "wait_for_rank0")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "seed", "timeout")
 SSH_KEYS = ("known_hosts", "accept_new_host_keys", "config", "connect_timeout")
 TOP_KEYS = ("defaults", "hosts", "job", "ssh")
@@ -251,6 +263,7 @@ def _job(ctx: y.Ctx, node: yaml.Node | None, environ: dict[str, str]) -> Job:
         "port": ("a port number from 1 to 65535", y.int_in(1, 65535)),
         "backend": ("one of auto, nccl, gloo", y.choice(BACKENDS)),
         "data": ("a folder path on this workstation", y.single_line),
+        "code": ("a folder path on this workstation", y.single_line),
         "dataset": ("one of mnist, generated", y.choice(DATASETS)),
         "fallback": ("one of none, generated", y.choice(FALLBACKS)),
         "join_timeout": ("a positive number of seconds", y.positive_number),
@@ -261,16 +274,88 @@ def _job(ctx: y.Ctx, node: yaml.Node | None, environ: dict[str, str]) -> Job:
             values["env"] = _env(ctx, n, "job", environ)
         elif key == "train":
             values["train"] = _train(ctx, n)
+        elif key == "command":
+            values["command"] = _command(ctx, n)
+        elif key == "setup":
+            values["setup"] = y.scalar(ctx, n, "job", key, "a shell script (text)", y.nonempty_text)
+        elif key == "outputs":
+            values["outputs"] = _globs(ctx, n)
+        elif key == "wait_for_rank0":
+            values[key] = y.scalar(ctx, n, "job", key, "true or false", y.boolean)
         else:
             values[key] = y.scalar(ctx, n, "job", key, *checks[key])
-    if "data" in values:
-        data = Path(ctx.path).parent / Path(values["data"]).expanduser()
-        if not data.is_dir():
-            problem = "is not a folder" if data.exists() else "does not exist"
-            raise ctx.fail(keys["data"], "job", f"'data' folder {values['data']!r} {problem} "
-                           f"(looked in {data.absolute()})")
-        values["data"] = str(data.resolve())
+    if "train" in keys and "command" in keys:
+        raise ctx.fail(keys["train"], "job", "'train' configures the bundled trainer, but 'command' runs "
+                       "your own program; remove one of them (pass your program's options in 'command')")
+    for folder in ("data", "code"):
+        if folder in values:
+            values[folder] = _folder(ctx, keys[folder], folder, values[folder])
+    if "data" in values and "command" not in values:
+        _check_mnist(ctx, keys["data"], values["data"])
     return Job(**values)
+
+
+def _folder(ctx: y.Ctx, node: yaml.Node, key: str, value: str) -> str:
+    """A workstation folder named relative to the inventory file, resolved."""
+    path = Path(ctx.path).parent / Path(value).expanduser()
+    if not path.is_dir():
+        problem = "is not a folder" if path.exists() else "does not exist"
+        raise ctx.fail(node, "job", f"'{key}' folder {value!r} {problem} (looked in {path.absolute()})")
+    return str(path.resolve())
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+
+
+def _check_mnist(ctx: y.Ctx, node: yaml.Node, folder: str) -> None:
+    """The bundled trainer reads `<data>/MNIST/raw/*-ubyte` (torchvision's layout): a folder
+    one level off would otherwise pass here and train on something the user never asked for."""
+    raw = Path(folder, "MNIST", "raw")
+    missing = [f for f in MNIST_FILES if not (raw / f).is_file() and not (raw / f"{f}.gz").is_file()]
+    if missing:
+        hint = ""
+        if Path(folder).name == "raw" and Path(folder).parent.name == "MNIST":
+            hint = f"; point 'data' at {Path(folder).parent.parent} (the folder that holds MNIST/)"
+        raise ctx.fail(node, "job", f"'data' folder {folder} does not hold MNIST in torchvision's "
+                       f"layout: expected MNIST/raw/{missing[0]} (or .gz) in it{hint}")
+
+
+def _command(ctx: y.Ctx, node: yaml.Node) -> tuple[str, ...]:
+    """A string is split like a shell would (quotes, no expansion); a list is taken as is."""
+    where = "job"
+    if isinstance(node, yaml.SequenceNode):
+        argv = tuple(_argument(ctx, n) for n in node.value)
+    else:
+        text = y.scalar(ctx, node, where, "command", "a command line or a list of arguments", y.nonempty_text)
+        try:
+            argv = tuple(shlex.split(text, comments=False, posix=True))
+        except ValueError as exc:
+            raise ctx.fail(node, where, f"'command' cannot be split like a shell would: {exc}") from None
+    if not argv or not argv[0]:
+        raise ctx.fail(node, where, "'command' is empty; give the program to run, e.g. python train.py")
+    return argv
+
+
+def _argument(ctx: y.Ctx, node: yaml.Node) -> str:
+    """One list item of `command`, exactly as written (`0.010` stays "0.010")."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag.endswith(":null"):
+        raise ctx.fail(node, "job", f"each 'command' argument must be text, got {y.kind(node)}")
+    if any(c in node.value for c in "\0\r\n"):
+        raise ctx.fail(node, "job", "a 'command' argument must be one line without NUL bytes")
+    return node.value
+
+
+def _globs(ctx: y.Ctx, node: yaml.Node) -> tuple[str, ...]:
+    nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    out = []
+    for n in nodes:
+        glob = y.scalar(ctx, n, "job", "outputs", "a glob relative to the run's working directory", y.single_line)
+        if glob.startswith("/") or ".." in Path(glob).parts:
+            raise ctx.fail(n, "job", f"'outputs' entry {glob!r} must stay inside the run's working "
+                           "directory (relative, no '..')")
+        out.append(glob)
+    return tuple(out)
 
 
 def _ssh(ctx: y.Ctx, node: yaml.Node | None) -> Ssh:

@@ -162,15 +162,20 @@ def _network(rank0: Host, workers: list[Host], candidates: list[str], rank0_fact
 # ---------------------------------------------------------------- preflight
 
 
-def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts]) -> None:
-    """What the facts alone tell: interpreter, torch, versions, GPUs."""
+def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts], after_setup: bool = False) -> None:
+    """What the facts alone tell: interpreter, torch, versions, GPUs.
+
+    With job.setup, the interpreter and torch are checked only after setup ran (it may create
+    them); the bundled trainer needs torch, a user program may not.
+    """
     errors: list[HostError] = []
+    interpreter = after_setup or not inv.job.setup
     for h in inv.hosts:
         f = host_facts[h.name]
-        if f.python is None:
+        if interpreter and f.python is None:
             errors.append(HostError(h.name, f"python '{h.python}' not found (set 'python' for this host)",
                                     ExitCode.PREFLIGHT))
-        elif f.torch is None:
+        elif interpreter and f.torch is None and inv.job.is_trainer:
             errors.append(HostError(h.name, f"torch is not installed for {h.python} (python {f.python}); "
                                     "install it on the host: pip install 'distctl[train]' or torch torchvision",
                                     ExitCode.PREFLIGHT))
@@ -181,7 +186,7 @@ def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts]) -> None:
             errors.append(HostError(h.name, "backend nccl needs GPUs, none found (use backend: auto or gloo)",
                                     ExitCode.PREFLIGHT))
     versions = {host_facts[h.name].torch for h in inv.hosts if host_facts[h.name].torch}
-    if len(versions) > 1 and not errors:
+    if interpreter and len(versions) > 1 and not errors:
         errors += [HostError(h.name, f"torch {host_facts[h.name].torch}, but other hosts have "
                              f"{', '.join(sorted(versions - {host_facts[h.name].torch}))}; "
                              "use one torch version everywhere", ExitCode.PREFLIGHT) for h in inv.hosts]
@@ -215,11 +220,19 @@ CONNECT = (
 )
 
 
+def tool_python(host: Host) -> str:
+    """The interpreter for distctl's own stdlib-only helpers before job.setup ran: a relative
+    `python` (a venv that setup creates) does not exist yet, so the system's python3 serves."""
+    relative = "/" in host.python and not host.python.startswith(("/", "~"))
+    return "python3" if relative else host.python
+
+
 def preflight_port(inv: Inventory, conns: dict[str, Connection], address: str, fanout: int) -> None:
     """The rendezvous port is free on rank 0's host and reachable from every worker."""
     rank0, workers = inv.hosts[0], inv.hosts[1:]
     port = inv.job.port
-    stream = conns[rank0.name].open_stream(shell.join([rank0.python, "-c", LISTEN, address, port, len(workers)]))
+    stream = conns[rank0.name].open_stream(shell.join([tool_python(rank0), "-c", LISTEN, address, port,
+                                                       len(workers)]))
     try:
         first = _read_line(stream, timeout=30)
         if not first.startswith("listening"):
@@ -228,7 +241,7 @@ def preflight_port(inv: Inventory, conns: dict[str, Connection], address: str, f
                             "set job.port to a free port", ExitCode.PREFLIGHT)
 
         def dial(h: Host) -> None:
-            result = conns[h.name].run(shell.join([h.python, "-c", CONNECT, address, port]), timeout=30)
+            result = conns[h.name].run(shell.join([tool_python(h), "-c", CONNECT, address, port]), timeout=30)
             if result.exit_code != 0:
                 reason = result.stdout.strip().partition(" ")[2] or result.stderr.strip()
                 raise HostError(h.name, f"cannot reach {rank0.name} at {address}:{port} ({reason}); "
@@ -306,3 +319,38 @@ def launch(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> None:
         raise HostError(wait.host, f"rank 0 did not open {plan.master_addr}:{plan.port} ({what})",
                         ExitCode.RUN_FAILED if what == "exited" else ExitCode.HANG)
     fan_out("launch", rest, lambda s: check(conns[s.host], s.command, "launch"), fanout, lambda s: s.host)
+
+
+def run_setup(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> dict[str, HostFacts]:
+    """job.setup on every host at once, its output streamed with the host's prefix; then what the
+    host's python (maybe in the venv setup made) has. A failure on any host raises SETUP_FAILED."""
+    from orchestrator.scripts import PROBE_MARK
+    from orchestrator.stream import Followed
+
+    def one(step) -> HostFacts:
+        followed = Followed(step.host, conns[step.host].open_stream(step.command))
+        tail: list[str] = []
+        probe: list[str] = []
+        try:
+            while True:
+                data = followed.stream.read()
+                for line in followed.feed(data):
+                    if probe or line == PROBE_MARK:
+                        probe.append(line)
+                    else:
+                        ui.setup_line(step.host, line)
+                        tail = (tail + [line])[-10:]
+                if not data:
+                    break
+            code = followed.stream.exit_code()
+        finally:
+            followed.stream.close()
+        if code != 0:
+            shown = "".join(f"\n    {line}" for line in tail)
+            raise HostError(step.host, f"job.setup exited with code {code}; nothing was launched anywhere. "
+                            f"Last lines:{shown}", ExitCode.SETUP_FAILED)
+        return facts_mod.parse_facts("\n".join(probe[1:]))
+
+    steps = [s for s in plan.steps if s.kind is StepKind.SETUP]
+    found = fan_out("setup", steps, one, fanout, lambda s: s.host)
+    return found  # type: ignore[return-value]

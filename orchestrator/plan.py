@@ -7,12 +7,14 @@ when `plan_launch` gets no facts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from enum import Enum
 
 from orchestrator import shell
-from orchestrator.scripts import follow_script, launch_script, prepare_script, push_script, wait_port_script
+from orchestrator.scripts import (follow_script, launch_script, prepare_script, push_script, setup_script,
+                                  wait_port_script)
 from orchestrator.facts import HostFacts
 from orchestrator.inventory import EnvVar, Host, Inventory
 
@@ -22,6 +24,7 @@ RUN_MARKER = "DISTCTL_RUN_ID"  # in every rank's environment; `stop` sweeps /pro
 class StepKind(str, Enum):
     PREPARE = "prepare"  # run dir + env file; reports which artifacts are already there
     PUSH = "push"  # a tar stream of one artifact, skipped when the host has it
+    SETUP = "setup"  # job.setup, skipped on the host when it last succeeded for this code
     LAUNCH = "launch"  # start the host's ranks, detached
     WAIT_PORT = "wait-port"  # rank 0's rendezvous port is listening
     STREAM = "stream"  # follow one rank's log
@@ -34,6 +37,7 @@ class Artifact:
     name: str  # "code" | "data"
     digest: str
     local_path: str
+    prefix: str = "."  # the folder's name inside the tar ("trainer" for the bundled trainer)
 
     def remote_dir(self, workdir: str) -> str:
         return f"{workdir}/{self.name}/{self.digest[:16]}"
@@ -60,7 +64,7 @@ class Step:
 class RankPlan:
     rank: int
     local_rank: int
-    argv: tuple[str, ...]
+    argv: tuple[str, ...]  # starts with `env RANK=.. LOCAL_RANK=.. ROLE_RANK=..`: what differs per rank
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,14 @@ class HostPlan:
     iface: str
     env: tuple[EnvVar, ...]
     ranks: tuple[RankPlan, ...]
+    code_dir: str = ""  # the pushed code, content-addressed and shared by runs: never written to
+    setup_dir: str | None = None  # where job.setup ran (its venv lives there)
+    python: str = "python3"  # the host's `python`, a relative path resolved
+
+    @property
+    def workdir_of_run(self) -> str:
+        """The ranks' working directory: this run's own copy of the code."""
+        return f"{self.rundir}/work"
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,8 @@ class Plan:
     join_timeout: float = 300.0
     resume: bool = False
     notes: tuple[str, ...] = ()
+    trainer: bool = True  # the bundled trainer runs: its exit codes and log lines mean something
+    setup: str | None = None
 
     def host_plan(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.host.name == name)
@@ -113,29 +127,52 @@ def workdir_of(host: Host, facts: HostFacts | None) -> str:
     return workdir
 
 
-def rank_env(plan_run_id: str, inv: Inventory, host: Host, iface: str, code_dir: str) -> tuple[EnvVar, ...]:
-    """Every rank's environment; the inventory's env (host over job) wins over ours."""
-    env = {v.name: v for v in (
-        EnvVar(RUN_MARKER, plan_run_id),
-        EnvVar("PYTHONPATH", code_dir),
-        EnvVar("PYTHONUNBUFFERED", "1"),
+def host_env(run_id: str, inv: Inventory, host: Host, iface: str, master: str, world: int,
+             group_rank: int, local_world: int, data_dir: str | None, code_dir: str) -> tuple[EnvVar, ...]:
+    """What every rank of a host shares: torchrun's contract for a script that calls
+    `init_process_group()` (env://), plus distctl's own. The inventory's env (host over job)
+    wins over all of it. Per-rank values (RANK, LOCAL_RANK, ROLE_RANK) are on the rank's argv.
+
+    Left out on purpose: TORCHELASTIC_USE_AGENT_STORE (no torchrun agent hosts the store: rank 0
+    must), TORCHELASTIC_ERROR_FILE and TORCHELASTIC_SIGNALS_TO_HANDLE (agent-only).
+    """
+    values = [
+        (RUN_MARKER, run_id),
+        ("MASTER_ADDR", master),  # an IP, never a hostname: hostnames resolve to 127.0.0.1 in containers
+        ("MASTER_PORT", str(inv.job.port)),
+        ("WORLD_SIZE", str(world)),
+        ("LOCAL_WORLD_SIZE", str(local_world)),
+        ("GROUP_RANK", str(group_rank)),
+        ("GROUP_WORLD_SIZE", str(len(inv.hosts))),
+        ("ROLE_NAME", "default"),
+        ("ROLE_WORLD_SIZE", str(world)),
+        ("TORCHELASTIC_RUN_ID", run_id),
+        ("TORCHELASTIC_RESTART_COUNT", "0"),
+        ("TORCHELASTIC_MAX_RESTARTS", "0"),
+        ("PYTHONUNBUFFERED", "1"),  # lines reach the log (and `distctl logs`) as they are printed
         # gloo needs one concrete interface; without it gloo advertises whatever the
         # hostname resolves to, 127.0.0.1 in many containers, and the peers hang.
-        EnvVar("GLOO_SOCKET_IFNAME", iface),
-        EnvVar("NCCL_SOCKET_IFNAME", iface),
-    )}
+        ("GLOO_SOCKET_IFNAME", iface),
+        ("NCCL_SOCKET_IFNAME", iface),
+        ("DISTCTL_CODE", code_dir),
+    ]
+    if data_dir:
+        values.append(("DISTCTL_DATA", data_dir))
+    env = {name: EnvVar(name, value) for name, value in values}
     env.update({v.name: v for v in inv.job.env})
     env.update({v.name: v for v in host.env})
     return tuple(env.values())
 
 
-def trainer_argv(inv: Inventory, python: str, init_method: str, rank: int, local_rank: int,
-                 world_size: int, data_dir: str, download: bool, checkpoint_dir: str,
-                 resume: bool) -> tuple[str, ...]:
+def rank_argv(rank: int, local_rank: int, program: tuple[str, ...]) -> tuple[str, ...]:
+    return ("env", f"RANK={rank}", f"LOCAL_RANK={local_rank}", f"ROLE_RANK={rank}", *program)
+
+
+def trainer_program(inv: Inventory, python: str, data_dir: str, download: bool, checkpoint_dir: str,
+                    resume: bool) -> tuple[str, ...]:
+    """The bundled trainer, placed by torchrun's environment like any user program."""
     job, train = inv.job, inv.job.train
-    argv = [python, "-m", "trainer", "--init-method", init_method, "--rank", str(rank),
-            "--world-size", str(world_size), "--local-rank", str(local_rank),
-            "--backend", job.backend, "--epochs", str(train.epochs),
+    argv = [python, "-m", "trainer", "--backend", job.backend, "--epochs", str(train.epochs),
             "--batch-size", str(train.batch_size), "--lr", repr(train.lr), "--seed", str(train.seed),
             "--timeout", str(train.timeout), "--data", data_dir, "--dataset", job.dataset,
             "--fallback", job.fallback, "--checkpoint-dir", checkpoint_dir]
@@ -144,6 +181,31 @@ def trainer_argv(inv: Inventory, python: str, init_method: str, rank: int, local
     if resume:
         argv.append("--resume")
     return tuple(argv)
+
+
+def user_program(command: tuple[str, ...], python: str) -> tuple[str, ...]:
+    """A leading `python` means the host's `python` setting."""
+    if command[0] in ("python", "python3"):
+        return (python, *command[1:])
+    return command
+
+
+def setup_dir_of(inv: Inventory, workdir: str, code: Artifact) -> str | None:
+    """One folder per (setup text, code): an unchanged re-up finds it done and skips setup."""
+    if not inv.job.setup:
+        return None
+    key = hashlib.sha256(f"{inv.job.setup}\0{code.digest}".encode()).hexdigest()[:16]
+    return f"{workdir}/setup/{key}"
+
+
+def python_of(host: Host, setup_dir: str | None, run_workdir: str) -> str:
+    """`python: .venv/bin/python` (relative, with a slash) names a file in the folder job.setup
+    ran in (where it made the venv), else in the run's working directory."""
+    python = host.python
+    if "/" in python and not python.startswith(("/", "~")):
+        base = setup_dir or run_workdir
+        return f"{base}/{python.removeprefix('./')}"
+    return python
 
 
 def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
@@ -155,30 +217,33 @@ def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
         "127.0.0.1" if len(inv.hosts) == 1 else f"<ip of {rank0.name}>")
     slots = [slots_of(h, (facts or {}).get(h.name)) for h in inv.hosts]
     world = sum(slots)
-    init_method = f"tcp://{master}:{inv.job.port}"
     by_name = {a.name: a for a in artifacts}
     host_plans, next_rank = [], 0
-    for host, count in zip(inv.hosts, slots):
+    for group_rank, (host, count) in enumerate(zip(inv.hosts, slots)):
         workdir = workdir_of(host, (facts or {}).get(host.name))
         rundir = f"{workdir}/runs/{run_id}"
         iface = network.ifaces[host.name] if network else (
             "lo" if len(inv.hosts) == 1 else
             f"<iface of {host.name}>" if host is rank0 else f"<iface of {host.name} toward {rank0.name}>")
         code_dir = by_name["code"].remote_dir(workdir)
-        data_dir = by_name["data"].remote_dir(workdir) if "data" in by_name else f"{workdir}/data/downloaded"
-        ranks = tuple(
-            RankPlan(next_rank + i, i, trainer_argv(
-                inv, host.python, init_method, next_rank + i, i, world, data_dir,
-                download="data" not in by_name and inv.job.dataset == "mnist",
-                checkpoint_dir=f"{rundir}/ckpt", resume=resume))
-            for i in range(count))
-        env = rank_env(run_id, inv, host, iface, code_dir)
-        host_plans.append(HostPlan(host, workdir, rundir, iface, env, ranks))
+        setup_dir = setup_dir_of(inv, workdir, by_name["code"])
+        python = python_of(host, setup_dir, f"{rundir}/work")
+        data_dir = by_name["data"].remote_dir(workdir) if "data" in by_name else None
+        if inv.job.is_trainer:
+            program = trainer_program(inv, python, data_dir or f"{workdir}/data/downloaded",
+                                      download="data" not in by_name and inv.job.dataset == "mnist",
+                                      checkpoint_dir=f"{rundir}/ckpt", resume=resume)
+        else:
+            program = user_program(inv.job.command, python)
+        ranks = tuple(RankPlan(next_rank + i, i, rank_argv(next_rank + i, i, program)) for i in range(count))
+        env = host_env(run_id, inv, host, iface, master, world, group_rank, count, data_dir, code_dir)
+        host_plans.append(HostPlan(host, workdir, rundir, iface, env, ranks, code_dir, setup_dir, python))
         next_rank += count
     notes = tuple(f"{h.name}: slots not set; one rank per GPU found (shown as 1)"
                   for h in inv.hosts if h.slots is None and facts is None)
     return Plan(run_id, master, inv.job.port, world, tuple(host_plans), artifacts,
-                _steps(host_plans, artifacts, inv, master), inv.job.join_timeout, resume, notes)
+                _steps(host_plans, artifacts, inv, master), inv.job.join_timeout, resume, notes,
+                inv.job.is_trainer, inv.job.setup)
 
 
 def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inventory,
@@ -190,12 +255,20 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
                           stdin=shell.env_file(hp.env, masked=True)))
         steps += [Step(StepKind.PUSH, hp.host.name, push_script(a.remote_dir(hp.workdir)), artifact=a.name)
                   for a in artifacts]
-    first, rest = host_plans[0], host_plans[1:]
-    steps.append(Step(StepKind.LAUNCH, first.host.name, launch_script(first.rundir, first.ranks)))
-    steps.append(Step(StepKind.WAIT_PORT, first.host.name, wait_port_script(
-        first.host.python, first.rundir, master, inv.job.port, 0, inv.job.join_timeout)))
-    steps += [Step(StepKind.LAUNCH, hp.host.name, launch_script(hp.rundir, hp.ranks)) for hp in rest]
+    steps += [Step(StepKind.SETUP, hp.host.name, setup_script(hp.setup_dir, hp.code_dir, inv.job.setup, hp.python))
+              for hp in host_plans if hp.setup_dir and inv.job.setup]
+    launches = [Step(StepKind.LAUNCH, hp.host.name, launch_script(hp.rundir, hp.ranks, hp.code_dir))
+                for hp in host_plans]
+    first = host_plans[0]
+    if inv.job.wait_for_rank0:
+        # Rank 0 first: it hosts the rendezvous store on MASTER_PORT (torchrun's env contract
+        # makes any torch.distributed program do so), then every other host at once.
+        steps += [launches[0], Step(StepKind.WAIT_PORT, first.host.name, wait_port_script(
+            first.python, first.rundir, master, inv.job.port, 0, inv.job.join_timeout))]
+        steps += launches[1:]
+    else:
+        steps += launches
     steps += [Step(StepKind.STREAM, hp.host.name,
-                   follow_script(hp.host.python, hp.rundir, {r.rank: 0 for r in hp.ranks}))
+                   follow_script(hp.python, hp.rundir, {r.rank: 0 for r in hp.ranks}))
               for hp in host_plans]
     return tuple(steps)

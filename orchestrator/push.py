@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from orchestrator.errors import DistctlError, ExitCode
+from orchestrator.inventory import Job
 from orchestrator.plan import Artifact
 
 _SKIP_DIRS = {"__pycache__", ".git", ".pytest_cache"}
@@ -58,16 +59,16 @@ def build_tar(root: str, prefix: str) -> bytes:
 
 def artifact(name: str, root: Path, prefix: str) -> Artifact:
     digest = hashlib.sha256(build_tar(str(root), prefix)).hexdigest()
-    return Artifact(name, digest, str(root))
+    return Artifact(name, digest, str(root), prefix)
 
 
-def job_artifacts(data: str | None) -> tuple[Artifact, ...]:
-    """The trainer package (as `trainer/`), and the job's data folder's contents."""
-    out = [artifact("code", trainer_root(), "trainer")]
-    if data:
-        out.append(artifact("data", Path(data), "."))
+def job_artifacts(job: Job) -> tuple[Artifact, ...]:
+    """The code (job.code's contents, or the trainer package as `trainer/`), and job.data's."""
+    out = [artifact("code", Path(job.code), ".") if job.code else artifact("code", trainer_root(), "trainer")]
+    if job.data:
+        out.append(artifact("data", Path(job.data), "."))
     return tuple(out)
 
 
 def tar_of(a: Artifact) -> bytes:
-    return build_tar(a.local_path, "trainer" if a.name == "code" else ".")
+    return build_tar(a.local_path, a.prefix)

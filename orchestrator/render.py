@@ -10,7 +10,9 @@ from orchestrator.plan import Plan, StepKind
 _TITLES = {
     StepKind.PREPARE: "create the run directory and write the rank environment (stdin)",
     StepKind.PUSH: "push {artifact} (a tar stream on stdin; skipped when the host has it)",
-    StepKind.LAUNCH: "start ranks {ranks}, detached, one process group each",
+    StepKind.SETUP: "run job.setup in its own copy of the code (skipped when it last succeeded for this "
+                     "code), then probe python",
+    StepKind.LAUNCH: "start ranks {ranks} in the run's copy of the code, detached, one process group each",
     StepKind.WAIT_PORT: "wait until rank 0 listens on {addr}:{port}",
     StepKind.STREAM: "stream the logs of ranks {ranks}",
 }

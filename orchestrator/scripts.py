@@ -12,17 +12,24 @@ if TYPE_CHECKING:
     from orchestrator.plan import RankPlan
 
 
-def launch_script(rundir: str, ranks: Sequence[RankPlan]) -> str:
+def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str) -> str:
     """Start each rank in its own session and process group, detached from SSH.
 
-    The wrapper traps TERM so that it outlives the trainer's graceful stop and
-    records the exit code; `$!` of `setsid` is the process group id `stop` signals.
+    Ranks run in `work/`, this run's own copy of the pushed code (made once; a resumed run
+    keeps its own), so what a run writes next to its code never reaches another run.
+    The wrapper traps TERM so that it outlives the program's graceful stop and records the
+    exit code; `$!` of `setsid` is the process group id `stop` signals. More than one rank on
+    a host gets OMP_NUM_THREADS=1 unless it is set, as torchrun does.
     """
     # Logs and checkpoints may hold what a rank prints, secrets included: owner-only files.
-    commands = [f"cd {shell.join([rundir])} || exit 1", "umask 077"]
+    code = shell.join([code_dir + "/."])
+    commands = [f"cd {shell.join([rundir])} || exit 1", "umask 077",
+                f"[ -d work ] || {{ rm -rf work.tmp && cp -R {code} work.tmp && rm -f work.tmp/.complete "
+                "&& mv work.tmp work; } || exit 1"]
+    threads = '[ -n "${OMP_NUM_THREADS+x}" ] || export OMP_NUM_THREADS=1; ' if len(ranks) > 1 else ""
     for r in ranks:
         log, code = f"rank{r.rank}.log", f"rank{r.rank}.exit"
-        wrapper = (f"trap : TERM INT HUP; . ./env; \"$@\" >>{log} 2>&1 </dev/null; "
+        wrapper = (f"trap : TERM INT HUP; . ./env; {threads}(cd work && exec \"$@\") >>{log} 2>&1 </dev/null; "
                    f"echo $? >{code}.tmp; mv {code}.tmp {code}")
         commands += [
             f"rm -f {code}",
@@ -121,6 +128,30 @@ def follow_script(python: str, rundir: str, ranks: dict[int, int], follow: bool 
     return (f"cd {shell.join([rundir])} || exit 1; "
             + shell.join([python, "-c", FOLLOW, "follow" if follow else "replay",
                           -1 if tail is None else tail, *args]))
+
+
+SETUP_DONE = ".distctl-setup-done"
+PROBE_MARK = "distctl-probe"
+
+
+def setup_script(setup_dir: str, code_dir: str, setup: str, python: str) -> str:
+    """Run job.setup once in its own copy of the code (a venv made there stays where it was
+    made: venvs cannot move), unless it already succeeded for this setup text and code. Then
+    probe the host's python (which may be in that venv) for the checks that depend on setup."""
+    from orchestrator.facts import probe_script
+
+    q = shell.join
+    run = q(["-e", "-c", setup])
+    return shell.lines(
+        f"if [ -f {q([setup_dir + '/' + SETUP_DONE])} ]; then echo 'setup unchanged since it last succeeded here; skipped'",
+        f"else rm -rf {q([setup_dir])} && mkdir -p {q([setup_dir])} && cp -R {q([code_dir + '/.'])} {q([setup_dir])} "
+        f"&& rm -f {q([setup_dir + '/.complete'])} && cd {q([setup_dir])} || exit 1",
+        f"  if command -v bash >/dev/null 2>&1; then bash {run} </dev/null; else sh {run} </dev/null; fi 2>&1 || exit $?",
+        f"  touch {q([SETUP_DONE])}",
+        "fi",
+        f"echo {PROBE_MARK}",
+        probe_script(python),
+    )
 
 
 def prepare_script(workdir: str, rundir: str, artifact_dirs: list[str]) -> str:

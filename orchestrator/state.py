@@ -37,6 +37,7 @@ class RunState:
     master: str
     port: int
     hosts: tuple[HostState, ...]
+    trainer: bool = True  # the bundled trainer: its exit codes (4 peer lost, 143 stopped) mean something
 
     def host(self, name: str) -> HostState:
         for h in self.hosts:
@@ -77,7 +78,7 @@ def load_run(run_id: str | None = None, root: Path = STATE_DIR) -> RunState:
                   tuple(RankState(**r) for r in h["ranks"]))
         for h in data["hosts"])
     return RunState(data["run_id"], data["inventory"], ssh, data["world_size"], data["master"],
-                    data["port"], hosts)
+                    data["port"], hosts, bool(data.get("trainer", True)))
 
 
 def runs_of_inventory(inventory: str, root: Path = STATE_DIR) -> list[str]:

@@ -68,6 +68,13 @@ class Ui:
     def rank_line(self, host: str, rank: int, line: str) -> None:
         click.echo(f"{self.prefix(host, rank)} {self.masked(line)}")
 
+    def setup_line(self, host: str, line: str) -> None:
+        """A line of job.setup's output, prefixed with its host."""
+        click.echo(f"{self._style(f'[{host} setup]', self._color_of(host))} {self.masked(line)}")
+
+    def _color_of(self, host: str) -> str:
+        return self._host_colors.setdefault(host, _COLORS[len(self._host_colors) % len(_COLORS)])
+
     def out(self, text: str = "") -> None:
         click.echo(text)
 

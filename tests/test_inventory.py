@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from orchestrator import cli as cli_module
 from orchestrator.cli import cli
 from orchestrator.errors import ExitCode, InventoryError
-from orchestrator.inventory import EnvVar, Job, Ssh, Train, load_inventory, parse_inventory
+from orchestrator.inventory import MNIST_FILES, EnvVar, Job, Ssh, Train, load_inventory, parse_inventory
 
 ENVIRON = {"TOKEN_SRC": "s3cret value", "OTHER_SRC": "other"}
 UNSET = "DISTCTL_TEST_NEVER_SET"
@@ -413,7 +413,10 @@ def test_secrets_come_from_the_process_environment_by_default(monkeypatch):
 
 
 def test_job_data_is_relative_to_the_inventorys_folder(tmp_path, monkeypatch):
-    (tmp_path / "conf" / "mnist-data").mkdir(parents=True)
+    raw = tmp_path / "conf" / "mnist-data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        (raw / name).write_bytes(b"")
     (tmp_path / "conf" / "inventory.yaml").write_text(HOSTS + "job: {data: mnist-data}\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -447,3 +450,63 @@ def test_local_hosts_may_share_an_address():
 def test_the_shipped_inventory_is_valid():
     inv = load_inventory(Path(__file__).parent.parent / "inventory.yaml", {})
     assert [(h.name, h.is_local, h.slots) for h in inv.hosts] == [("local", True, 2)]
+
+
+# ---------------------------------------------------------------- user programs (job.command)
+
+
+def test_command_string_is_split_like_a_shell_without_evaluating_it():
+    inv = parse(HOSTS + "job:\n  command: python train.py --name 'a b' $HOME\n")
+    assert inv.job.command == ("python", "train.py", "--name", "a b", "$HOME")
+    assert not inv.job.is_trainer
+
+
+def test_command_list_keeps_each_argument_as_written():
+    inv = parse(HOSTS + "job:\n  command: [python, -u, train.py, --lr, 0.010, '']\n")
+    assert inv.job.command == ("python", "-u", "train.py", "--lr", "0.010", "")
+
+
+@pytest.mark.parametrize("job, message", [
+    ("job:\n  command: python t.py\n  train: {epochs: 1}\n",
+     "inventory.yaml:5: job: 'train' configures the bundled trainer, but 'command' runs your own program; "
+     "remove one of them (pass your program's options in 'command')"),
+    ("job:\n  command: \"python 'unclosed\"\n",
+     "inventory.yaml:4: job: 'command' cannot be split like a shell would: No closing quotation"),
+    ("job:\n  command: []\n",
+     "inventory.yaml:4: job: 'command' is empty; give the program to run, e.g. python train.py"),
+    ("job:\n  command: [python, {a: 1}]\n",
+     "inventory.yaml:4: job: each 'command' argument must be text, got a mapping"),
+    ("job:\n  command: python t.py\n  outputs: ['../secret']\n",
+     "inventory.yaml:5: job: 'outputs' entry '../secret' must stay inside the run's working directory "
+     "(relative, no '..')"),
+    ("job:\n  wait_for_rank0: maybe\n",
+     "inventory.yaml:4: job: 'wait_for_rank0' must be true or false, got 'maybe'"),
+])
+def test_user_program_keys_are_validated_with_file_and_line(job, message):
+    with pytest.raises(InventoryError) as exc:
+        parse(HOSTS + job)
+    assert str(exc.value) == message
+
+
+def test_data_one_level_too_deep_is_an_error_naming_the_right_folder(tmp_path):
+    raw = tmp_path / "d" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (tmp_path / "inventory.yaml").write_text(HOSTS + "job: {data: d/MNIST/raw}\n")
+    with pytest.raises(InventoryError) as exc:
+        load_inventory(tmp_path / "inventory.yaml", ENVIRON)
+    assert str(exc.value) == (
+        f"{tmp_path / 'inventory.yaml'}:3: job: 'data' folder {raw} does not hold MNIST in torchvision's "
+        f"layout: expected MNIST/raw/train-images-idx3-ubyte (or .gz) in it; point 'data' at {tmp_path / 'd'} "
+        "(the folder that holds MNIST/)")
+
+
+def test_user_program_data_and_code_are_any_folders(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "inventory.yaml").write_text(
+        HOSTS + "job:\n  code: src\n  data: ds\n  command: python train.py\n  setup: pip install -r r.txt\n"
+        "  outputs: [out/*.pt, metrics.json]\n  wait_for_rank0: false\n")
+    job = load_inventory(tmp_path / "inventory.yaml", ENVIRON).job
+    assert (job.code, job.data) == (str(tmp_path / "src"), str(tmp_path / "ds"))
+    assert (job.setup, job.outputs, job.wait_for_rank0) == ("pip install -r r.txt", ("out/*.pt", "metrics.json"),
+                                                            False)

@@ -32,7 +32,7 @@ def trainer_pid(cluster, host: str, run_id: str, rank: int) -> int | None:
             argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
         except OSError:
             continue
-        if b"trainer" in argv and f"{rank}".encode() == argv[argv.index(b"--rank") + 1]:
+        if b"trainer" in argv and f"RANK={rank}".encode() in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
             return pid
     return None
 

@@ -620,7 +620,7 @@ SHIM = """#!/usr/bin/python3 -S
 import json, os, signal, socket, sys, time
 if sys.argv[1:3] != ["-m", "trainer"]:
     os.execv(%(real)r, [%(real)r] + sys.argv[1:])
-addr, port = sys.argv[sys.argv.index("--init-method") + 1][len("tcp://"):].rsplit(":", 1)
+addr, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
 srv = socket.create_server((addr, int(port)))
 record = os.environ["SHIM_RECORD"]
 with open(record + ".tmp", "w") as f:
