@@ -227,7 +227,7 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
 def _first_failure(state: RunState, conns: dict[str, Connection], rows) -> dict | None:
     """The rank that most likely failed first (see watch.root_causes), with its log's tail."""
     exited = {s.rank: s.code for _, s, _ in rows if s.state == "exited"}
-    ranked = root_causes(exited, {s.rank: s.at for _, s, _ in rows if s.at is not None})
+    ranked = root_causes(exited, {s.rank: s.at for _, s, _ in rows if s.at is not None}, state.trainer)
     if not ranked:
         return None
     rank = ranked[0]

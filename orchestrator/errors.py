@@ -61,11 +61,24 @@ class RemoteCommandError(HostError):
 
     exit_code = ExitCode.PREFLIGHT
 
-    def __init__(self, host: str, what: str, exit_status: int, stderr: str):
-        tail = stderr.strip().splitlines()[-1:] or [""]
-        super().__init__(host, f"{what} failed (exit {exit_status}): {tail[0]}".rstrip(": "))
+    def __init__(self, host: str, what: str, exit_status: int, stderr: str, exit_code: ExitCode | None = None):
+        super().__init__(host, f"{what} failed (exit {exit_status}): {remote_cause(stderr)}".rstrip(": "),
+                         exit_code)
         self.exit_status = exit_status
         self.stderr = stderr
+
+
+# What the OS said, as tools print it: the line that names one of these is the cause; a
+# trailer like tar's "Exiting with failure status due to previous errors" is not.
+_CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+           "No such file or directory", "Cannot allocate memory", "Too many open files")
+
+
+def remote_cause(stderr: str) -> str:
+    """The stderr line that says why a remote command failed: the first naming an OS error,
+    else the first line."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    return next((line for line in lines if any(c in line for c in _CAUSES)), lines[0] if lines else "")
 
 
 class GroupError(DistctlError):

@@ -80,10 +80,11 @@ def close_all(conns: dict[str, Connection]) -> None:
             pass
 
 
-def check(conn: Connection, command: str, what: str, stdin: bytes = b"", timeout: float = 120):
+def check(conn: Connection, command: str, what: str, stdin: bytes = b"", timeout: float = 120,
+          exit_code: ExitCode = ExitCode.PREFLIGHT):
     result = conn.run(command, stdin=stdin, timeout=timeout)
     if result.exit_code != 0:
-        raise RemoteCommandError(conn.name, what, result.exit_code, result.stderr or result.stdout)
+        raise RemoteCommandError(conn.name, what, result.exit_code, result.stderr or result.stdout, exit_code)
     return result
 
 
@@ -282,7 +283,8 @@ def prepare(plan: Plan, conns: dict[str, Connection], fanout: int) -> dict[str, 
         hp = plan.host_plan(step.host)
         counts = "; ".join(f"echo loglines {r.rank} $(cat rank{r.rank}.log 2>/dev/null | wc -l)" for r in hp.ranks)
         command = f"{step.command}\ncd {shell.join([hp.rundir])} && {{ {counts}; }}"
-        out = check(conns[step.host], command, "prepare", stdin=shell.env_file(hp.env).encode()).stdout
+        out = check(conns[step.host], command, "prepare", stdin=shell.env_file(hp.env).encode(),
+                    exit_code=ExitCode.REMOTE_STEP).stdout
         have = {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("have ")}
         present = frozenset(a.name for a in plan.artifacts if a.remote_dir(hp.workdir) in have)
         lines = {int(p[1]): int(p[2]) for p in (l.split() for l in out.splitlines()) if p[:1] == ["loglines"]}
@@ -299,7 +301,8 @@ def push(plan: Plan, conns: dict[str, Connection], prepared: dict[str, Prepared]
 
     def one(step) -> int:
         data = tar_of(artifacts[step.artifact])
-        check(conns[step.host], step.command, f"push of {step.artifact}", stdin=data, timeout=3600)
+        check(conns[step.host], step.command, f"push of {step.artifact}", stdin=data, timeout=3600,
+              exit_code=ExitCode.REMOTE_STEP)
         return len(data)
 
     sent = fan_out("push", steps, one, fanout, lambda s: f"{s.host}/{s.artifact}")
@@ -307,18 +310,29 @@ def push(plan: Plan, conns: dict[str, Connection], prepared: dict[str, Prepared]
 
 
 def launch(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> None:
-    """Rank 0's host first; once its port listens, every other host at once."""
-    launches = [s for s in plan.steps if s.kind is StepKind.LAUNCH]
-    wait = next(s for s in plan.steps if s.kind is StepKind.WAIT_PORT)
-    first, rest = launches[0], launches[1:]
-    check(conns[first.host], first.command, "launch")
-    ui.detail(f"{first.host}: rank 0 started; waiting for {plan.master_addr}:{plan.port}")
+    """The plan's launch steps in its order: consecutive launches run at once; a port wait
+    (rank 0 first, by default) holds the launches after it back until rank 0 listens."""
+    batch: list = []
+    for step in [s for s in plan.steps if s.kind in (StepKind.LAUNCH, StepKind.WAIT_PORT)] + [None]:
+        if step is not None and step.kind is StepKind.LAUNCH:
+            batch.append(step)
+            continue
+        fan_out("launch", batch, lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP), fanout, lambda s: s.host)
+        batch = []
+        if step is not None:
+            ui.detail(f"{step.host}: rank 0 started; waiting for {plan.master_addr}:{plan.port}")
+            _wait_port(plan, conns, step)
+
+
+def _wait_port(plan: Plan, conns: dict[str, Connection], wait) -> None:
     result = conns[wait.host].run(wait.command, timeout=plan.join_timeout + 30)
     if result.exit_code != 0:
         what = result.stdout.strip() or result.stderr.strip()
-        raise HostError(wait.host, f"rank 0 did not open {plan.master_addr}:{plan.port} ({what})",
-                        ExitCode.RUN_FAILED if what == "exited" else ExitCode.HANG)
-    fan_out("launch", rest, lambda s: check(conns[s.host], s.command, "launch"), fanout, lambda s: s.host)
+        why = {"exited": "it exited first", "timeout": f"not within job.join_timeout={plan.join_timeout:g}s"}
+        hint = "" if plan.trainer else (" (a program that brings its own rendezvous, or opens the port late: "
+                                        "set job.wait_for_rank0: false)")
+        raise HostError(wait.host, f"rank 0 did not open {plan.master_addr}:{plan.port}: {why.get(what, what)}"
+                        + hint, ExitCode.RUN_FAILED if what == "exited" else ExitCode.HANG)
 
 
 def run_setup(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> dict[str, HostFacts]:

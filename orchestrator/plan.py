@@ -149,6 +149,7 @@ def host_env(run_id: str, inv: Inventory, host: Host, iface: str, master: str, w
         ("TORCHELASTIC_RUN_ID", run_id),
         ("TORCHELASTIC_RESTART_COUNT", "0"),
         ("TORCHELASTIC_MAX_RESTARTS", "0"),
+        ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),  # torchrun's: a failed NCCL collective ends the rank
         ("PYTHONUNBUFFERED", "1"),  # lines reach the log (and `distctl logs`) as they are printed
         # gloo needs one concrete interface; without it gloo advertises whatever the
         # hostname resolves to, 127.0.0.1 in many containers, and the peers hang.

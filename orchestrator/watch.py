@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from orchestrator import shell
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.lifecycle import stop_host
 from orchestrator.scripts import follow_script
@@ -109,7 +110,7 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
             exit_times[rank] = at
         if code != 0 and not first_failure:
             first_failure.append(rank)
-            if code != STOPPED:
+            if code != STOPPED or not state.trainer:
                 teardown(f"rank {rank} on {host} exited with {_code_text(code)}")
 
     def teardown(reason: str) -> None:
@@ -117,13 +118,21 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
         for host, problem in stop_everywhere(state, conns, FAILURE_GRACE).items():
             ui.warn(f"{host}: stop: {problem}")
 
+    judged: list[bool] = []
+
     def tick() -> None:
-        if len(joined) < state.world_size and time.monotonic() > deadline and not first_failure and not hang:
+        if time.monotonic() <= deadline or first_failure or hang or judged:
+            return
+        if not state.trainer:
+            judged.append(True)
+            hang.extend(unjoined_hosts(state, conns, set(exits)))
+        elif len(joined) < state.world_size:
             missing = sorted(set(host_of) - joined)
             # Rank 0 waits in the rendezvous for the others: name the ranks that never reached
             # it, when the trainer said which did; otherwise every rank still missing.
             culprits = [r for r in missing if r not in started] if started else missing
             hang.extend(f"{host_of[r]} r{r}" for r in (culprits or missing))
+        if hang:
             teardown(f"ranks never joined within job.join_timeout={join_timeout:g}s: {', '.join(hang)}")
 
     events = RankEvents(on_line, on_exit)
@@ -132,14 +141,44 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
     finally:
         for f in followers:
             f.stream.close()
-    return _outcome(state, exits, root_causes(exits, exit_times), hang, events.tails, host_of)
+    return _outcome(state, exits, root_causes(exits, exit_times, state.trainer), hang, events.tails, host_of)
 
 
-def root_causes(exits: dict[int, int | None], times: dict[int, float]) -> list[int]:
+def unjoined_hosts(state: RunState, conns: dict[str, Connection], exited: set[int]) -> list[str]:
+    """Ranks that never reached rank 0's store, judged by each host's connections to it: every
+    rank that joined through env:// holds one. Where no host holds any (a program that brings
+    its own rendezvous, or none) or a host cannot tell, nobody is judged: a healthy run is
+    never torn down for a rendezvous distctl cannot see."""
+    from orchestrator.hostside import source
+
+    def count(hs) -> int | None:
+        command = shell.join([hs.host.python, "-c", source("store_peers"), state.master, state.port])
+        try:
+            out = conns[hs.host.name].run(command, timeout=30).stdout
+        except HostError:
+            return None
+        value = out.strip().rpartition("connected=")[2]
+        return int(value) if value.isdigit() else None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(state.hosts)))) as pool:
+        counts = list(pool.map(count, state.hosts))
+    if None in counts or not any(counts):
+        return []
+    out = []
+    for hs, n in zip(state.hosts, counts):
+        waiting = [r.rank for r in hs.ranks if r.rank not in exited]
+        if n is not None and n < len(waiting):
+            out.append(f"{hs.host.name} ({n} of {len(waiting)} rank(s) connected to {state.master}:{state.port})")
+    return out
+
+
+def root_causes(exits: dict[int, int | None], times: dict[int, float], trainer: bool = True) -> list[int]:
     """Failed ranks, most likely cause first: the order distctl saw them in is the order of
-    its reads, not of the failures. A peer-lost exit is a consequence; then earliest first."""
+    its reads, not of the failures. For the bundled trainer a peer-lost exit is a consequence;
+    then earliest first. A user program's codes mean nothing to distctl: earliest first."""
     failed = [r for r, code in exits.items() if code != 0]
-    return sorted(failed, key=lambda r: (exits[r] in (PEER_LOST, None), times.get(r, float("inf"))))
+    lost = (PEER_LOST, None) if trainer else (None,)
+    return sorted(failed, key=lambda r: (exits[r] in lost, times.get(r, float("inf"))))
 
 
 def _code_text(code: int | None) -> str:
@@ -162,7 +201,7 @@ def _outcome(state: RunState, exits: dict[int, int | None], failures: list[int],
         return Outcome(ExitCode.RUN_FAILED, f"lost contact with rank(s) {', '.join(map(str, lost))} "
                        f"of run {state.run_id}; see: distctl status")
     rank = failures[0]
-    if exits.get(rank) == STOPPED and all(c in (STOPPED, 0) for c in exits.values()):
+    if state.trainer and exits.get(rank) == STOPPED and all(c in (STOPPED, 0) for c in exits.values()):
         return Outcome(ExitCode.RUN_FAILED, f"run {state.run_id} was stopped (checkpointed); "
                        "continue it with: distctl up --resume")
     tail = "\n".join(f"    {line}" for line in list(tails.get(rank, ()))[-10:])

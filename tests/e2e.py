@@ -40,7 +40,9 @@ def write_inventory(path: Path, cluster: Cluster, hosts: Iterable[str], *, slots
     inventory = {
         "defaults": {"user": cluster.user, "identity_file": str(cluster.key_path), "python": cluster.python},
         "hosts": entries,
-        "job": {"name": "t", "port": free_port(), "join_timeout": 120, "train": train, **job},
+        # a user program (job.command) takes no trainer settings
+        "job": {"name": "t", "port": free_port(), "join_timeout": 120,
+                **({} if "command" in job else {"train": train}), **job},
         "ssh": {"known_hosts": str(cluster.known_hosts)},
     }
     if data:

@@ -1,0 +1,29 @@
+"""Programs that run on the hosts, each a stdlib-only module with `main(argv)`.
+
+They are sent as `python -c <source>`, so a host needs nothing of distctl installed and
+the wire format stays one command. Because hosts may have an old interpreter, the modules
+keep to Python 3.8 syntax; because their source is shell-quoted into every dry run, they
+use double quotes only (a single quote would print as '"'"').
+
+    follow     a host's rank logs as `R line`, then `exit R CODE TIME` per rank
+    wait_port  poll rank 0's rendezvous port until it listens or rank 0 exits
+    port_check the preflight's listener on rank 0's host and the workers' dial
+    probe      interpreter, torch and torchvision versions
+    detach     start a command in a new session, print its process group id
+    store_peers  this host's connections to rank 0's rendezvous store (the join watchdog)
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers")
+
+
+@functools.lru_cache(maxsize=None)
+def source(name: str) -> str:
+    """The text of host-side program `name`, exactly as it is sent."""
+    if name not in PROGRAMS:
+        raise ValueError(f"no host-side program {name!r}")
+    return (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")

@@ -1,0 +1,164 @@
+"""Your own program under distctl (job.code, job.command, job.setup) on the real SSH cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2e import distctl, write_inventory
+
+pytestmark = pytest.mark.cluster
+
+# A script written for torchrun: nothing in it knows distctl.
+TORCHRUN_SCRIPT = '''
+import json, os
+import torch, torch.distributed as dist
+base = set(json.loads(os.environ.get("BASE_KEYS", "[]"))) | {"BASE_KEYS", "_"}
+dist.init_process_group("gloo")
+total = torch.tensor([float(dist.get_rank())])
+dist.all_reduce(total)
+env = {k: v for k, v in sorted(os.environ.items()) if k not in base}
+print("ENV " + json.dumps(env), flush=True)
+print("SUM %g FILES %s" % (total.item(), json.dumps(sorted(os.listdir(".")))), flush=True)
+dist.destroy_process_group()
+'''
+
+# Only these differ from torchrun's environment, on purpose (README: "Your own training script").
+TORCHRUN_ONLY = {
+    "TORCHELASTIC_USE_AGENT_STORE",  # no agent hosts the store: rank 0 must
+    "TORCHELASTIC_ERROR_FILE",  # written by torchrun's agent, which does not run here
+    "TORCHELASTIC_SIGNALS_TO_HANDLE",  # ditto
+}
+DISTCTL_ONLY = {"DISTCTL_RUN_ID", "DISTCTL_CODE", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "PYTHONUNBUFFERED"}
+
+
+def rank_envs(output: str) -> dict[int, dict[str, str]]:
+    envs = [json.loads(m) for m in re.findall(r"\] ENV (\{.*\})$", output, re.M)]
+    return {int(e["RANK"]): e for e in envs}
+
+
+@pytest.fixture(scope="module")
+def torchrun_env(tmp_path_factory) -> dict[str, str]:
+    """What a real `torchrun --nproc-per-node 2` gives rank 1 of the same script, on one host."""
+    folder = tmp_path_factory.mktemp("torchrun")
+    (folder / "train.py").write_text(TORCHRUN_SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "train.py"], cwd=folder,
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "BASE_KEYS": json.dumps(sorted(os.environ))})
+    assert done.returncode == 0, done.stderr
+    envs = [json.loads(m) for m in re.findall(r"^ENV (\{.*\})$", done.stdout, re.M)]
+    return next(e for e in envs if e["RANK"] == "1")
+
+
+def test_a_torchrun_script_runs_unchanged_with_torchruns_environment(cluster, tmp_path, torchrun_env):
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "train.py").write_text(TORCHRUN_SCRIPT)
+    (code / "helper.txt").write_text("pushed with the code\n")
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], slots=2, code="project",
+                          command="python train.py")
+    done = distctl("up", str(inv), cwd=tmp_path, env={"BASE_KEYS": json.dumps(sorted(os.environ))})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("SUM 6 FILES") == 4  # all_reduce over env:// of ranks 0+1+2+3
+    assert '"helper.txt", "train.py"' in done.stdout  # the rank's cwd holds the code folder
+    envs = rank_envs(done.stdout)
+    assert sorted(envs) == [0, 1, 2, 3]
+    # Every variable torchrun adds is there, apart from the listed intended differences (the
+    # rest of a rank's environment is the host's login environment, which torchrun passes on too).
+    assert set(torchrun_env) - TORCHRUN_ONLY - set(envs[1]) == set()
+    assert TORCHRUN_ONLY & set(envs[1]) == set()
+    assert DISTCTL_ONLY - set(envs[1]) == set()
+    node1 = cluster.host("node1")
+    for rank, env in envs.items():
+        group = rank // 2
+        assert env["MASTER_ADDR"] == node1.address  # an IP, never a hostname
+        assert {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                                    "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME",
+                                    "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
+                                    "OMP_NUM_THREADS")} == {
+            "RANK": str(rank), "LOCAL_RANK": str(rank % 2), "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
+            "GROUP_RANK": str(group), "GROUP_WORLD_SIZE": "2", "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": "4",
+            "ROLE_NAME": "default", "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
+            "OMP_NUM_THREADS": "1"}
+        assert env["TORCHELASTIC_RUN_ID"] == env["DISTCTL_RUN_ID"]
+    # torchrun's values where they mean the same on one host of two ranks
+    one_host_keys = ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "ROLE_NAME", "TORCHELASTIC_RESTART_COUNT",
+                     "TORCHELASTIC_MAX_RESTARTS", "OMP_NUM_THREADS", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+    assert {k: envs[1][k] for k in one_host_keys} == {k: torchrun_env[k] for k in one_host_keys}
+
+
+PROGRAM = "import os, socket; print('hello from rank', os.environ['RANK'], 'on', socket.gethostname())\n"
+
+
+def setup_runs(cluster, host: str) -> int:
+    """How often job.setup ran on a host: it appends to a file in the host's private workdir."""
+    h = cluster.host(host)
+    out = h.run(f"cat {h.workdir}/setup-count 2>/dev/null | wc -l", check=True).stdout
+    return int(out.strip() or 0)
+
+
+def test_setup_runs_once_per_host_is_skipped_when_unchanged_and_reruns_after_a_change(cluster, tmp_path):
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "prog.py").write_text(PROGRAM)
+    # setup makes a file the program's python lives beside, like a venv; the count file sits in
+    # the host's workdir (<workdir>/setup/<key>/../../)
+    setup = "echo ran >> ../../setup-count\necho setting up on $(hostname)\n"
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], code="project",
+                          command="python prog.py", setup=setup, wait_for_rank0=False)
+    first = distctl("up", str(inv), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "[node2 setup] setting up on node2" in first.stdout
+    assert "[node2 r1] hello from rank 1 on node2" in first.stdout
+    assert (setup_runs(cluster, "node1"), setup_runs(cluster, "node2")) == (1, 1)
+
+    again = distctl("up", str(inv), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "[node1 setup] setup unchanged since it last succeeded here; skipped" in again.stdout
+    assert (setup_runs(cluster, "node1"), setup_runs(cluster, "node2")) == (1, 1)
+
+    (code / "prog.py").write_text(PROGRAM + "print('changed')\n")
+    changed = distctl("up", str(inv), cwd=tmp_path)
+    assert changed.returncode == 0, changed.stderr
+    assert "[node1 r0] changed" in changed.stdout
+    assert (setup_runs(cluster, "node1"), setup_runs(cluster, "node2")) == (2, 2)
+
+
+def test_a_setup_failing_on_one_host_launches_nothing_anywhere(cluster, tmp_path):
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "prog.py").write_text(PROGRAM)
+    setup = 'echo "preparing $(hostname)"\nif [ "$(hostname)" = node2 ]; then echo "no wheel for you" >&2; exit 3; fi\n'
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], code="project",
+                          command="python prog.py", setup=setup, wait_for_rank0=False)
+    pid_files = "ls {}/runs/*/rank*.pid 2>/dev/null | wc -l"
+    before = {n: cluster.host(n).run(pid_files.format(cluster.host(n).workdir), check=True).stdout
+              for n in ("node1", "node2")}
+    done = distctl("up", str(inv), cwd=tmp_path)
+    assert done.returncode == 10, done.stderr
+    assert "setup failed on 1 host(s):" in done.stderr
+    assert "node2: job.setup exited with code 3; nothing was launched anywhere. Last lines:" in done.stderr
+    assert "    no wheel for you" in done.stderr
+    assert "hello from rank" not in done.stdout
+    for name in ("node1", "node2"):  # no rank was started on any host
+        h = cluster.host(name)
+        assert h.run(pid_files.format(h.workdir), check=True).stdout == before[name]
+
+
+def test_a_user_programs_exit_code_is_reported_as_it_is(cluster, tmp_path):
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "prog.py").write_text("import os, sys\nprint('bye', flush=True)\nsys.exit(4 if os.environ['RANK'] == '1' else 0)\n")
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], code="project",
+                          command=["python", "prog.py"], wait_for_rank0=False)
+    done = distctl("up", str(inv), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    # 4 is the bundled trainer's "peer lost"; from a user program it is just a failure, and first
+    assert "rank 1 on node2 failed first: exited with code 4" in done.stderr
