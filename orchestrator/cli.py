@@ -14,6 +14,9 @@ from orchestrator.ui import Ui
 
 INVENTORY = click.argument("inventory", type=click.Path(dir_okay=False), default="inventory.yaml")
 TARGET = click.argument("target", required=False)
+SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                   help="Change an inventory value for this run, e.g. job.train.epochs=5 or "
+                        "hosts.node2.slots=2 (repeatable; checked like the file).")
 
 
 def _fanout(f):
@@ -74,10 +77,11 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool, no_color: b
 @click.option("--detach", is_flag=True, help="Return once every rank runs.")
 @click.option("--resume", is_flag=True, help="Restart the inventory's last run from its newest checkpoint.")
 @click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
+@SET
 @_fanout
 @click.pass_obj
 def up(obj, inventory: str, dry_run: bool, detach: bool, resume: bool, accept_new_host_keys: bool,
-       fanout: int) -> None:
+       overrides: tuple[str, ...], fanout: int) -> None:
     """Push the trainer, start every rank, and stream their logs.
 
     \b
@@ -85,8 +89,9 @@ def up(obj, inventory: str, dry_run: bool, detach: bool, resume: bool, accept_ne
       distctl up inventory.yaml
       distctl up inventory.yaml --dry-run
       distctl up inventory.yaml --detach && distctl logs -f
+      distctl up inventory.yaml --set job.train.epochs=5 --dry-run
     """
-    inv = commands.load(inventory)
+    inv = commands.load(inventory, overrides)
     if dry_run:
         commands.dry_run(inv, obj["ui"])
         return
@@ -97,9 +102,11 @@ def up(obj, inventory: str, dry_run: bool, detach: bool, resume: bool, accept_ne
 @INVENTORY
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
+@SET
 @_fanout
 @click.pass_obj
-def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, fanout: int) -> None:
+def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overrides: tuple[str, ...],
+          fanout: int) -> None:
     """Connect, discover and preflight without starting anything.
 
     Exits 0 only if `distctl up` would start.
@@ -108,7 +115,7 @@ def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, fanout
     Example:
       distctl check inventory.yaml
     """
-    commands.check(commands.load(inventory), commands.Options(fanout, accept_new_host_keys), obj["ui"], as_json)
+    commands.check(commands.load(inventory, overrides), commands.Options(fanout, accept_new_host_keys), obj["ui"], as_json)
 
 
 @cli.command()

@@ -290,8 +290,8 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
         launcher.close_all(conns)
 
 
-def load(path: str) -> Inventory:
-    return load_inventory(path)
+def load(path: str, overrides: tuple[str, ...] = ()) -> Inventory:
+    return load_inventory(path, overrides=overrides)
 
 
 def init(hosts: tuple[str, ...], hostfile: str | None, user: str | None, output: str, force: bool, ui) -> None:

@@ -107,6 +107,7 @@ class Inventory:
     hosts: tuple[Host, ...]
     job: Job
     ssh: Ssh
+    overrides: tuple[str, ...] = ()  # `--set KEY=VALUE` applied on top of the file
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -285,7 +286,8 @@ def _job(ctx: y.Ctx, node: yaml.Node | None, environ: dict[str, str]) -> Job:
         else:
             values[key] = y.scalar(ctx, n, "job", key, *checks[key])
     if "train" in keys and "command" in keys:
-        raise ctx.fail(keys["train"], "job", "'train' configures the bundled trainer, but 'command' runs "
+        newer = keys["command"] if str(keys["command"].start_mark.name).startswith("--set ") else keys["train"]
+        raise ctx.fail(newer, "job", "'train' configures the bundled trainer, but 'command' runs "
                        "your own program; remove one of them (pass your program's options in 'command')")
     for folder in ("data", "code"):
         if folder in values:
@@ -389,8 +391,10 @@ def _defaults(ctx: y.Ctx, node: yaml.Node | None, environ: dict[str, str]) -> di
     return _host_fields(ctx, keys, "defaults", environ)
 
 
-def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, str] | None = None) -> Inventory:
-    """Validate inventory text; raises InventoryError naming file, line and field."""
+def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, str] | None = None,
+                    overrides: tuple[str, ...] = ()) -> Inventory:
+    """Validate inventory text, with `--set KEY=VALUE` overrides applied first (orchestrator/overrides.py);
+    raises InventoryError naming file, line and field (or the override)."""
     environ = dict(os.environ if environ is None else environ)
     if len(text) > MAX_BYTES:
         raise InventoryError(f"{path}:1: the inventory is larger than 1 MiB; is this the right file?")
@@ -410,11 +414,15 @@ def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, 
             raise InventoryError(f"{path}:1: the inventory is empty: it needs at least 'hosts:'")
         if not isinstance(root, yaml.MappingNode):
             raise ctx.fail(root, "", f"the inventory must be a mapping with 'hosts:', got {y.kind(root)}")
+        if overrides:
+            from orchestrator.overrides import apply_overrides
+
+            apply_overrides(root, overrides)
         top = y.mapping(ctx, root, "", TOP_KEYS)
         defaults = _defaults(ctx, top.get("defaults"), environ)
         hosts = _hosts(ctx, top.get("hosts"), defaults, environ)
         return Inventory(path=path, hosts=hosts, job=_job(ctx, top.get("job"), environ),
-                         ssh=_ssh(ctx, top.get("ssh")))
+                         ssh=_ssh(ctx, top.get("ssh")), overrides=tuple(overrides))
     except yaml.YAMLError as exc:
         raise y.yaml_error(exc, path, text) from None
     except RecursionError:  # MAX_DEPTH should make this unreachable; a traceback would be worse
@@ -423,7 +431,8 @@ def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, 
         loader.dispose()
 
 
-def load_inventory(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Inventory:
+def load_inventory(path: str | os.PathLike[str], environ: dict[str, str] | None = None,
+                   overrides: tuple[str, ...] = ()) -> Inventory:
     """Read and validate an inventory file."""
     shown = str(path)
     try:
@@ -438,4 +447,4 @@ def load_inventory(path: str | os.PathLike[str], environ: dict[str, str] | None 
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise InventoryError(f"{shown}:{line}: not a UTF-8 text file") from None
-    return parse_inventory(text, shown, environ)
+    return parse_inventory(text, shown, environ, overrides)

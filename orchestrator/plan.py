@@ -242,6 +242,7 @@ def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
         next_rank += count
     notes = tuple(f"{h.name}: slots not set; one rank per GPU found (shown as 1)"
                   for h in inv.hosts if h.slots is None and facts is None)
+    notes += tuple(f"--set {o} (on top of {os.path.basename(inv.path)})" for o in inv.overrides)
     return Plan(run_id, master, inv.job.port, world, tuple(host_plans), artifacts,
                 _steps(host_plans, artifacts, inv, master), inv.job.join_timeout, resume, notes,
                 inv.job.is_trainer, inv.job.setup)

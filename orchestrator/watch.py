@@ -99,7 +99,7 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
             joined.add(rank)
         elif line.startswith("rendezvous "):
             started.add(rank)
-        elif line.startswith("fallback ") and host not in fallback_told:
+        elif state.trainer and line.startswith("fallback ") and host not in fallback_told:
             fallback_told.add(host)
             ui.warn(f"{host}: MNIST could not be had: training on generated digits, not MNIST "
                     "(job.fallback: generated; set job.data to push your copy of MNIST)")
@@ -141,7 +141,10 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
     finally:
         for f in followers:
             f.stream.close()
-    return _outcome(state, exits, root_causes(exits, exit_times, state.trainer), hang, events.tails, host_of)
+    outcome = _outcome(state, exits, root_causes(exits, exit_times, state.trainer), hang, events.tails, host_of)
+    if fallback_told and outcome.code == ExitCode.OK:  # said again at the end: easy to miss mid-run
+        outcome.message += " (on generated digits, not MNIST: MNIST could not be had)"
+    return outcome
 
 
 def unjoined_hosts(state: RunState, conns: dict[str, Connection], exited: set[int]) -> list[str]:

@@ -69,6 +69,8 @@ class Ctx:
     def fail(self, node: yaml.Node | None, where: str, message: str) -> InventoryError:
         line = node.start_mark.line + 1 if node is not None else 1
         prefix = f"{self.path}:{line}: "
+        if node is not None and str(node.start_mark.name).startswith("--set "):
+            prefix = f"{node.start_mark.name}: "  # an override from the command line, not the file
         return InventoryError(f"{prefix}{where + ': ' if where else ''}{message}")
 
     def value(self, node: yaml.Node, where: str) -> Any:

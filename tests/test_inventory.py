@@ -510,3 +510,33 @@ def test_user_program_data_and_code_are_any_folders(tmp_path):
     assert (job.code, job.data) == (str(tmp_path / "src"), str(tmp_path / "ds"))
     assert (job.setup, job.outputs, job.wait_for_rank0) == ("pip install -r r.txt", ("out/*.pt", "metrics.json"),
                                                             False)
+
+
+# ---------------------------------------------------------------- --set overrides
+
+TRAINER = HOSTS + "  - {name: node2, address: 10.0.0.2}\njob:\n  train: {epochs: 3}\n"
+
+
+def test_set_overrides_values_like_the_file_would():
+    inv = parse_inventory(TRAINER, "inventory.yaml", ENVIRON,
+                          ("job.train.epochs=5", "job.train.lr=0.5", "hosts.node2.slots=2", "defaults.user=ubuntu",
+                           "ssh.connect_timeout=3", "job.env={A: '1'}"))
+    assert (inv.job.train.epochs, inv.job.train.lr, inv.job.train.batch_size) == (5, 0.5, 64)
+    assert [h.slots for h in inv.hosts] == [None, 2] and {h.user for h in inv.hosts} == {"ubuntu"}
+    assert inv.ssh.connect_timeout == 3 and [(v.name, v.value) for v in inv.job.env] == [("A", "1")]
+    assert inv.overrides[0] == "job.train.epochs=5"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("job.train.epochs=zero", "--set job.train.epochs=zero: job.train: 'epochs' must be a positive integer, got 'zero'"),
+    ("job.train.epoch=5", "--set job.train.epoch=5: job.train: unknown key 'epoch' (did you mean 'epochs'?)"),
+    ("hosts.node9.slots=2", "--set hosts.node9.slots=2: no host named 'node9' in the inventory"),
+    ("epochs", "--set epochs: expected KEY=VALUE with a dotted key (e.g. --set job.train.epochs=5)"),
+    ("job.name=[a", "--set job.name=[a: the value is not valid YAML: expected ',' or ']', but got '<stream end>'"),
+    ("job.command=python t.py", "--set job.command=python t.py: job: 'train' configures the bundled trainer, "
+     "but 'command' runs your own program; remove one of them (pass your program's options in 'command')"),
+])
+def test_a_bad_override_is_one_line_naming_it(override, message):
+    with pytest.raises(InventoryError) as exc:
+        parse_inventory(TRAINER, "inventory.yaml", ENVIRON, (override,))
+    assert str(exc.value) == message
