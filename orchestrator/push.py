@@ -15,6 +15,7 @@ import tarfile
 from functools import lru_cache
 from pathlib import Path
 
+from orchestrator.codepack import packed_tar
 from orchestrator.errors import DistctlError, ExitCode
 from orchestrator.plan import Artifact
 
@@ -70,4 +71,7 @@ def job_artifacts(data: str | None) -> tuple[Artifact, ...]:
 
 
 def tar_of(a: Artifact) -> bytes:
+    packed = packed_tar(a)  # a user's code folder (job.code)
+    if packed is not None:
+        return packed
     return build_tar(a.local_path, "trainer" if a.name == "code" else ".")
