@@ -357,6 +357,8 @@ def pull_outputs(state, conns: dict[str, Connection], patterns: list[str], dest:
                                            root, report), todo))
     report.written.sort()
     report.unchanged.sort()
+    report.refused.sort()
+    report.errors.sort()
     return report
 
 

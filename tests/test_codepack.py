@@ -43,6 +43,11 @@ def test_gitignore_patterns_and_negation(tmp_path):
     assert names(tmp_path) == [".gitignore", "keep.log", "sub/top-only.txt", "train.py"]
 
 
+def test_a_folder_ignored_by_its_contents_only_can_re_include_a_file(tmp_path):
+    make(tmp_path, {".gitignore": "out/*\n!out/keep.txt\n", "out/keep.txt": "k", "out/drop.txt": "d"})
+    assert names(tmp_path) == [".gitignore", "out/keep.txt"]
+
+
 def test_nested_gitignore_files_apply_below_their_folder_and_win_over_shallower_ones(tmp_path):
     make(tmp_path, {".gitignore": "*.dat\n",
                     "sub/.gitignore": "*.txt\n!wanted.dat\n/anchored.py\n",
