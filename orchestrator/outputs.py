@@ -2,19 +2,10 @@
 
 Each host lists what its run's working folder holds matching the globs, with sizes and
 sha256 (orchestrator/hostside/outputs.py, run with the host's python); the workstation
-decides where each file goes, skips those it already has unchanged, and streams the rest
-over one channel per host, each file into a temporary file next to its destination, renamed
-into place once its bytes and sha256 are checked. Nothing is ever held whole in memory.
-
-Where files go: a path only one host has is written at `runs/<run id>/<path>`; a path that
-several hosts have is written once per host at `runs/<run id>/<host>/<path>`, so ranks on
-different hosts never overwrite each other. A placement that would still collide (a file and
-a folder of the same name, a host name equal to a top-level path) is refused and reported.
-
-A host is not trusted to name workstation paths: a name that is absolute, has an empty, '.'
-or '..' component, a backslash, NUL or another control character, bidi controls or bytes
-that are not UTF-8 is refused (reported, never written); a destination whose folders are
-symlinks, or which is itself a symlink or a folder, is refused too.
+decides where each file goes and refuses unsafe names (orchestrator/destinations.py), skips
+those it already has unchanged, and streams the rest over one channel per host, each file
+into a temporary file next to its destination, renamed into place once its bytes and sha256
+are checked. Nothing is ever held whole in memory.
 """
 
 from __future__ import annotations
@@ -22,43 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from orchestrator import shell
+from orchestrator.destinations import (HostListing, Placement, RemoteFile, is_unchanged, local_parent, place,
+                                       shown)
 from orchestrator.errors import HostError
 from orchestrator.hostside import outputs as hostside
 from orchestrator.remote import Connection, Stream
 
-CHUNK = 1 << 20
 BATCH_ARG_BYTES = 64 * 1024  # the paths asked for in one `send` command line
-_BIDI = set("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    host: str
-    path: str  # relative to the host's working folder, '/'-separated
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class HostListing:
-    host: str
-    files: tuple[RemoteFile, ...]
-    skipped: tuple[tuple[str, str], ...]  # (path, why) the host reported and we won't fetch
-    unmatched: tuple[str, ...]  # patterns matching nothing on this host
-
-
-@dataclass(frozen=True)
-class Placement:
-    file: RemoteFile
-    dest: str  # relative to runs/<run id>/
 
 
 @dataclass
@@ -75,66 +42,6 @@ class PullReport:
         return sum(n for _, n in self.written)
 
 
-# ------------------------------------------------------------------ names
-
-
-def unsafe_reason(name: str) -> str | None:
-    """Why a host-supplied relative path can't name a workstation file, or None if it can."""
-    if not name:
-        return "empty name"
-    if "\0" in name:
-        return "NUL byte"
-    if any("\udc80" <= c <= "\udcff" for c in name):
-        return "not UTF-8"
-    if "\\" in name:
-        return "backslash"
-    if any(unicodedata.category(c) == "Cc" for c in name):
-        return "control character"
-    if _BIDI.intersection(name):
-        return "bidirectional text control"
-    if name.startswith("/"):
-        return "absolute path"
-    for part in name.split("/"):
-        if part in ("", ".", ".."):
-            return f"'{part}' path component" if part else "empty path component"
-        if len(part.encode()) > 255:
-            return "name too long"
-    return None
-
-
-def shown(name: str) -> str:
-    """A name safe to print: escapes for anything unprintable (the name came from a host)."""
-    return name if name.isprintable() and not _BIDI.intersection(name) else ascii(name)
-
-
-def place(listings: list[HostListing]) -> tuple[list[Placement], list[tuple[str, str, str]]]:
-    """Destinations (see the module docstring) and the (host, name, why) refused."""
-    refused: list[tuple[str, str, str]] = []
-    owners: dict[str, list[RemoteFile]] = {}
-    for listing in listings:
-        for f in listing.files:
-            why = unsafe_reason(f.path)
-            if why:
-                refused.append((f.host, f.path, why))
-            else:
-                owners.setdefault(f.path, []).append(f)
-    placed = [Placement(f, path if len(fs) == 1 else f"{f.host}/{path}")
-              for path, fs in sorted(owners.items()) for f in fs]
-    count: dict[str, int] = {}
-    for p in placed:
-        count[p.dest] = count.get(p.dest, 0) + 1
-    dirs = {"/".join(p.dest.split("/")[:i]) for p in placed for i in range(1, p.dest.count("/") + 1)}
-    ok = []
-    for p in placed:
-        if p.dest in dirs:
-            refused.append((p.file.host, p.file.path, f"{p.dest} would also be a folder of another output"))
-        elif count[p.dest] > 1:  # "node1/x" from one host, "x" from node1 and another
-            refused.append((p.file.host, p.file.path, f"{p.dest} would hold two hosts' files"))
-        else:
-            ok.append(p)
-    return ok, refused
-
-
 # ---------------------------------------------------------------- listing
 
 
@@ -142,16 +49,24 @@ def _hostside_command(python: str, *args: str) -> str:
     return shell.join([python, "-c", Path(hostside.__file__).read_text(), *args])
 
 
+def _checked(value, kind: type):
+    if type(value) is not kind or (kind is int and value < 0):
+        raise ValueError(f"expected a {kind.__name__}, got {value!r:.40}")
+    return value
+
+
 def parse_listing(host: str, text: str) -> HostListing:
+    """The lister's JSON lines; anything not shaped as documented is a ValueError."""
     files, skipped, unmatched = [], [], []
     for line in text.splitlines():
-        obj = json.loads(line)
+        obj = _checked(json.loads(line), dict)
         if "unmatched" in obj:
-            unmatched.append(obj["unmatched"])
+            unmatched.append(_checked(obj["unmatched"], str))
         elif "skipped" in obj:
-            skipped.append((obj["path"], obj["skipped"]))
+            skipped.append((_checked(obj["path"], str), _checked(obj["skipped"], str)))
         else:
-            files.append(RemoteFile(host, obj["path"], int(obj["size"]), obj["sha256"]))
+            files.append(RemoteFile(host, _checked(obj["path"], str), _checked(obj["size"], int),
+                                    _checked(obj["sha256"], str)))
     return HostListing(host, tuple(files), tuple(skipped), tuple(unmatched))
 
 
@@ -169,48 +84,13 @@ def list_host(conn: Connection, python: str, workdir: str, patterns: list[str]) 
         raise HostError(conn.name, f"listing outputs: unreadable reply ({exc})") from None
 
 
-# -------------------------------------------------------------- local side
-
-
-def _local_parent(root: Path, rel: str) -> Path:
-    """The destination's folder under `root`, created as needed, never through a symlink."""
-    cur = root
-    for name in rel.split("/")[:-1]:
-        cur = cur / name
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            os.mkdir(cur)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            raise OSError(f"{cur} is a symlink; not writing through it")
-        if not stat.S_ISDIR(st.st_mode):
-            raise OSError(f"{cur} is not a folder")
-    return cur
-
-
-def _local_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(CHUNK):
-            h.update(data)
-    return h.hexdigest()
-
-
-def is_unchanged(root: Path, p: Placement) -> bool:
-    """The local copy is a regular file with the same size and sha256 (a symlink never is)."""
-    path = root / p.dest
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
-        raise OSError(f"{path} is a {'symlink' if stat.S_ISLNK(st.st_mode) else 'folder'}; not replacing it")
-    return stat.S_ISREG(st.st_mode) and st.st_size == p.file.size and _local_sha256(path) == p.file.sha256
+# ---------------------------------------------------------------- transfer
 
 
 class _Reader:
     """Lines and exact byte counts out of a stream that returns whatever chunk it has."""
+
+    MAX_LINE = 1 << 20  # a header or trailer is short; a host sending more is broken
 
     def __init__(self, stream: Stream):
         self.stream, self.buf = stream, bytearray()
@@ -223,6 +103,8 @@ class _Reader:
 
     def line(self) -> dict | None:
         while b"\n" not in self.buf:
+            if len(self.buf) > self.MAX_LINE:
+                raise ValueError("a header line without an end")
             try:
                 self._more()
             except EOFError:
@@ -231,7 +113,7 @@ class _Reader:
                 return None
         i = self.buf.index(b"\n")
         raw, self.buf = bytes(self.buf[:i]), self.buf[i + 1:]
-        return json.loads(raw)
+        return _checked(json.loads(raw), dict)
 
     def copy(self, n: int, sink: Callable[[bytes], None]) -> None:
         while n:
@@ -253,9 +135,9 @@ def _receive(reader: _Reader, root: Path, p: Placement) -> int:
         raise EOFError
     if "error" in header:
         raise OSError(f"the host could not read it: {header['error']}")
-    size = int(header["size"])
+    size = _checked(header.get("size"), int)
     try:
-        parent = _local_parent(root, p.dest)
+        parent = local_parent(root, p.dest)
     except OSError:
         reader.copy(size, lambda b: None)  # keep the stream in step for the next file
         reader.line()
@@ -374,7 +256,7 @@ def format_report(report: PullReport, limit: int = 20) -> list[str]:
     if report.unchanged:
         head += f", {len(report.unchanged)} already there unchanged"
     lines.insert(0, head)
-    lines += [f"  not pulled: {host}: {shown(name)}: {why}" for host, name, why in report.refused]
+    lines += [f"  not pulled: {host}: {shown(name)}: {shown(why)}" for host, name, why in report.refused]
     lines += [f"  no host has a file matching '{shown(p)}'" for p in report.unmatched]
-    lines += [f"  {host}: {message}" for host, message in report.errors]
+    lines += [f"  {host}: {shown(message)}" for host, message in report.errors]
     return lines

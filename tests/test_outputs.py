@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.hostside import outputs as hostside
-from orchestrator.outputs import HostListing, RemoteFile, place, unsafe_reason
+from orchestrator.destinations import HostListing, Placement, RemoteFile, place, unsafe_reason
 
 HOSTSIDE = Path(hostside.__file__).read_text()
 
@@ -65,7 +65,8 @@ def test_a_folder_pattern_takes_everything_below_it_and_double_star_skips_dot_na
 
 
 def test_patterns_cannot_leave_the_work_folder_nor_follow_links(work):
-    got = lines(run_hostside("list", str(work), "../*", "/etc/passwd", "linked/*", "linked", "./ckpt/../model.pt").stdout)
+    hostile = ("../*", "/etc/passwd", "linked/*", "linked", "./ckpt/../model.pt")
+    got = lines(run_hostside("list", str(work), *hostile).stdout)
     assert got == [{"path": "linked", "skipped": "symlink"}, {"unmatched": "../*"}, {"unmatched": "/etc/passwd"},
                    {"unmatched": "linked/*"}, {"unmatched": "./ckpt/../model.pt"}]
 
@@ -136,6 +137,53 @@ def test_placement_refuses_what_would_still_collide():
         ("node1", "d", "d would also be a folder of another output"),
         ("node1", "x", "node1/x would hold two hosts' files"),
         ("node2", "node1/x", "node1/x would hold two hosts' files")]
+
+
+class Replay:
+    """A host's `send` reply, fed back in small pieces as a channel would (pure logic, no host)."""
+
+    def __init__(self, data: bytes, piece: int = 7):
+        self.data, self.piece = data, piece
+
+    def read(self) -> bytes:
+        out, self.data = self.data[:self.piece], self.data[self.piece:]
+        return out
+
+
+def _frame(path: str, body: bytes, sha: str | None = None) -> bytes:
+    trailer = {"sha256": sha or hashlib.sha256(body).hexdigest(), "complete": True}
+    return (json.dumps({"path": path, "size": len(body)}).encode() + b"\n" + body
+            + json.dumps(trailer).encode() + b"\n")
+
+
+def test_receive_writes_whole_files_only(tmp_path):
+    from orchestrator.outputs import _Reader, _receive
+
+    good, bad = Placement(f("h", "a/b.txt"), "a/b.txt"), Placement(f("h", "c.txt"), "c.txt")
+    reader = _Reader(Replay(_frame("a/b.txt", b"hello\n" * 1000) + _frame("c.txt", b"xyz", sha="0" * 64)))
+    assert _receive(reader, tmp_path, good) == 6000
+    with pytest.raises(OSError, match="changed on the host"):
+        _receive(reader, tmp_path, bad)
+    assert tree_of(tmp_path) == {"a/b.txt": b"hello\n" * 1000}
+
+
+@pytest.mark.parametrize("reply", [
+    b'{"path": "c.txt", "size": -5}\n',  # would never end
+    b'{"path": "other.txt", "size": 1}\nx',  # not the file asked for
+    b'{"path": "c.txt", "size": 10}\nshort',  # the channel closed mid-file
+    b'{"path": "c.txt"' + b" " * (2 << 20),  # a header without an end
+    b"[1, 2]\n",
+])
+def test_a_broken_or_hostile_reply_stops_the_host_and_leaves_nothing(tmp_path, reply):
+    from orchestrator.outputs import _Reader, _receive
+
+    with pytest.raises((EOFError, ValueError)):
+        _receive(_Reader(Replay(reply, piece=65536)), tmp_path, Placement(f("h", "c.txt"), "c.txt"))
+    assert tree_of(tmp_path) == {}
+
+
+def tree_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 # ---------------------------------------------------------------- model.pt
