@@ -11,8 +11,9 @@ What is left out, as git would leave it out:
     (distctl's own run state and pulled outputs, when the code folder is where distctl runs);
   * symlinks that resolve outside the folder (counted in the summary: the host would get a
     dangling link or, worse, a path into its own file system), and sockets, fifos, devices.
-A symlink that stays inside is stored as a relative link. Empty folders are not stored (git
-does not keep them either).
+A symlink that stays inside is stored as a relative link (one to a file left out dangles on
+the host, as it would in a git clone). Empty folders are not stored (git does not keep them
+either).
 
 The tar is byte-identical for identical content (sorted names, zero times, no owners, only the
 executable bit kept from the mode), so its sha256 names it on the hosts and an unchanged
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import pathspec
 
+from orchestrator.errors import DistctlError, ExitCode
 from orchestrator.plan import Artifact
 
 IGNORE_FILES = (".gitignore", ".distctlignore")
@@ -183,8 +185,14 @@ class Pack:
 @lru_cache(maxsize=4)
 def pack_folder(root: str) -> Pack:
     """The folder's selection and tar, built once per process (the push sends the same bytes)."""
-    selection = select_files(Path(root))
-    tar = write_tar(selection.entries)
+    if not os.path.isdir(root):
+        raise DistctlError(f"job.code: {root} is not a folder", ExitCode.BAD_INPUT)
+    try:
+        selection = select_files(Path(root))
+        tar = write_tar(selection.entries)
+    except OSError as exc:  # unreadable, or removed while we packed (an editor's temp file)
+        raise DistctlError(f"job.code: cannot read {exc.filename}: {exc.strerror or exc}; "
+                           f"fix it or list it in .distctlignore", ExitCode.BAD_INPUT) from None
     return Pack(selection, tar, hashlib.sha256(tar).hexdigest())
 
 

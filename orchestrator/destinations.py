@@ -104,7 +104,7 @@ def place(listings: list[HostListing]) -> tuple[list[Placement], list[tuple[str,
     return ok, refused
 
 
-def local_parent(root: Path, rel: str) -> Path:
+def local_parent(root: Path, rel: str, create: bool = True) -> Path:
     """The destination's folder under `root`, created as needed, never through a symlink."""
     cur = root
     for name in rel.split("/")[:-1]:
@@ -112,6 +112,8 @@ def local_parent(root: Path, rel: str) -> Path:
         try:
             st = os.lstat(cur)
         except FileNotFoundError:
+            if not create:
+                return cur
             os.mkdir(cur)
             continue
         if stat.S_ISLNK(st.st_mode):
@@ -131,7 +133,7 @@ def _local_sha256(path: Path) -> str:
 
 def is_unchanged(root: Path, p: Placement) -> bool:
     """The local copy is a regular file with the same size and sha256 (a symlink never is)."""
-    path = root / p.dest
+    path = local_parent(root, p.dest, create=False) / p.dest.rsplit("/", 1)[-1]
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -172,3 +172,23 @@ def test_the_packed_tree_extracts_to_the_selected_files(tmp_path):
         ".gitignore", "link.py", "pkg", "pkg/m.py", "train.py"]
     assert (out / "link.py").read_text() == "M = 1\n" and (out / "link.py").is_symlink()
     shutil.rmtree(out)
+
+
+def test_a_missing_folder_or_a_file_vanishing_is_one_clear_error(tmp_path, monkeypatch):
+    from orchestrator import codepack
+    from orchestrator.errors import DistctlError, ExitCode
+
+    with pytest.raises(DistctlError, match=r"job.code: .*/nope is not a folder") as err:
+        code_artifact(tmp_path / "nope")
+    assert err.value.exit_code == ExitCode.BAD_INPUT
+    make(tmp_path, {"a.py": "x", "b.py": "y"})
+    real = codepack.select_files
+
+    def select_then_remove(root):
+        sel = real(root)
+        (tmp_path / "b.py").unlink()  # gone between the walk and the tar
+        return sel
+
+    monkeypatch.setattr(codepack, "select_files", select_then_remove)
+    with pytest.raises(DistctlError, match=r"job.code: cannot read .*/b.py: No such file or directory; fix it"):
+        code_artifact(tmp_path)
