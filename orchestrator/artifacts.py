@@ -83,6 +83,8 @@ def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> Path:
                 continue
             (out / f"rank{r.rank}.log").write_bytes(log)
             rows += parse_metrics(log.decode("utf-8", errors="replace"))
+    if not state.trainer:  # a user program's results are its job.outputs (orchestrator/outputs.py)
+        return out
     first = state.hosts[0]
     model = fetch(conns[first.host.name], f"{first.rundir}/ckpt/latest.pt")
     if model is None:

@@ -83,13 +83,14 @@ def _state_of(plan: Plan, inv: Inventory) -> RunState:
     return RunState(plan.run_id, str(Path(inv.path).resolve()), inv.ssh, plan.world_size, plan.master_addr,
                     plan.port, tuple(HostState(replace(hp.host, python=hp.python), hp.rundir,
                                                tuple(RankState(r.rank, r.local_rank) for r in hp.ranks))
-                                     for hp in plan.hosts), trainer=plan.trainer)
+                                     for hp in plan.hosts), trainer=plan.trainer, outputs=inv.job.outputs)
 
 
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
     inv = _with_options(inv, opts)
     ui.hide(inv.secrets)
     run_id = _last_run_of(inv) if resume else new_run_id(inv.job.name)
+    _describe_code(inv, ui)
     conns, facts, plan = _resolve(inv, opts, ui, run_id, resume)
     try:
         with ui.host_progress([h.name for h in inv.hosts]):
@@ -123,6 +124,19 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         ui.info(outcome.message)
     finally:
         launcher.close_all(conns)
+
+
+def _describe_code(inv: Inventory, ui) -> None:
+    """How much of job.code goes to each host, and a warning when that is a lot."""
+    if not inv.job.code:
+        return
+    from orchestrator.codepack import code_summary, format_summary, size_warning
+
+    summary = code_summary(Path(inv.job.code))
+    ui.info(format_summary(summary))
+    warning = size_warning(summary)
+    if warning:
+        ui.warn(warning)
 
 
 def _launch_failed(exc: DistctlError, state: RunState, conns: dict[str, Connection]) -> DistctlError:
@@ -312,10 +326,26 @@ def init(hosts: tuple[str, ...], hostfile: str | None, user: str | None, output:
 def pull(target: str | None, opts: Options, ui, dest: str) -> None:
     from orchestrator.artifacts import pull_run
 
+    from orchestrator.ckptinfo import describe_checkpoint
+    from orchestrator.outputs import format_report, pull_outputs
+
     state = find_run(target)
     conns = launcher.connect_all([h.host for h in state.hosts], state.ssh, opts.fanout)
     try:
         out = pull_run(state, conns, Path(dest), ui)
+        report = pull_outputs(state, conns, list(state.outputs), Path(dest)) if state.outputs else None
     finally:
         launcher.close_all(conns)
-    ui.info(f"pulled run {state.run_id} into {out}/ (model.pt, rank logs, metrics.jsonl, metrics.png)")
+    if state.trainer:
+        ui.info(f"pulled run {state.run_id} into {out}/ (model.pt, rank logs, metrics.jsonl, metrics.png)")
+        label = describe_checkpoint(out / "model.pt")
+        if label:
+            ui.info(f"model.pt: {label}")
+    else:
+        ui.info(f"pulled run {state.run_id}'s rank logs into {out}/")
+    if report is not None:
+        for line in format_report(report):
+            ui.info(line)
+        if report.errors:
+            raise DistctlError("pull incomplete: " + "; ".join(f"{h}: {m}" for h, m in report.errors),
+                               ExitCode.PARTIAL)

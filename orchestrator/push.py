@@ -15,6 +15,7 @@ import tarfile
 from functools import lru_cache
 from pathlib import Path
 
+from orchestrator.codepack import code_artifact, packed_tar
 from orchestrator.errors import DistctlError, ExitCode
 from orchestrator.inventory import Job
 from orchestrator.plan import Artifact
@@ -64,11 +65,14 @@ def artifact(name: str, root: Path, prefix: str) -> Artifact:
 
 def job_artifacts(job: Job) -> tuple[Artifact, ...]:
     """The code (job.code's contents, or the trainer package as `trainer/`), and job.data's."""
-    out = [artifact("code", Path(job.code), ".") if job.code else artifact("code", trainer_root(), "trainer")]
+    out = [code_artifact(Path(job.code)) if job.code else artifact("code", trainer_root(), "trainer")]
     if job.data:
         out.append(artifact("data", Path(job.data), "."))
     return tuple(out)
 
 
 def tar_of(a: Artifact) -> bytes:
+    packed = packed_tar(a)  # a user's code folder (job.code)
+    if packed is not None:
+        return packed
     return build_tar(a.local_path, a.prefix)

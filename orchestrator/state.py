@@ -38,6 +38,7 @@ class RunState:
     port: int
     hosts: tuple[HostState, ...]
     trainer: bool = True  # the bundled trainer: its exit codes (4 peer lost, 143 stopped) mean something
+    outputs: tuple[str, ...] = ()  # job.outputs: globs under each host's <rundir>/work, for `pull`
 
     def host(self, name: str) -> HostState:
         for h in self.hosts:
@@ -78,7 +79,7 @@ def load_run(run_id: str | None = None, root: Path = STATE_DIR) -> RunState:
                   tuple(RankState(**r) for r in h["ranks"]))
         for h in data["hosts"])
     return RunState(data["run_id"], data["inventory"], ssh, data["world_size"], data["master"],
-                    data["port"], hosts, bool(data.get("trainer", True)))
+                    data["port"], hosts, bool(data.get("trainer", True)), tuple(data.get("outputs", ())))
 
 
 def runs_of_inventory(inventory: str, root: Path = STATE_DIR) -> list[str]:

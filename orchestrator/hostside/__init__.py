@@ -1,3 +1,4 @@
+<<<<<<< HEAD
 """Programs that run on the hosts, each a stdlib-only module with `main(argv)`.
 
 They are sent as `python -c <source>`, so a host needs nothing of distctl installed and
@@ -27,3 +28,10 @@ def source(name: str) -> str:
     if name not in PROGRAMS:
         raise ValueError(f"no host-side program {name!r}")
     return (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")
+=======
+"""Programs that run on the hosts, sent as `python -c <module source> ARGS`.
+
+Each is one stdlib-only module with `main(argv)`, runnable and testable here as it is
+there; nothing in them imports from `orchestrator` (the host has no distctl installed).
+"""
+>>>>>>> code
