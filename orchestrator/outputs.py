@@ -22,7 +22,7 @@ from orchestrator import shell
 from orchestrator.destinations import (HostListing, Placement, RemoteFile, is_unchanged, local_parent, place,
                                        shown)
 from orchestrator.errors import HostError
-from orchestrator.hostside import outputs as hostside
+from orchestrator.hostside import source
 from orchestrator.remote import Connection, Stream
 
 BATCH_ARG_BYTES = 64 * 1024  # the paths asked for in one `send` command line
@@ -46,7 +46,7 @@ class PullReport:
 
 
 def _hostside_command(python: str, *args: str) -> str:
-    return shell.join([python, "-c", Path(hostside.__file__).read_text(), *args])
+    return shell.join([python, "-c", source("outputs"), *args])
 
 
 def _checked(value, kind: type):

@@ -26,6 +26,12 @@ dist.all_reduce(total)
 env = {k: v for k, v in sorted(os.environ.items()) if k not in base}
 print("ENV " + json.dumps(env), flush=True)
 print("SUM %g FILES %s" % (total.item(), json.dumps(sorted(os.listdir(".")))), flush=True)
+os.makedirs("out", exist_ok=True)
+with open("out/rank%d.txt" % dist.get_rank(), "w") as f:
+    f.write("sum %g\\n" % total.item())
+if os.environ["LOCAL_RANK"] == "0":
+    with open("metrics.json", "w") as f:
+        json.dump({"host_group": os.environ["GROUP_RANK"]}, f)
 dist.destroy_process_group()
 '''
 
@@ -62,12 +68,31 @@ def test_a_torchrun_script_runs_unchanged_with_torchruns_environment(cluster, tm
     code.mkdir()
     (code / "train.py").write_text(TORCHRUN_SCRIPT)
     (code / "helper.txt").write_text("pushed with the code\n")
+    (code / ".gitignore").write_text("*.bin\n")
+    (code / "big.bin").write_bytes(os.urandom(1 << 20) * 5)  # ignored: never pushed
     inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], slots=2, code="project",
-                          command="python train.py")
+                          command="python train.py", outputs=["out/*.txt", "metrics.json"])
     done = distctl("up", str(inv), cwd=tmp_path, env={"BASE_KEYS": json.dumps(sorted(os.environ))})
     assert done.returncode == 0, done.stderr
+    assert "distctl: pushing code: 3 files," in done.stderr  # train.py, helper.txt, .gitignore
     assert done.stdout.count("SUM 6 FILES") == 4  # all_reduce over env:// of ranks 0+1+2+3
-    assert '"helper.txt", "train.py"' in done.stdout  # the rank's cwd holds the code folder
+    assert '[".gitignore", "helper.txt", "train.py"]' in done.stdout  # cwd: the code folder, no big.bin
+    for name in ("node1", "node2"):
+        h = cluster.host(name)
+        assert h.run(f"find {h.workdir} -name big.bin | wc -l", check=True).stdout.strip() == "0"
+
+    # job.outputs come back: names only one host has at the top, shared names per host
+    pulled = distctl("pull", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()
+                  and not p.name.endswith(".log")) == [
+        "node1/metrics.json", "node2/metrics.json", "out/rank0.txt", "out/rank1.txt", "out/rank2.txt",
+        "out/rank3.txt"]
+    assert (run_dir / "out" / "rank3.txt").read_text() == "sum 6\n"
+    assert json.loads((run_dir / "node2" / "metrics.json").read_text()) == {"host_group": "1"}
+    again = distctl("pull", cwd=tmp_path)
+    assert again.returncode == 0 and "outputs: wrote 0 files (0 B)" in again.stderr, again.stderr
     envs = rank_envs(done.stdout)
     assert sorted(envs) == [0, 1, 2, 3]
     # Every variable torchrun adds is there, apart from the listed intended differences (the

@@ -1,4 +1,3 @@
-<<<<<<< HEAD
 """Programs that run on the hosts, each a stdlib-only module with `main(argv)`.
 
 They are sent as `python -c <source>`, so a host needs nothing of distctl installed and
@@ -12,6 +11,7 @@ use double quotes only (a single quote would print as '"'"').
     probe      interpreter, torch and torchvision versions
     detach     start a command in a new session, print its process group id
     store_peers  this host's connections to rank 0's rendezvous store (the join watchdog)
+    outputs    list job.outputs with sizes and digests, and send the chosen files
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers")
+PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs")
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,10 +28,3 @@ def source(name: str) -> str:
     if name not in PROGRAMS:
         raise ValueError(f"no host-side program {name!r}")
     return (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")
-=======
-"""Programs that run on the hosts, sent as `python -c <module source> ARGS`.
-
-Each is one stdlib-only module with `main(argv)`, runnable and testable here as it is
-there; nothing in them imports from `orchestrator` (the host has no distctl installed).
-"""
->>>>>>> code
