@@ -214,7 +214,7 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
     if failure:
         ui.out(f"first failure: rank {failure['rank']} on {failure['host']} exited with code {failure['exit_code']}; "
                "last lines of its log:")
-        ui.out("".join(f"    {ui.masked(line)}\n" for line in failure["log_tail"]).rstrip("\n"))
+        ui.out("".join(f"    {ui.shown(line)}\n" for line in failure["log_tail"]).rstrip("\n"))
 
 
 def _first_failure(state: RunState, conns: dict[str, Connection], rows) -> dict | None:

@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 
 import click
 
+from orchestrator.terminal import for_terminal
+
 _COLORS = ("cyan", "magenta", "yellow", "green", "blue", "bright_red", "bright_cyan", "bright_magenta")
 
 
@@ -33,6 +35,9 @@ class Ui:
             color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         self.color = color
         self._host_colors: dict[str, str] = {}
+        # Remote text is escaped on a terminal only: files and pipes get it as it is.
+        self._tty_out = sys.stdout.isatty()
+        self._tty_err = sys.stderr.isatty()
 
     # Process-wide, so that the error printed by cli.main masks them too.
     _secrets: tuple[str, ...] = ()
@@ -47,29 +52,43 @@ class Ui:
             text = text.replace(secret, "***")
         return text
 
+    def shown(self, line: str) -> str:
+        """One line of remote text for stdout: secrets masked; on a terminal, its last
+        `\\r` redraw with control sequences other than colours escaped (terminal.py)."""
+        line = self.masked(line)
+        return for_terminal(line) if self._tty_out else line
+
+    def _on_stderr(self, message: str) -> str:
+        """Messages quote remote text too (causes, log tails): the same rule, line by line."""
+        message = self.masked(message)
+        return "\n".join(map(for_terminal, message.split("\n"))) if self._tty_err else message
+
     def info(self, message: str) -> None:
         if not self.quiet:
-            click.echo(f"distctl: {message}", err=True)
+            click.echo(f"distctl: {self._on_stderr(message)}", err=True)
 
     def detail(self, message: str) -> None:
         if self.verbose:
-            click.echo(f"distctl: {message}", err=True)
+            click.echo(f"distctl: {self._on_stderr(message)}", err=True)
 
     def warn(self, message: str) -> None:
-        click.echo(self._style(f"distctl: {self.masked(message)}", "yellow"), err=True)
+        click.echo(self._style(f"distctl: {self._on_stderr(message)}", "yellow"), err=True)
 
     def error(self, message: str) -> None:
-        click.echo(self._style(f"distctl: error: {self.masked(message)}", "red"), err=True)
+        click.echo(self._style(f"distctl: error: {self._on_stderr(message)}", "red"), err=True)
 
-    def prefix(self, host: str, rank: int) -> str:
+    def prefix(self, host: str, rank: int | None = None) -> str:
+        """`[host rN]` for a rank, `[host]` for a host, in the host's colour on a terminal."""
         color = self._host_colors.setdefault(host, _COLORS[len(self._host_colors) % len(_COLORS)])
-        return self._style(f"[{host} r{rank}]", color)
+        return self._style(f"[{host} r{rank}]" if rank is not None else f"[{host}]", color)
 
-    def rank_line(self, host: str, rank: int, line: str) -> None:
-        click.echo(f"{self.prefix(host, rank)} {self.masked(line)}")
+    def rank_line(self, host: str, rank: int | None, line: str) -> None:
+        """A line of a rank's log (or, rank None, of a host's command), prefixed."""
+        # color=True: click would strip escape sequences from a pipe; a pipe gets the bytes.
+        click.echo(f"{self.prefix(host, rank)} {self.shown(line)}", color=True)
 
     def out(self, text: str = "") -> None:
-        click.echo(text)
+        click.echo(text, color=True)
 
     def _style(self, text: str, color: str) -> str:
         return click.style(text, fg=color) if self.color else text
