@@ -200,5 +200,30 @@ def init(obj, hosts: tuple[str, ...], hostfile: str | None, user: str | None, ou
     commands.init(hosts, hostfile, user, output, force, obj["ui"])
 
 
+@cli.command(name="exec")
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("command", nargs=-1, required=True)
+@click.option("--host", "hosts", multiple=True, metavar="NAME", help="Only this host (repeatable).")
+@click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
+@_fanout
+@click.pass_obj
+def exec_(obj, inventory: str, command: tuple[str, ...], hosts: tuple[str, ...], accept_new_host_keys: bool,
+          fanout: int) -> None:
+    """Run a command on every host at once; output prefixed [host], then each host's exit code.
+
+    Words after -- are quoted one by one (no shell evaluation; for pipes use sh -c '...').
+    A leading `python` is the host's python. Exit 0 if every host exited 0, else 11
+    (3 when a host could not be reached; the others still run).
+
+    \b
+    Example:
+      distctl exec inventory.yaml -- nvidia-smi -L
+      distctl exec inventory.yaml --host node2 -- python -m pip list
+      distctl exec inventory.yaml -- sh -c 'df -h ~ | tail -n 1'
+    """
+    commands.exec_command(commands.load(inventory), command, hosts,
+                          commands.Options(fanout, accept_new_host_keys), obj["ui"])
+
+
 def main() -> None:
     cli(prog_name="distctl")

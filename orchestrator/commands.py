@@ -302,6 +302,14 @@ def init(hosts: tuple[str, ...], hostfile: str | None, user: str | None, output:
     ui.info(f"wrote {output} ({len(entries)} host(s)); next: distctl check {output}")
 
 
+def exec_command(inv: Inventory, argv: tuple[str, ...], hosts: tuple[str, ...], opts: Options, ui) -> None:
+    from orchestrator.adhoc import exec_everywhere
+
+    inv = _with_options(inv, opts)
+    ui.hide(inv.secrets)
+    exec_everywhere(inv, argv, hosts, opts.fanout, ui)
+
+
 def pull(target: str | None, opts: Options, ui, dest: str) -> None:
     from orchestrator.artifacts import pull_run
 
