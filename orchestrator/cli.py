@@ -184,20 +184,29 @@ def pull(obj, target: str | None, dest: str, fanout: int) -> None:
 @cli.command()
 @click.argument("hosts", nargs=-1)
 @click.option("--hostfile", type=click.Path(exists=True, dir_okay=False),
-              help="A DeepSpeed/MPI hostfile ('host slots=N' lines).")
-@click.option("--user", help="SSH user for every host.")
+              help="A DeepSpeed/OpenMPI ('host slots=N [max_slots=M]') or MPICH ('host:N') hostfile.")
+@click.option("--user", help="SSH user for every host (a host's user@ wins).")
+@click.option("--port", type=click.IntRange(1, 65535), help="SSH port for every host.")
+@click.option("--identity-file", help="SSH private key for every host.")
+@click.option("--python", help="Interpreter with torch on the hosts (python3).")
+@click.option("--workdir", help="Where code, data and runs live on the hosts (~/.distctl).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="inventory.yaml", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.pass_obj
-def init(obj, hosts: tuple[str, ...], hostfile: str | None, user: str | None, output: str, force: bool) -> None:
+def init(obj, hosts: tuple[str, ...], hostfile: str | None, user: str | None, port: int | None,
+         identity_file: str | None, python: str | None, workdir: str | None, output: str, force: bool) -> None:
     """Write a commented inventory from host names or a hostfile.
+
+    HOSTS are [user@]host or [user@]host:SLOTS, in rank order.
 
     \b
     Example:
-      distctl init gpu1 gpu2 --user ubuntu
-      distctl init --hostfile /job/hostfile -o cluster.yaml
+      distctl init gpu1:4 gpu2:4 --user ubuntu --identity-file ~/.ssh/id_ed25519
+      distctl init --hostfile /job/hostfile --python /opt/venv/bin/python -o cluster.yaml
     """
-    commands.init(hosts, hostfile, user, output, force, obj["ui"])
+    from orchestrator.template import Defaults
+
+    commands.init(hosts, hostfile, Defaults(user, port, identity_file, python, workdir), output, force, obj["ui"])
 
 
 @cli.command(name="exec")

@@ -287,16 +287,16 @@ def load(path: str) -> Inventory:
     return load_inventory(path)
 
 
-def init(hosts: tuple[str, ...], hostfile: str | None, user: str | None, output: str, force: bool, ui) -> None:
-    from orchestrator.template import HostEntry, parse_hostfile, render_inventory
+def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, force: bool, ui) -> None:
+    from orchestrator.template import host_entries, parse_hostfile, render_inventory
 
     if bool(hosts) == bool(hostfile):
         raise DistctlError("give host names or --hostfile (one of the two)", ExitCode.BAD_INPUT)
-    entries = parse_hostfile(Path(hostfile).read_text(), hostfile) if hostfile else [HostEntry(h) for h in hosts]
+    entries = parse_hostfile(Path(hostfile).read_text(), hostfile) if hostfile else host_entries(hosts)
     path = Path(output)
     if path.exists() and not force:
         raise DistctlError(f"{output} exists; use --force to overwrite it", ExitCode.BAD_INPUT)
-    text = render_inventory(entries, user)
+    text = render_inventory(entries, defaults)
     parse_inventory(text, output)  # what we write must load
     path.write_text(text)
     ui.info(f"wrote {output} ({len(entries)} host(s)); next: distctl check {output}")
