@@ -166,7 +166,7 @@ def stop(obj, target: str | None, grace: float, fanout: int) -> None:
 
 @cli.command()
 @TARGET
-@click.option("--to", "dest", type=click.Path(file_okay=False), default="runs", show_default=True,
+@click.option("--to", "dest", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder that gets runs/<run id>/.")
 @_fanout
 @click.pass_obj
@@ -176,6 +176,7 @@ def pull(obj, target: str | None, dest: str, fanout: int) -> None:
     \b
     Example:
       distctl pull                     # into runs/<run id>/
+      distctl pull --to /data/results  # into /data/results/runs/<run id>/
       python -c "import torch; print(torch.load('runs/<run id>/model.pt')['epoch'])"
     """
     commands.pull(target, commands.Options(fanout), obj["ui"], dest)

@@ -316,7 +316,16 @@ def pull(target: str | None, opts: Options, ui, dest: str) -> None:
     state = find_run(target)
     conns = launcher.connect_all([h.host for h in state.hosts], state.ssh, opts.fanout)
     try:
-        out = pull_run(state, conns, Path(dest), ui)
+        out, written = pull_run(state, conns, Path(dest) / "runs", ui)
     finally:
         launcher.close_all(conns)
-    ui.info(f"pulled run {state.run_id} into {out}/ (model.pt, rank logs, metrics.jsonl, metrics.png)")
+    ui.info(f"pulled run {state.run_id} into {out}/: {_files_text(written)}")
+
+
+def _files_text(names: list[str]) -> str:
+    """What pull wrote, rank logs counted: `model.pt, 2 rank logs, metrics.jsonl`."""
+    logs = [n for n in names if n.startswith("rank") and n.endswith(".log")]
+    shown = [n for n in names if n not in logs]
+    if logs:
+        shown.insert(min(1, len(shown)), f"{len(logs)} rank log{'s' if len(logs) > 1 else ''}")
+    return ", ".join(shown) or "nothing"
