@@ -61,7 +61,12 @@ class Ui:
     def _on_stderr(self, message: str) -> str:
         """Messages quote remote text too (causes, log tails): the same rule, line by line."""
         message = self.masked(message)
-        return "\n".join(map(for_terminal, message.split("\n"))) if self._tty_err else message
+        if not self._tty_err:
+            return message
+        # A quoted log line keeps the message's indentation in front of its last redraw.
+        lines = message.split("\n")
+        indents = [len(line) - len(line.lstrip(" ")) for line in lines]
+        return "\n".join(line[:n] + for_terminal(line[n:]) for line, n in zip(lines, indents))
 
     def info(self, message: str) -> None:
         if not self.quiet:

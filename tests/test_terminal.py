@@ -76,6 +76,19 @@ def test_for_terminal_takes_the_last_redraw_then_escapes():
     assert for_terminal("a\x07b") == "a\\x07b"
 
 
+def test_ui_escapes_on_a_terminal_only_and_masks_first(capsys, monkeypatch):
+    from orchestrator.ui import Ui
+
+    monkeypatch.setattr(Ui, "_secrets", ("s3cr\x07t",))
+    ui = Ui(color=False)
+    ui._tty_out, ui._tty_err = True, True  # as if both were terminals
+    assert ui.shown("key=s3cr\x07t \x1b[2J") == "key=*** \\x1b[2J"
+    ui.error("rank 1 failed; last lines:\n    \x1b]0;t\x07boom\n    50%\r100%")
+    assert capsys.readouterr().err == "distctl: error: rank 1 failed; last lines:\n    \\x1b]0;t\\x07boom\n    100%\n"
+    ui._tty_out, ui._tty_err = False, False  # files and pipes: as written, secrets still masked
+    assert ui.shown("key=s3cr\x07t \x1b[2J") == "key=*** \x1b[2J"
+
+
 # ---------------------------------------------------------------- end to end, through a pty
 
 REPO = Path(__file__).resolve().parent.parent
