@@ -106,6 +106,7 @@ class Ui:
             return
         from rich.console import Console
         from rich.live import Live
+        from rich.markup import escape
         from rich.table import Table
 
         steps: dict[str, str] = {h: "connecting" for h in hosts}
@@ -119,7 +120,9 @@ class Ui:
 
         with Live(table(), console=Console(stderr=True), transient=True, refresh_per_second=10) as live:
             def hook(host: str, step: str, error: str | None) -> None:
-                steps[host] = f"[red]{step} failed: {error}[/]" if error else f"{step} done"
+                # A cause may quote a host's stderr: no markup from it, no control sequences.
+                shown = escape(for_terminal(error)) if error else ""
+                steps[host] = f"[red]{step} failed: {shown}[/]" if error else f"{step} done"
                 live.update(table())
 
             token = _progress.set(hook)
