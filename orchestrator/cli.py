@@ -223,7 +223,7 @@ def exec_(obj, inventory: str, command: tuple[str, ...], hosts: tuple[str, ...],
 
     Words after -- are quoted one by one (no shell evaluation; for pipes use sh -c '...').
     A leading `python` is the host's python. Exit 0 if every host exited 0, else 11
-    (3 when a host could not be reached; the others still run).
+    (3, or 4 for a host key, when a host could not be reached; the others still run).
 
     \b
     Example:
