@@ -71,9 +71,11 @@ def plot_metrics(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> Path:
+def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path, list[str]]:
+    """Pull into `dest/<run id>/`; returns that folder and the names of the files written there."""
     out = dest / state.run_id
     out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
     rows: list[dict] = []
     for hs in state.hosts:
         for r in hs.ranks:
@@ -82,17 +84,22 @@ def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> Path:
                 ui.warn(f"{hs.host.name}: no log for rank {r.rank}")
                 continue
             (out / f"rank{r.rank}.log").write_bytes(log)
+            written.append(f"rank{r.rank}.log")
             rows += parse_metrics(log.decode("utf-8", errors="replace"))
     if not state.trainer:  # a user program's results are its job.outputs (orchestrator/outputs.py)
-        return out
+        return out, written
     first = state.hosts[0]
     model = fetch(conns[first.host.name], f"{first.rundir}/ckpt/latest.pt")
     if model is None:
         raise DistctlError(f"{first.host.name}: run {state.run_id} has no checkpoint yet "
                            f"(rank 0 writes one after each epoch)", ExitCode.NO_RUN)
     (out / "model.pt").write_bytes(model)
+    written.append("model.pt")
     rows.sort(key=lambda r: (r.get("epoch", 0), r.get("rank", 0)))
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if not plot_metrics(rows, out / "metrics.png"):
+    written.append("metrics.jsonl")
+    if plot_metrics(rows, out / "metrics.png"):
+        written.append("metrics.png")
+    else:
         ui.warn("matplotlib is not installed: no metrics.png (pip install matplotlib)")
-    return out
+    return out, written

@@ -173,7 +173,7 @@ def stop(obj, target: str | None, grace: float, fanout: int) -> None:
 
 @cli.command()
 @TARGET
-@click.option("--to", "dest", type=click.Path(file_okay=False), default="runs", show_default=True,
+@click.option("--to", "dest", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder that gets runs/<run id>/.")
 @_fanout
 @click.pass_obj
@@ -183,6 +183,7 @@ def pull(obj, target: str | None, dest: str, fanout: int) -> None:
     \b
     Example:
       distctl pull                     # into runs/<run id>/
+      distctl pull --to /data/results  # into /data/results/runs/<run id>/
       python -c "import torch; print(torch.load('runs/<run id>/model.pt')['epoch'])"
     """
     commands.pull(target, commands.Options(fanout), obj["ui"], dest)
@@ -191,20 +192,54 @@ def pull(obj, target: str | None, dest: str, fanout: int) -> None:
 @cli.command()
 @click.argument("hosts", nargs=-1)
 @click.option("--hostfile", type=click.Path(exists=True, dir_okay=False),
-              help="A DeepSpeed/MPI hostfile ('host slots=N' lines).")
-@click.option("--user", help="SSH user for every host.")
+              help="A DeepSpeed/OpenMPI ('host slots=N [max_slots=M]') or MPICH ('host:N') hostfile.")
+@click.option("--user", help="SSH user for every host (a host's user@ wins).")
+@click.option("--port", type=click.IntRange(1, 65535), help="SSH port for every host.")
+@click.option("--identity-file", help="SSH private key for every host.")
+@click.option("--python", help="Interpreter with torch on the hosts (python3).")
+@click.option("--workdir", help="Where code, data and runs live on the hosts (~/.distctl).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="inventory.yaml", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.pass_obj
-def init(obj, hosts: tuple[str, ...], hostfile: str | None, user: str | None, output: str, force: bool) -> None:
+def init(obj, hosts: tuple[str, ...], hostfile: str | None, user: str | None, port: int | None,
+         identity_file: str | None, python: str | None, workdir: str | None, output: str, force: bool) -> None:
     """Write a commented inventory from host names or a hostfile.
+
+    HOSTS are [user@]host or [user@]host:SLOTS, in rank order.
 
     \b
     Example:
-      distctl init gpu1 gpu2 --user ubuntu
-      distctl init --hostfile /job/hostfile -o cluster.yaml
+      distctl init gpu1:4 gpu2:4 --user ubuntu --identity-file ~/.ssh/id_ed25519
+      distctl init --hostfile /job/hostfile --python /opt/venv/bin/python -o cluster.yaml
     """
-    commands.init(hosts, hostfile, user, output, force, obj["ui"])
+    from orchestrator.template import Defaults
+
+    commands.init(hosts, hostfile, Defaults(user, port, identity_file, python, workdir), output, force, obj["ui"])
+
+
+@cli.command(name="exec")
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("command", nargs=-1, required=True)
+@click.option("--host", "hosts", multiple=True, metavar="NAME", help="Only this host (repeatable).")
+@click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
+@_fanout
+@click.pass_obj
+def exec_(obj, inventory: str, command: tuple[str, ...], hosts: tuple[str, ...], accept_new_host_keys: bool,
+          fanout: int) -> None:
+    """Run a command on every host at once; output prefixed [host], then each host's exit code.
+
+    Words after -- are quoted one by one (no shell evaluation; for pipes use sh -c '...').
+    A leading `python` is the host's python. Exit 0 if every host exited 0, else 11
+    (3, or 4 for a host key, when a host could not be reached; the others still run).
+
+    \b
+    Example:
+      distctl exec inventory.yaml -- nvidia-smi -L
+      distctl exec inventory.yaml --host node2 -- python -m pip list
+      distctl exec inventory.yaml -- sh -c 'df -h ~ | tail -n 1'
+    """
+    commands.exec_command(commands.load(inventory), command, hosts,
+                          commands.Options(fanout, accept_new_host_keys), obj["ui"])
 
 
 def main() -> None:

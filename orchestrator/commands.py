@@ -235,7 +235,7 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
     if failure:
         ui.out(f"first failure: rank {failure['rank']} on {failure['host']} exited with code {failure['exit_code']}; "
                "last lines of its log:")
-        ui.out("".join(f"    {ui.masked(line)}\n" for line in failure["log_tail"]).rstrip("\n"))
+        ui.out("".join(f"    {ui.shown(line)}\n" for line in failure["log_tail"]).rstrip("\n"))
 
 
 def _first_failure(state: RunState, conns: dict[str, Connection], rows) -> dict | None:
@@ -308,19 +308,27 @@ def load(path: str, overrides: tuple[str, ...] = ()) -> Inventory:
     return load_inventory(path, overrides=overrides)
 
 
-def init(hosts: tuple[str, ...], hostfile: str | None, user: str | None, output: str, force: bool, ui) -> None:
-    from orchestrator.template import HostEntry, parse_hostfile, render_inventory
+def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, force: bool, ui) -> None:
+    from orchestrator.template import host_entries, parse_hostfile, render_inventory
 
     if bool(hosts) == bool(hostfile):
         raise DistctlError("give host names or --hostfile (one of the two)", ExitCode.BAD_INPUT)
-    entries = parse_hostfile(Path(hostfile).read_text(), hostfile) if hostfile else [HostEntry(h) for h in hosts]
+    entries = parse_hostfile(Path(hostfile).read_text(), hostfile) if hostfile else host_entries(hosts)
     path = Path(output)
     if path.exists() and not force:
         raise DistctlError(f"{output} exists; use --force to overwrite it", ExitCode.BAD_INPUT)
-    text = render_inventory(entries, user)
+    text = render_inventory(entries, defaults)
     parse_inventory(text, output)  # what we write must load
     path.write_text(text)
     ui.info(f"wrote {output} ({len(entries)} host(s)); next: distctl check {output}")
+
+
+def exec_command(inv: Inventory, argv: tuple[str, ...], hosts: tuple[str, ...], opts: Options, ui) -> None:
+    from orchestrator.adhoc import exec_everywhere
+
+    inv = _with_options(inv, opts)
+    ui.hide(inv.secrets)
+    exec_everywhere(inv, argv, hosts, opts.fanout, ui)
 
 
 def pull(target: str | None, opts: Options, ui, dest: str) -> None:
@@ -332,20 +340,26 @@ def pull(target: str | None, opts: Options, ui, dest: str) -> None:
     state = find_run(target)
     conns = launcher.connect_all([h.host for h in state.hosts], state.ssh, opts.fanout)
     try:
-        out = pull_run(state, conns, Path(dest), ui)
-        report = pull_outputs(state, conns, list(state.outputs), Path(dest)) if state.outputs else None
+        out, written = pull_run(state, conns, Path(dest) / "runs", ui)
+        report = pull_outputs(state, conns, list(state.outputs), Path(dest) / "runs") if state.outputs else None
     finally:
         launcher.close_all(conns)
-    if state.trainer:
-        ui.info(f"pulled run {state.run_id} into {out}/ (model.pt, rank logs, metrics.jsonl, metrics.png)")
-        label = describe_checkpoint(out / "model.pt")
-        if label:
-            ui.info(f"model.pt: {label}")
-    else:
-        ui.info(f"pulled run {state.run_id}'s rank logs into {out}/")
+    ui.info(f"pulled run {state.run_id} into {out}/: {_files_text(written)}")
+    label = describe_checkpoint(out / "model.pt") if "model.pt" in written else None
+    if label:
+        ui.info(f"model.pt: {label}")
     if report is not None:
         for line in format_report(report):
             ui.info(line)
         if report.errors:
             raise DistctlError("pull incomplete: " + "; ".join(f"{h}: {m}" for h, m in report.errors),
                                ExitCode.PARTIAL)
+
+
+def _files_text(names: list[str]) -> str:
+    """What pull wrote, rank logs counted: `model.pt, 2 rank logs, metrics.jsonl`."""
+    logs = [n for n in names if n.startswith("rank") and n.endswith(".log")]
+    shown = [n for n in names if n not in logs]
+    if logs:
+        shown.insert(min(1, len(shown)), f"{len(logs)} rank log{'s' if len(logs) > 1 else ''}")
+    return ", ".join(shown) or "nothing"

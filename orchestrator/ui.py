@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 
 import click
 
+from orchestrator.terminal import for_terminal
+
 _COLORS = ("cyan", "magenta", "yellow", "green", "blue", "bright_red", "bright_cyan", "bright_magenta")
 
 
@@ -33,6 +35,9 @@ class Ui:
             color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         self.color = color
         self._host_colors: dict[str, str] = {}
+        # Remote text is escaped on a terminal only: files and pipes get it as it is.
+        self._tty_out = sys.stdout.isatty()
+        self._tty_err = sys.stderr.isatty()
 
     # Process-wide, so that the error printed by cli.main masks them too.
     _secrets: tuple[str, ...] = ()
@@ -47,26 +52,45 @@ class Ui:
             text = text.replace(secret, "***")
         return text
 
+    def shown(self, line: str) -> str:
+        """One line of remote text for stdout: secrets masked; on a terminal, its last
+        `\\r` redraw with control sequences other than colours escaped (terminal.py)."""
+        line = self.masked(line)
+        return for_terminal(line) if self._tty_out else line
+
+    def _on_stderr(self, message: str) -> str:
+        """Messages quote remote text too (causes, log tails): the same rule, line by line."""
+        message = self.masked(message)
+        if not self._tty_err:
+            return message
+        # A quoted log line keeps the message's indentation in front of its last redraw.
+        lines = message.split("\n")
+        indents = [len(line) - len(line.lstrip(" ")) for line in lines]
+        return "\n".join(line[:n] + for_terminal(line[n:]) for line, n in zip(lines, indents))
+
     def info(self, message: str) -> None:
         if not self.quiet:
-            click.echo(f"distctl: {message}", err=True)
+            click.echo(f"distctl: {self._on_stderr(message)}", err=True)
 
     def detail(self, message: str) -> None:
         if self.verbose:
-            click.echo(f"distctl: {message}", err=True)
+            click.echo(f"distctl: {self._on_stderr(message)}", err=True)
 
     def warn(self, message: str) -> None:
-        click.echo(self._style(f"distctl: {self.masked(message)}", "yellow"), err=True)
+        click.echo(self._style(f"distctl: {self._on_stderr(message)}", "yellow"), err=True)
 
     def error(self, message: str) -> None:
-        click.echo(self._style(f"distctl: error: {self.masked(message)}", "red"), err=True)
+        click.echo(self._style(f"distctl: error: {self._on_stderr(message)}", "red"), err=True)
 
-    def prefix(self, host: str, rank: int) -> str:
+    def prefix(self, host: str, rank: int | None = None) -> str:
+        """`[host rN]` for a rank, `[host]` for a host, in the host's colour on a terminal."""
         color = self._host_colors.setdefault(host, _COLORS[len(self._host_colors) % len(_COLORS)])
-        return self._style(f"[{host} r{rank}]", color)
+        return self._style(f"[{host} r{rank}]" if rank is not None else f"[{host}]", color)
 
-    def rank_line(self, host: str, rank: int, line: str) -> None:
-        click.echo(f"{self.prefix(host, rank)} {self.masked(line)}")
+    def rank_line(self, host: str, rank: int | None, line: str) -> None:
+        """A line of a rank's log (or, rank None, of a host's command), prefixed."""
+        # color=True: click would strip escape sequences from a pipe; a pipe gets the bytes.
+        click.echo(f"{self.prefix(host, rank)} {self.shown(line)}", color=True)
 
     def setup_line(self, host: str, line: str) -> None:
         """A line of job.setup's output, prefixed with its host."""
@@ -76,7 +100,7 @@ class Ui:
         return self._host_colors.setdefault(host, _COLORS[len(self._host_colors) % len(_COLORS)])
 
     def out(self, text: str = "") -> None:
-        click.echo(text)
+        click.echo(text, color=True)
 
     def _style(self, text: str, color: str) -> str:
         return click.style(text, fg=color) if self.color else text
@@ -89,6 +113,7 @@ class Ui:
             return
         from rich.console import Console
         from rich.live import Live
+        from rich.markup import escape
         from rich.table import Table
 
         steps: dict[str, str] = {h: "connecting" for h in hosts}
@@ -102,7 +127,9 @@ class Ui:
 
         with Live(table(), console=Console(stderr=True), transient=True, refresh_per_second=10) as live:
             def hook(host: str, step: str, error: str | None) -> None:
-                steps[host] = f"[red]{step} failed: {error}[/]" if error else f"{step} done"
+                # A cause may quote a host's stderr: no markup from it, no control sequences.
+                shown = escape(for_terminal(error)) if error else ""
+                steps[host] = f"[red]{step} failed: {shown}[/]" if error else f"{step} done"
                 live.update(table())
 
             token = _progress.set(hook)

@@ -52,7 +52,8 @@ def test_dry_run_of_the_shipped_inventory(no_network):
     assert "tcp://127.0.0.1:29517" in result.output and "--fallback generated" in result.output
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["check"], ["logs"], ["status"], ["stop"], ["init"], ["pull"]])
+@pytest.mark.parametrize("command", [[], ["up"], ["check"], ["logs"], ["status"], ["stop"], ["init"], ["pull"],
+                                     ["exec"]])
 def test_help_of_every_command_shows_an_example(command):
     result = CliRunner().invoke(cli, command + ["--help"])
     assert result.exit_code == 0

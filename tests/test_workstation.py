@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -60,6 +61,30 @@ def test_pull_brings_back_a_loadable_model_logs_metrics_and_a_plot(cluster, smal
                                 torch.nn.LogSoftmax(dim=1))
     model.load_state_dict(state["model"])
     assert state["epoch"] == 2
+    run_id = last_run_id(tmp_path)
+    assert pulled.stderr.splitlines()[-1] == (
+        f"distctl: pulled run {run_id} into runs/{run_id}/: model.pt, 2 rank logs, metrics.jsonl, metrics.png")
+
+
+def test_pull_to_a_folder_lists_only_what_it_wrote(cluster, small_mnist, tmp_path):
+    """--to DIR gets DIR/runs/<run id>/; without matplotlib there is no plot, and no claim of one."""
+    from e2e import write_inventory
+
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1"], data=str(small_mnist))
+    assert distctl("up", str(inv), cwd=tmp_path).returncode == 0
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "matplotlib.py").write_text("raise ImportError('no matplotlib here')\n")
+    repo = Path(__file__).resolve().parent.parent
+    pulled = distctl("pull", "--to", "out", cwd=tmp_path, env={"PYTHONPATH": f"{blocker}:{repo}"})
+    assert pulled.returncode == 0, pulled.stderr
+    run_id = last_run_id(tmp_path)
+    out = tmp_path / "out" / "runs" / run_id
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model.pt", "rank0.log"]
+    assert not (tmp_path / "runs").exists()
+    assert pulled.stderr.splitlines()[-2:] == [
+        "distctl: matplotlib is not installed: no metrics.png (pip install matplotlib)",
+        f"distctl: pulled run {run_id} into out/runs/{run_id}/: model.pt, 1 rank log, metrics.jsonl"]
 
 
 def test_ssh_agent_keys_are_used_when_present(cluster, tmp_path):
