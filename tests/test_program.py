@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import distctl, write_inventory
+from e2e import distctl, run_pids, write_inventory
 
 pytestmark = pytest.mark.cluster
 
@@ -187,3 +187,87 @@ def test_a_user_programs_exit_code_is_reported_as_it_is(cluster, tmp_path):
     assert done.returncode == 1, done.stderr
     # 4 is the bundled trainer's "peer lost"; from a user program it is just a failure, and first
     assert "rank 1 on node2 failed first: exited with code 4" in done.stderr
+
+
+def _project(tmp_path, source: str) -> str:
+    code = tmp_path / "project"
+    code.mkdir(exist_ok=True)
+    (code / "prog.py").write_text(source)
+    return "project"
+
+
+# Joins through env:// and then works for longer than job.join_timeout: a healthy run.
+SLOW_BUT_JOINED = '''
+import os, time
+import torch.distributed as dist
+dist.init_process_group("gloo")
+time.sleep(float(os.environ["WORK_S"]))
+dist.barrier()
+print("finished rank", dist.get_rank(), flush=True)
+dist.destroy_process_group()
+'''
+
+# Rank 1 never joins: rank 0 waits at the store for it.
+NEVER_JOINS = '''
+import os, time
+if os.environ["RANK"] == "1":
+    time.sleep(600)
+import torch.distributed as dist
+dist.init_process_group("gloo")
+'''
+
+
+def test_the_join_watchdog_never_ends_a_user_program_that_joined(cluster, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"],
+                          code=_project(tmp_path, SLOW_BUT_JOINED), command="python prog.py",
+                          join_timeout=8, env={"WORK_S": "14"})
+    done = distctl("up", str(inv), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "[node2 r1] finished rank 1" in done.stdout
+
+
+def test_the_join_watchdog_names_the_host_whose_rank_never_reached_the_store(cluster, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"],
+                          code=_project(tmp_path, NEVER_JOINS), command="python prog.py", join_timeout=10)
+    done = distctl("up", str(inv), cwd=tmp_path)
+    assert done.returncode == 6, done.stderr
+    node1 = cluster.host("node1")
+    assert (f"ranks never joined within job.join_timeout=10s: node2 (0 of 1 rank(s) connected to "
+            f"{node1.address}:") in done.stderr
+    run_id = re.search(r"run (\S+) started", done.stderr)[1]
+    assert not any(run_pids(cluster, run_id).values())  # torn down everywhere
+
+
+def test_rank_0_exiting_before_it_listens_is_named(cluster, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"],
+                          code=_project(tmp_path, "import sys\nprint('no rendezvous here')\nsys.exit(3)\n"),
+                          command="python prog.py")
+    done = distctl("up", str(inv), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    node1 = cluster.host("node1")
+    assert (f"node1: rank 0 did not open {node1.address}:") in done.stderr
+    assert (": it exited first (a program that brings its own rendezvous, or opens the port late: "
+            "set job.wait_for_rank0: false); the run was stopped on every host.") in done.stderr
+    assert "    no rendezvous here" in done.stderr
+
+
+def test_detach_status_stop_and_secrets_work_for_a_user_program(cluster, tmp_path, monkeypatch):
+    source = ("import os, time\nprint('token', os.environ['TOKEN'], 'data', sorted(os.listdir(os.environ['DISTCTL_DATA'])),"
+              " flush=True)\ntime.sleep(300)\n")
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "shard0.bin").write_bytes(b"x" * 100)
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], code=_project(tmp_path, source),
+                          command="python prog.py", wait_for_rank0=False, data=str(data),
+                          env={"TOKEN": {"from_env": "SECRET_TOKEN"}})
+    env = {"SECRET_TOKEN": "hunter2-value"}
+    started = distctl("up", str(inv), "--detach", cwd=tmp_path, env=env)
+    assert started.returncode == 0, started.stderr
+    run_id = re.search(r"run (\S+) started", started.stderr)[1]
+    status = distctl("status", cwd=tmp_path)
+    assert status.returncode == 0 and status.stdout.count(" running") == 2, status.stdout
+    logs = distctl("logs", cwd=tmp_path, env=env)
+    assert "[node2 r1] token *** data ['shard0.bin']" in logs.stdout and "hunter2" not in logs.stdout
+    stopped = distctl("stop", "--grace", "1", cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(run_pids(cluster, run_id).values())

@@ -62,8 +62,9 @@ def test_pull_brings_back_a_loadable_model_logs_metrics_and_a_plot(cluster, smal
     model.load_state_dict(state["model"])
     assert state["epoch"] == 2
     run_id = last_run_id(tmp_path)
-    assert pulled.stderr.splitlines()[-1] == (
-        f"distctl: pulled run {run_id} into runs/{run_id}/: model.pt, 2 rank logs, metrics.jsonl, metrics.png")
+    assert pulled.stderr.splitlines()[-2:] == [
+        f"distctl: pulled run {run_id} into runs/{run_id}/: model.pt, 2 rank logs, metrics.jsonl, metrics.png",
+        "distctl: model.pt: epoch 2 (end of epoch)"]
 
 
 def test_pull_to_a_folder_lists_only_what_it_wrote(cluster, small_mnist, tmp_path):
