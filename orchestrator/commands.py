@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator import launcher, shell
+from orchestrator import state as runs_state
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import RankStatus, parse_status, status_script
@@ -16,7 +17,6 @@ from orchestrator.plan import Plan, plan_launch
 from orchestrator.push import job_artifacts
 from orchestrator.remote import Connection
 from orchestrator.render import plan_json, render_plan
-from orchestrator import state as runs_state
 from orchestrator.state import HostState, RankState, RunState, save_run
 from orchestrator.watch import (FAILURE_GRACE, RankEvents, open_followers, raise_for, root_causes, stop_everywhere,
                                 watch_run)

@@ -104,7 +104,11 @@ def save_run(state: RunState, root: Path | None = None) -> None:
     data = {"format": FORMAT, **dataclasses.asdict(state)}
     for h in data["hosts"]:
         h["host"]["env"] = []
-    _write(_runs(root) / f"{state.run_id}.json", data)
+    try:
+        _write(_runs(root) / f"{state.run_id}.json", data)
+    except OSError as exc:  # before launch: a run distctl can't find again must not start
+        raise DistctlError(f"cannot record the run in {_runs(root)}: {exc.strerror or exc}; set "
+                           f"{STATE_DIR_ENV} to a writable folder", ExitCode.BAD_INPUT) from None
 
 
 def note_state(run_id: str, text: str, root: Path | None = None) -> None:
@@ -223,8 +227,9 @@ def _record(path: Path, legacy: bool) -> RunRecord | None:
         started = datetime.fromisoformat(data["started"]).timestamp()
     except (KeyError, TypeError, ValueError):
         started = path.stat().st_mtime
-    hosts = data.get("hosts") if isinstance(data.get("hosts"), list) else []
-    names = tuple(str((h.get("host") or {}).get("name", "?")) for h in hosts if isinstance(h, dict))
+    hosts = data.get("hosts")
+    names = tuple(str(h["host"].get("name", "?")) for h in (hosts if isinstance(hosts, list) else [])
+                  if isinstance(h, dict) and isinstance(h.get("host"), dict))
     return RunRecord(str(data.get("run_id") or path.stem), path, str(data.get("inventory", "")),
                      str(Path.cwd()) if legacy else data.get("cwd"), started, names,
                      data.get("last_state"), legacy)
@@ -302,7 +307,7 @@ def summarize(states: list[tuple[str, int | None]]) -> str | None:
 
 def runs_rows(records: list[RunRecord]) -> list[list[str]]:
     """`distctl runs` table rows: run id, inventory, hosts, started (local time), state."""
-    return [[r.run_id, _home_short(r.inventory), ",".join(r.hosts),
+    return [[r.run_id, _home_short(r.inventory), _few(r.hosts),
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started)), r.last_state or "?"]
             for r in records]
 
@@ -312,6 +317,12 @@ def runs_json(records: list[RunRecord]) -> str:
         {"run_id": r.run_id, "inventory": r.inventory, "hosts": list(r.hosts), "cwd": r.cwd,
          "started": datetime.fromtimestamp(r.started).astimezone().isoformat(timespec="seconds"),
          "state": r.last_state, "file": str(r.path.absolute())} for r in records]}, indent=2)
+
+
+def _few(names: tuple[str, ...], shown: int = 3) -> str:
+    """`h01,h02,h03 +13`: a 16-host run stays one readable row."""
+    rest = len(names) - shown
+    return ",".join(names[:shown]) + (f" +{rest}" if rest > 0 else "")
 
 
 def _home_short(path: str) -> str:

@@ -273,7 +273,26 @@ def test_noted_states_show_in_the_listing(state_dir, tmp_path, monkeypatch):
         ("t-1", str(tmp_path), "finished"), ("t-2", str(tmp_path), "started")]
 
 
+def test_a_listing_row_shows_a_few_hosts_and_the_home_as_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    record = state.RunRecord("t-1", tmp_path / "r.json", str(tmp_path / "p" / "inv.yaml"), None, 0.0,
+                             tuple(f"h{i:02}" for i in range(1, 17)), None, False)
+    assert state.runs_rows([record])[0][1:3] == ["~/p/inv.yaml", "h01,h02,h03 +13"]
+    assert state.runs_rows([record])[0][4] == "?"  # nothing noted: state unknown
+
+
 def test_an_unreadable_file_is_skipped_by_listings(state_dir, tmp_path, monkeypatch):
     start_in(tmp_path, monkeypatch, "t-1")
     (state_dir / "runs" / "junk.json").write_text("{not json")
     assert [r.run_id for r in state.list_runs()] == ["t-1"]
+
+
+def test_a_state_directory_that_cannot_be_written_is_a_one_line_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("DISTCTL_STATE_DIR", str(blocker / "state"))
+    with pytest.raises(DistctlError) as info:
+        state.save_run(a_run())
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+    assert str(info.value) == (f"cannot record the run in {blocker}/state/runs: Not a directory; "
+                               "set DISTCTL_STATE_DIR to a writable folder")
