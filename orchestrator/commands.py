@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator import launcher, shell
+from orchestrator import render
 from orchestrator import state as runs_state
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
@@ -175,19 +176,15 @@ def runs(inventory: str | None, ui, as_json: bool) -> None:
     """List recorded runs, newest last; read locally, connects to nothing."""
     records = runs_state.list_runs(inventory)
     if as_json:
-        ui.out(runs_state.runs_json(records))
+        ui.out(render.runs_json(records))
         return
     if not records:
         ui.info(f"no runs{f' of {inventory}' if inventory else ''} recorded in {runs_state.state_dir() / 'runs'}")
         return
-    columns = ["run id", "inventory", "hosts", "started", "state"]
-    rows = runs_state.runs_rows(records)
     if ui.interactive:
-        ui.table("runs", columns, rows)
-        return
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    for row in [columns, *rows]:
-        ui.out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        ui.table("runs", render.RUNS_COLUMNS, render.runs_rows(records))
+    else:
+        ui.out(render.runs_text(records))
 
 
 def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connection], dict[str, str]]:

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -303,28 +302,3 @@ def summarize(states: list[tuple[str, int | None]]) -> str | None:
     if any(s == "killed" or (s == "exited" and c != 0) for s, c in states):
         return "failed"
     return None
-
-
-def runs_rows(records: list[RunRecord]) -> list[list[str]]:
-    """`distctl runs` table rows: run id, inventory, hosts, started (local time), state."""
-    return [[r.run_id, _home_short(r.inventory), _few(r.hosts),
-             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started)), r.last_state or "?"]
-            for r in records]
-
-
-def runs_json(records: list[RunRecord]) -> str:
-    return json.dumps({"format": FORMAT, "runs": [
-        {"run_id": r.run_id, "inventory": r.inventory, "hosts": list(r.hosts), "cwd": r.cwd,
-         "started": datetime.fromtimestamp(r.started).astimezone().isoformat(timespec="seconds"),
-         "state": r.last_state, "file": str(r.path.absolute())} for r in records]}, indent=2)
-
-
-def _few(names: tuple[str, ...], shown: int = 3) -> str:
-    """`h01,h02,h03 +13`: a 16-host run stays one readable row."""
-    rest = len(names) - shown
-    return ",".join(names[:shown]) + (f" +{rest}" if rest > 0 else "")
-
-
-def _home_short(path: str) -> str:
-    home = str(Path.home())
-    return "~" + path[len(home):] if path.startswith(home + os.sep) else path

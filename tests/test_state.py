@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from orchestrator import state
+from orchestrator import render, state
 from orchestrator.errors import DistctlError, ExitCode
 from orchestrator.inventory import Host, Ssh
 from orchestrator.state import HostState, RankState, RunState
@@ -263,11 +263,11 @@ def test_noted_states_show_in_the_listing(state_dir, tmp_path, monkeypatch):
     start_in(tmp_path, monkeypatch, "t-2")
     state.note_state("t-1", "finished")
     state.note_ranks("t-2", [("exited", 0), ("unreachable", None)])  # unknown: keeps what it had
-    rows = state.runs_rows(state.list_runs())
+    rows = render.runs_rows(state.list_runs())
     assert [(r[0], r[2], r[4]) for r in rows] == [("t-1", "node1", "finished"), ("t-2", "node1", "started")]
     started = state.list_runs()[0].started
     assert rows[0][3] == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
-    listed = json.loads(state.runs_json(state.list_runs()))
+    listed = json.loads(render.runs_json(state.list_runs()))
     assert listed["format"] == 1
     assert [(r["run_id"], r["cwd"], r["state"]) for r in listed["runs"]] == [
         ("t-1", str(tmp_path), "finished"), ("t-2", str(tmp_path), "started")]
@@ -277,8 +277,8 @@ def test_a_listing_row_shows_a_few_hosts_and_the_home_as_tilde(tmp_path, monkeyp
     monkeypatch.setenv("HOME", str(tmp_path))
     record = state.RunRecord("t-1", tmp_path / "r.json", str(tmp_path / "p" / "inv.yaml"), None, 0.0,
                              tuple(f"h{i:02}" for i in range(1, 17)), None, False)
-    assert state.runs_rows([record])[0][1:3] == ["~/p/inv.yaml", "h01,h02,h03 +13"]
-    assert state.runs_rows([record])[0][4] == "?"  # nothing noted: state unknown
+    assert render.runs_rows([record])[0][1:3] == ["~/p/inv.yaml", "h01,h02,h03 +13"]
+    assert render.runs_rows([record])[0][4] == "?"  # nothing noted: state unknown
 
 
 def test_an_unreadable_file_is_skipped_by_listings(state_dir, tmp_path, monkeypatch):
