@@ -42,8 +42,8 @@ def test_workstation_side_runs_without_torch(tmp_path):
     blocker.mkdir()
     for name in ("torch", "torchvision"):
         (blocker / f"{name}.py").write_text(f"raise ImportError('{name} must not be imported here')\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker)}
-    for command in ([], ["up"], ["check"], ["logs"], ["status"], ["stop"], ["pull"], ["init"]):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocker), os.environ.get("PYTHONPATH")]))}
+    for command in ([], ["up"], ["check"], ["logs"], ["status"], ["stop"], ["pull"], ["init"], ["runs"]):
         done = subprocess.run([sys.executable, "-m", "orchestrator", *command, "--help"], env=env,
                               capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0 and "Example:" in done.stdout, (command, done.stderr)
