@@ -115,7 +115,8 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         except KeyboardInterrupt:
             ui.info(f"detached; run {state.run_id} goes on. Follow it: distctl logs -f   Stop it: distctl stop")
             raise DistctlError("detached", ExitCode.DETACHED) from None
-        runs_state.note_state(state.run_id, "finished" if outcome.code == ExitCode.OK else "failed")
+        runs_state.note_state(state.run_id, "finished" if outcome.code == ExitCode.OK else "failed",
+                              keep=("stopped",))  # `distctl stop` from another shell ended it
         raise_for(outcome)
         ui.info(outcome.message)
     finally:

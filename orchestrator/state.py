@@ -110,13 +110,13 @@ def save_run(state: RunState, root: Path | None = None) -> None:
                            f"{STATE_DIR_ENV} to a writable folder", ExitCode.BAD_INPUT) from None
 
 
-def note_state(run_id: str, text: str, root: Path | None = None) -> None:
-    """Remember what distctl last saw of a run (for `distctl runs`); best effort, and never
-    in an old `./.distctl/`, which stays as the older distctl left it."""
+def note_state(run_id: str, text: str, root: Path | None = None, keep: tuple[str, ...] = ()) -> None:
+    """Remember what distctl last saw of a run (for `distctl runs`) unless it is one of `keep`;
+    best effort, and never in an old `./.distctl/`, which stays as the older distctl left it."""
     path = _runs(root) / f"{run_id}.json"
     try:
         data = json.loads(path.read_text())
-        if isinstance(data, dict) and _major(data.get("format", 1)) == FORMAT:
+        if isinstance(data, dict) and _major(data.get("format", 1)) == FORMAT and data.get("last_state") not in keep:
             _write(path, {**data, "last_state": text})
     except (OSError, ValueError):
         pass
@@ -275,9 +275,10 @@ def last_run_here(root: Path | None = None) -> RunState:
     here = str(Path.cwd())
     candidates = [r for r in list_runs(root=root) if not r.legacy and r.cwd == here]
     try:
-        legacy = _record(LEGACY_DIR / "runs" / f"{(LEGACY_DIR / 'last').read_text().strip()}.json", True)
+        last = (LEGACY_DIR / "last").read_text().strip()
     except OSError:
-        legacy = None
+        last = ""
+    legacy = _record(LEGACY_DIR / "runs" / f"{last}.json", True) if _RUN_ID.match(last) else None
     if legacy:
         candidates.append(legacy)
     if not candidates:
@@ -298,7 +299,10 @@ def summarize(states: list[tuple[str, int | None]]) -> str | None:
     if any(s == "running" for s, _ in states):
         return "running"
     if states and all(s == "exited" for s, _ in states):
-        return "finished" if all(c == 0 for _, c in states) else "failed"
+        codes = {c for _, c in states}
+        if codes == {0}:
+            return "finished"
+        return "stopped" if codes <= {0, 143} else "failed"  # 143: checkpointed after SIGTERM
     if any(s == "killed" or (s == "exited" and c != 0) for s, c in states):
         return "failed"
     return None

@@ -248,7 +248,8 @@ def test_a_resumed_old_run_is_listed_once_from_its_new_record(state_dir, tmp_pat
 @pytest.mark.parametrize("ranks, summary", [
     ([("running", None), ("exited", 0)], "running"),
     ([("exited", 0), ("exited", 0)], "finished"),
-    ([("exited", 0), ("exited", 143)], "failed"),
+    ([("exited", 0), ("exited", 143)], "stopped"),
+    ([("exited", 4), ("exited", 143)], "failed"),
     ([("killed", None), ("unreachable", None)], "failed"),
     ([("exited", 0), ("unreachable", None)], None),
     ([("missing", None)], None),
@@ -261,6 +262,9 @@ def test_what_status_saw_summarizes_the_run(ranks, summary):
 def test_noted_states_show_in_the_listing(state_dir, tmp_path, monkeypatch):
     start_in(tmp_path, monkeypatch, "t-1")
     start_in(tmp_path, monkeypatch, "t-2")
+    state.note_state("t-1", "stopped")
+    state.note_state("t-1", "failed", keep=("stopped",))  # attached `up` sees the ranks end after a stop
+    assert state.list_runs()[0].last_state == "stopped"
     state.note_state("t-1", "finished")
     state.note_ranks("t-2", [("exited", 0), ("unreachable", None)])  # unknown: keeps what it had
     rows = render.runs_rows(state.list_runs())
