@@ -47,7 +47,8 @@ def timeline(inv: str, cwd: Path, world: int) -> dict[str, float]:
     """Run `distctl -v up` once; the arrival time of each milestone (the last rank's, for ranks)."""
     start = time.perf_counter()
     proc = subprocess.Popen([*DISTCTL, "-v", "up", inv], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)})
+                            env={"DISTCTL_STATE_DIR": str(cwd / ".distctl-state"), **os.environ, "NO_COLOR": "1",
+                                 "PYTHONPATH": str(ROOT)})
     seen: dict[str, float] = {}
     per_rank: dict[str, dict[int, float]] = {"joined": {}, "data": {}, "epoch=1": {}, "done": {}}
     output: list[str] = []

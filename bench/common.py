@@ -57,7 +57,8 @@ def pdsh_argv(cluster: Cluster, hosts: Sequence[str], *command: str) -> tuple[li
 def distctl(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """`distctl ARGS` as a user runs it; raises with its output when it fails."""
     done = subprocess.run([*DISTCTL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)})
+                          env={"DISTCTL_STATE_DIR": str(cwd / ".distctl-state"), **os.environ, "NO_COLOR": "1",
+                               "PYTHONPATH": str(ROOT)})  # run records stay in the bench's folder
     if done.returncode != 0:
         raise RuntimeError(f"distctl {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     return done

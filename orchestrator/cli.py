@@ -190,6 +190,23 @@ def pull(obj, target: str | None, dest: str, fanout: int) -> None:
 
 
 @cli.command()
+@click.argument("inventory", type=click.Path(dir_okay=False), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def runs(obj, inventory: str | None, as_json: bool) -> None:
+    """List the runs distctl recorded (all, or INVENTORY's), newest last.
+
+    Any run id listed works from any directory: `distctl status RUN_ID`.
+
+    \b
+    Example:
+      distctl runs
+      distctl runs inventory.yaml --json
+    """
+    commands.runs(inventory, obj["ui"], as_json)
+
+
+@cli.command()
 @click.argument("hosts", nargs=-1)
 @click.option("--hostfile", type=click.Path(exists=True, dir_okay=False),
               help="A DeepSpeed/OpenMPI ('host slots=N [max_slots=M]') or MPICH ('host:N') hostfile.")

@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator import launcher, shell
+from orchestrator import render
+from orchestrator import state as runs_state
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import RankStatus, parse_status, status_script
@@ -16,7 +18,7 @@ from orchestrator.plan import Plan, plan_launch
 from orchestrator.push import job_artifacts
 from orchestrator.remote import Connection
 from orchestrator.render import plan_json, render_plan
-from orchestrator.state import HostState, RankState, RunState, load_run, runs_of_inventory, save_run
+from orchestrator.state import HostState, RankState, RunState, save_run
 from orchestrator.watch import (FAILURE_GRACE, RankEvents, open_followers, raise_for, root_causes, stop_everywhere,
                                 watch_run)
 from orchestrator.stream import follow
@@ -108,6 +110,7 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         try:
             launcher.launch(plan, conns, opts.fanout, ui)
         except DistctlError as exc:
+            runs_state.note_state(state.run_id, "failed")
             raise _launch_failed(exc, state, conns) from None
         ui.info(f"run {plan.run_id} started: {plan.world_size} rank(s), init method {plan.init_method}")
         if detach:
@@ -120,6 +123,8 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         except KeyboardInterrupt:
             ui.info(f"detached; run {state.run_id} goes on. Follow it: distctl logs -f   Stop it: distctl stop")
             raise DistctlError("detached", ExitCode.DETACHED) from None
+        runs_state.note_state(state.run_id, "finished" if outcome.code == ExitCode.OK else "failed",
+                              keep=("stopped",))  # `distctl stop` from another shell ended it
         raise_for(outcome)
         ui.info(outcome.message)
     finally:
@@ -176,10 +181,7 @@ def _report_detached(state: RunState) -> None:
 
 
 def _last_run_of(inv: Inventory) -> str:
-    runs = runs_of_inventory(inv.path)
-    if not runs:
-        raise DistctlError(f"no earlier run of {inv.path} to resume in .distctl/", ExitCode.NO_RUN)
-    return runs[-1]
+    return runs_state.last_run_of(inv.path, doing="to resume").run_id
 
 
 # ------------------------------------------------------------ after launch
@@ -188,11 +190,23 @@ def _last_run_of(inv: Inventory) -> str:
 def find_run(target: str | None) -> RunState:
     """`target` is a run id, an inventory file (its last run), or None (the last run here)."""
     if target and Path(target).is_file():
-        runs = runs_of_inventory(target)
-        if not runs:
-            raise DistctlError(f"no run of {target} recorded in .distctl/", ExitCode.NO_RUN)
-        return load_run(runs[-1])
-    return load_run(target)
+        return runs_state.last_run_of(target)
+    return runs_state.run_by_id(target) if target else runs_state.last_run_here()
+
+
+def runs(inventory: str | None, ui, as_json: bool) -> None:
+    """List recorded runs, newest last; read locally, connects to nothing."""
+    records = runs_state.list_runs(inventory)
+    if as_json:
+        ui.out(render.runs_json(records))
+        return
+    if not records:
+        ui.info(f"no runs{f' of {inventory}' if inventory else ''} recorded in {runs_state.state_dir() / 'runs'}")
+        return
+    if ui.interactive:
+        ui.table("runs", render.RUNS_COLUMNS, render.runs_rows(records))
+    else:
+        ui.out(render.runs_text(records))
 
 
 def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connection], dict[str, str]]:
@@ -219,6 +233,7 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
         failure = _first_failure(state, conns, rows)
     finally:
         launcher.close_all(conns)
+    runs_state.note_ranks(state.run_id, [(s.state, s.code) for _, s, _ in rows])
     if as_json:
         ui.out(json.dumps({"run_id": state.run_id, "ranks": [
             {"host": h, "rank": s.rank, "state": s.state, "exit_code": s.code, "detail": d} for h, s, d in rows],
@@ -268,6 +283,7 @@ def stop(target: str | None, opts: Options, ui, grace: float) -> None:
     if problems:
         raise DistctlError(f"stop of {state.run_id} incomplete on {', '.join(sorted(problems))}",
                            ExitCode.STOP_INCOMPLETE)
+    runs_state.note_state(state.run_id, "stopped")
     ui.info(f"run {state.run_id} stopped; no process of it is left on any host")
 
 

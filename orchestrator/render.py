@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
 
 from orchestrator.facts import HostFacts
 from orchestrator.plan import Plan, StepKind
+from orchestrator.state import RunRecord
 
 _TITLES = {
     StepKind.PREPARE: "create the run directory and write the rank environment (stdin)",
@@ -54,3 +59,41 @@ def plan_json(plan: Plan, facts: dict[str, HostFacts]) -> str:
             "commands": [" ".join(r.argv) for r in hp.ranks],
         } for hp in plan.hosts],
     }, indent=2)
+
+
+# ------------------------------------------------------------ `distctl runs`
+
+RUNS_COLUMNS = ["run id", "inventory", "hosts", "started", "state"]
+RUNS_JSON_FORMAT = 1  # `runs --json` layout; readers ignore keys they don't know
+
+
+def runs_rows(records: list[RunRecord]) -> list[list[str]]:
+    """`distctl runs` rows: run id, inventory, hosts, started (local time), state (`?`: not seen)."""
+    return [[r.run_id, _home_short(r.inventory), _few(r.hosts),
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started)), r.last_state or "?"]
+            for r in records]
+
+
+def runs_text(records: list[RunRecord]) -> str:
+    """The rows under a header, in aligned columns (what a pipe or a log gets)."""
+    rows = [RUNS_COLUMNS, *runs_rows(records)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(RUNS_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def runs_json(records: list[RunRecord]) -> str:
+    return json.dumps({"format": RUNS_JSON_FORMAT, "runs": [
+        {"run_id": r.run_id, "inventory": r.inventory, "hosts": list(r.hosts), "cwd": r.cwd,
+         "started": datetime.fromtimestamp(r.started).astimezone().isoformat(timespec="seconds"),
+         "state": r.last_state, "file": str(r.path.absolute())} for r in records]}, indent=2)
+
+
+def _few(names: tuple[str, ...], shown: int = 3) -> str:
+    """`h01,h02,h03 +13`: a 16-host run stays one readable row."""
+    rest = len(names) - shown
+    return ",".join(names[:shown]) + (f" +{rest}" if rest > 0 else "")
+
+
+def _home_short(path: str) -> str:
+    home = str(Path.home())
+    return "~" + path[len(home):] if path.startswith(home + os.sep) else path

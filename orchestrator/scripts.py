@@ -161,6 +161,7 @@ def prepare_script(workdir: str, rundir: str, artifact_dirs: list[str]) -> str:
         f"umask 022 && mkdir -p {q([workdir + '/code'])} {q([workdir + '/data'])} || exit 1",
         f"umask 077 && mkdir -p {q([rundir + '/ckpt'])} && chmod 700 {q([rundir])} "
         f"&& cat >{q([rundir + '/env'])} || exit 1",
+        f"echo 1 >{q([rundir + '/format'])} || exit 1",  # run dir layout version: a later distctl reads it
         f"for d in {q(artifact_dirs)}; do [ -f \"$d/.complete\" ] && echo \"have $d\"; done; true",
     )
 

@@ -91,3 +91,11 @@ def small_mnist(tmp_path_factory):
     root = tmp_path_factory.mktemp("small-mnist")
     write_generated_mnist(str(root), seed=0, n_train=2000, n_test=500)
     return root
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path_factory, monkeypatch):
+    """distctl's run records go to a fresh directory per test, never into the real home."""
+    path = tmp_path_factory.mktemp("distctl-state")
+    monkeypatch.setenv("DISTCTL_STATE_DIR", str(path))
+    return path

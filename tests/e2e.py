@@ -3,6 +3,7 @@ the real `distctl` command in a subprocess, and a look inside the hosts afterwar
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -82,8 +83,17 @@ def run_pids(cluster: Cluster, run_id: str) -> dict[str, list[int]]:
     return {h.name: h.pids_with_env(f"DISTCTL_RUN_ID={run_id}") for h in cluster.hosts}
 
 
-def last_run_id(cwd: Path) -> str:
-    return (cwd / ".distctl" / "last").read_text().strip()
+def recorded_runs() -> list[dict]:
+    """Every run file in this test's state directory (conftest points DISTCTL_STATE_DIR at it)."""
+    runs = Path(os.environ["DISTCTL_STATE_DIR"]) / "runs"
+    return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))] if runs.is_dir() else []
+
+
+def last_run_id(cwd: Path) -> str | None:
+    """The newest run started from `cwd`: what a bare `distctl status` there acts on."""
+    here = os.path.realpath(cwd)
+    mine = [r for r in recorded_runs() if r.get("cwd") == here]
+    return max(mine, key=lambda r: r["started"])["run_id"] if mine else None
 
 
 def kill_tree(proc: subprocess.Popen) -> None:

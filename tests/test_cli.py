@@ -53,19 +53,20 @@ def test_dry_run_of_the_shipped_inventory(no_network):
 
 
 @pytest.mark.parametrize("command", [[], ["up"], ["check"], ["logs"], ["status"], ["stop"], ["init"], ["pull"],
-                                     ["exec"]])
+                                     ["exec"], ["runs"]])
 def test_help_of_every_command_shows_an_example(command):
     result = CliRunner().invoke(cli, command + ["--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output
 
 
-def test_missing_run_is_a_one_line_error(tmp_path):
+def test_missing_run_is_a_one_line_error(tmp_path, state_dir):
     done = subprocess.run([sys.executable, "-m", "orchestrator", "status"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 7
     assert done.stderr.strip().splitlines() == [
-        "distctl: error: no run started from this directory (no .distctl/last); give a run id or an inventory"]
+        f"distctl: error: no run started from this directory ({tmp_path}) in {state_dir}/runs; "
+        "give a run id or an inventory (distctl runs lists them)"]
 
 
 def test_init_from_a_hostfile_writes_an_inventory_that_loads(tmp_path):

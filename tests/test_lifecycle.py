@@ -46,7 +46,7 @@ def start_training(cluster, small_mnist, tmp_path, epochs: int):
     inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist), epochs=epochs)
     up = start_distctl("up", str(inv), cwd=tmp_path)
     try:
-        run_id = wait_for(lambda: (tmp_path / ".distctl" / "last").exists() and last_run_id(tmp_path), 60,
+        run_id = wait_for(lambda: last_run_id(tmp_path), 60,
                           "the run to start")
         wait_for(lambda: epochs_done(cluster, "node2", run_id, 1) >= 1, 120, "rank 1 to train")
     except BaseException:

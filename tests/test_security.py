@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cluster import SSHD, Cluster
-from e2e import distctl, last_run_id, run_pids, wait_for, write_inventory
+from e2e import distctl, last_run_id, recorded_runs, run_pids, wait_for, write_inventory
 from orchestrator import remote, shell
 from orchestrator.errors import InventoryError
 from orchestrator.inventory import Host, Ssh, parse_inventory
@@ -453,7 +453,7 @@ def test_a_failing_host_is_named_with_its_cause_and_nothing_starts_anywhere(clus
     if expected.endswith("(python "):  # the rest names the version and how to install torch
         assert "torch is not installed" in lines[1] and "pip install" in lines[1]
     # nothing started on the healthy host, nothing recorded here
-    assert not (tmp_path / ".distctl").exists()
+    assert not recorded_runs()
     assert not exists_on(cluster, "node1", workdir_of(inv, "node1"))
     assert not exists_on(cluster, "node2", workdir_of(inv, "node2"))
 
@@ -555,7 +555,7 @@ def test_launch_scripts_pass_hostile_values_verbatim_in_a_local_sandbox(path, py
         assert wait_for(lambda: exit_file.exists() and exit_file.read_text(), 30, "the rank's exit code",
                         every=0.01) == "0\n"
         assert sorted(p.name for p in Path(hp.rundir).iterdir()) == [
-            "ckpt", "env", "rank0.exit", "rank0.log", "rank0.pid"]
+            "ckpt", "env", "format", "rank0.exit", "rank0.log", "rank0.pid"]
         assert not os.path.exists(CANARY)
         assert not [p for p in Path(base).rglob(REL_CANARY)]
     finally:
@@ -595,7 +595,7 @@ def test_hostile_values_reach_a_real_remote_rank_verbatim_over_ssh(cluster, node
                 'cat "$1/rank0.exit"; ls -A "$1"; '
                 'for d in "$HOME" "$2" "$3" "$1"; do [ -e "$d/$4" ] && echo "CANARY in $d"; done; true')
         seen = node1.run(["sh", "-c", look, "-", hp.rundir, base, hp.workdir, REL_CANARY], check=True).stdout
-        assert seen.split() == ["0", "ckpt", "env", "rank0.exit", "rank0.log", "rank0.pid"], seen
+        assert seen.split() == ["0", "ckpt", "env", "format", "rank0.exit", "rank0.log", "rank0.pid"], seen
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
@@ -702,7 +702,7 @@ def test_a_secret_reaches_the_rank_and_nothing_else(cluster, tmp_path):
         assert code == ""  # no pushed file or directory is group- or world-writable
         assert node1.run(["find", f"{workdir}/code", "-type", "f"], check=True).stdout.strip()  # there was a push
 
-        for path in (tmp_path / ".distctl").rglob("*"):
+        for path in Path(os.environ["DISTCTL_STATE_DIR"]).rglob("*"):
             assert not path.is_file() or secret not in path.read_text(errors="replace"), path
         status = distctl("status", cwd=tmp_path, env=env)
         assert status.returncode == 0, status.stderr

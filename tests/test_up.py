@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from e2e import digests, distctl, wait_for, write_inventory
+from e2e import digests, distctl, recorded_runs, wait_for, write_inventory
 
 pytestmark = pytest.mark.cluster
 
@@ -55,7 +55,7 @@ def test_check_names_the_discovered_address_and_interfaces(isolated, tmp_path):
     assert "node1: hostname node1" in done.stdout and "interface eth0" in done.stdout
     assert "node2: hostname node2" in done.stdout and "interface ens5" in done.stdout
     assert "GLOO_SOCKET_IFNAME=ens5" in done.stdout
-    assert not (tmp_path / ".distctl").exists()  # check starts nothing and records nothing
+    assert not recorded_runs()  # check starts nothing and records nothing
 
 
 def test_check_fails_and_launches_nothing_when_the_port_is_taken(isolated, tmp_path):
@@ -73,6 +73,6 @@ def test_check_fails_and_launches_nothing_when_the_port_is_taken(isolated, tmp_p
         assert done.returncode == 5, done.stderr
         assert f"node1: port {port} on {node1.address} is not free" in done.stderr
         assert "Traceback" not in done.stderr
-        assert not (tmp_path / ".distctl").exists()
+        assert not recorded_runs()
     finally:
         node1.run(f"kill {pid}")
