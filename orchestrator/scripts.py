@@ -24,8 +24,7 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str) -> str:
     # Logs and checkpoints may hold what a rank prints, secrets included: owner-only files.
     code = shell.join([code_dir + "/."])
     commands = [f"cd {shell.join([rundir])} || exit 1", "umask 077",
-                f"[ -d work ] || {{ rm -rf work.tmp && cp -R {code} work.tmp && rm -f work.tmp/.complete "
-                "&& mv work.tmp work; } || exit 1"]
+                f"[ -d work ] || {{ rm -rf work.tmp && cp -R {code} work.tmp && mv work.tmp work; } || exit 1"]
     threads = '[ -n "${OMP_NUM_THREADS+x}" ] || export OMP_NUM_THREADS=1; ' if len(ranks) > 1 else ""
     for r in ranks:
         log, code = f"rank{r.rank}.log", f"rank{r.rank}.exit"
@@ -145,7 +144,7 @@ def setup_script(setup_dir: str, code_dir: str, setup: str, python: str) -> str:
     return shell.lines(
         f"if [ -f {q([setup_dir + '/' + SETUP_DONE])} ]; then echo 'setup unchanged since it last succeeded here; skipped'",
         f"else rm -rf {q([setup_dir])} && mkdir -p {q([setup_dir])} && cp -R {q([code_dir + '/.'])} {q([setup_dir])} "
-        f"&& rm -f {q([setup_dir + '/.complete'])} && cd {q([setup_dir])} || exit 1",
+        f"&& cd {q([setup_dir])} || exit 1",
         f"  if command -v bash >/dev/null 2>&1; then bash {run} </dev/null; else sh {run} </dev/null; fi 2>&1 || exit $?",
         f"  touch {q([SETUP_DONE])}",
         "fi",
@@ -162,16 +161,22 @@ def prepare_script(workdir: str, rundir: str, artifact_dirs: list[str]) -> str:
         f"umask 077 && mkdir -p {q([rundir + '/ckpt'])} && chmod 700 {q([rundir])} "
         f"&& cat >{q([rundir + '/env'])} || exit 1",
         f"echo 1 >{q([rundir + '/format'])} || exit 1",  # run dir layout version: a later distctl reads it
-        f"for d in {q(artifact_dirs)}; do [ -f \"$d/.complete\" ] && echo \"have $d\"; done; true",
+        f"for d in {q(artifact_dirs)}; do [ -f \"$d.complete\" ] && echo \"have $d\"; done; true",
     )
 
 
 def push_script(target: str) -> str:
-    """Unpack a tar stream into a fresh directory and rename it into place (atomic)."""
+    """Unpack a tar stream into a fresh directory, rename it into place, then mark it complete.
+
+    The marker sits beside the folder (`<digest>.complete`), not in it: the folder is exactly
+    what was pushed ($DISTCTL_DATA lists only the user's files), and a folder without its
+    marker (a push cut short) is never taken for done.
+    """
     q = shell.join([target])
+    done = shell.join([target + ".complete"])
     tmp = shell.join([target + ".tmp"]) + ".$$"
     return shell.lines(
-        f"[ -f {q}/.complete ] && exit 0",
-        f"umask 022 && rm -rf {tmp} && mkdir -p {tmp} && tar -xf - -C {tmp} && touch {tmp}/.complete || exit 1",
-        f"rm -rf {q} && mv {tmp} {q}",
+        f"[ -f {done} ] && exit 0",
+        f"umask 022 && rm -rf {tmp} && mkdir -p {tmp} && tar -xf - -C {tmp} || exit 1",
+        f"rm -rf {q} && mv {tmp} {q} && touch {done}",
     )

@@ -24,8 +24,10 @@ dist.init_process_group("gloo")
 total = torch.tensor([float(dist.get_rank())])
 dist.all_reduce(total)
 env = {k: v for k, v in sorted(os.environ.items()) if k not in base}
-print("ENV " + json.dumps(env), flush=True)
 print("SUM %g FILES %s" % (total.item(), json.dumps(sorted(os.listdir(".")))), flush=True)
+print("ENV " + json.dumps(env), flush=True)
+with open("env-rank%d.json" % dist.get_rank(), "w") as f:  # torchrun interleaves its ranks' stdout
+    json.dump(env, f)
 os.makedirs("out", exist_ok=True)
 with open("out/rank%d.txt" % dist.get_rank(), "w") as f:
     f.write("sum %g\\n" % total.item())
@@ -59,8 +61,7 @@ def torchrun_env(tmp_path_factory) -> dict[str, str]:
                           capture_output=True, text=True, timeout=180,
                           env={**os.environ, "BASE_KEYS": json.dumps(sorted(os.environ))})
     assert done.returncode == 0, done.stderr
-    envs = [json.loads(m) for m in re.findall(r"^ENV (\{.*\})$", done.stdout, re.M)]
-    return next(e for e in envs if e["RANK"] == "1")
+    return json.loads((folder / "env-rank1.json").read_text())
 
 
 def test_a_torchrun_script_runs_unchanged_with_torchruns_environment(cluster, tmp_path, torchrun_env):
@@ -267,7 +268,7 @@ def test_detach_status_stop_and_secrets_work_for_a_user_program(cluster, tmp_pat
     status = distctl("status", cwd=tmp_path)
     assert status.returncode == 0 and status.stdout.count(" running") == 2, status.stdout
     logs = distctl("logs", cwd=tmp_path, env=env)
-    assert "[node2 r1] token *** data ['shard0.bin']" in logs.stdout and "hunter2" not in logs.stdout
+    assert "[node2 r1] token *** data ['shard0.bin']" in logs.stdout, logs.stdout and "hunter2" not in logs.stdout
     stopped = distctl("stop", "--grace", "1", cwd=tmp_path)
     assert stopped.returncode == 0, stopped.stderr
     assert not any(run_pids(cluster, run_id).values())

@@ -83,9 +83,10 @@ def test_pull_to_a_folder_lists_only_what_it_wrote(cluster, small_mnist, tmp_pat
     out = tmp_path / "out" / "runs" / run_id
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model.pt", "rank0.log"]
     assert not (tmp_path / "runs").exists()
-    assert pulled.stderr.splitlines()[-2:] == [
+    assert pulled.stderr.splitlines()[-3:] == [
         "distctl: matplotlib is not installed: no metrics.png (pip install matplotlib)",
-        f"distctl: pulled run {run_id} into out/runs/{run_id}/: model.pt, 1 rank log, metrics.jsonl"]
+        f"distctl: pulled run {run_id} into out/runs/{run_id}/: model.pt, 1 rank log, metrics.jsonl",
+        "distctl: model.pt: epoch 1 (end of epoch)"]
 
 
 def test_ssh_agent_keys_are_used_when_present(cluster, tmp_path):

@@ -16,31 +16,38 @@ import sys
 ESTABLISHED = "01"
 
 
-def _hex_endpoint(address, port):
-    """An IPv4 endpoint as /proc/net/tcp writes it, e.g. `0100007F:1F90` (address in host byte order)."""
-    packed = socket.inet_aton(address)
-    return "%08X:%04X" % (struct.unpack("=I", packed)[0], port)
+def _words(packed):
+    """The kernel prints an address as 32-bit words, each in host byte order."""
+    return "".join("%08X" % struct.unpack("=I", packed[i:i + 4])[0] for i in range(0, len(packed), 4))
 
 
-def count(table_text, address, port):
-    want = _hex_endpoint(address, port)
+def endpoints(address, port):
+    """ADDR:PORT as /proc/net/tcp and /proc/net/tcp6 write it: TCPStore listens on a dual-stack
+    socket, so its peers often show up in tcp6 with the IPv4-mapped address (::ffff:a.b.c.d)."""
+    v4 = socket.inet_aton(address)
+    return ("%s:%04X" % (_words(v4), port), "%s:%04X" % (_words(b"\0" * 10 + b"\xff\xff" + v4), port))
+
+
+def count(table_text, wanted):
     found = 0
     for line in table_text.splitlines()[1:]:
         fields = line.split()
-        if len(fields) > 3 and fields[2] == want and fields[3] == ESTABLISHED:
+        if len(fields) > 3 and fields[2] in wanted and fields[3] == ESTABLISHED:
             found += 1
     return found
 
 
 def main(argv):
-    address, port = argv[0], int(argv[1])
-    try:
-        with open("/proc/net/tcp") as f:
-            text = f.read()
-    except OSError:
-        print("connected=?")
-        return 0
-    print("connected=%d" % count(text, address, port))
+    wanted = endpoints(argv[0], int(argv[1]))
+    total, readable = 0, False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                total += count(f.read(), wanted)
+            readable = True
+        except OSError:
+            pass
+    print("connected=%d" % total if readable else "connected=?")
     return 0
 
 
