@@ -10,17 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from orchestrator import shell
-
-# Versions come from package metadata: importing torch costs seconds per host.
-_PROBE = (
-    "import sys, importlib.metadata as m\n"
-    "print('python=%d.%d.%d' % sys.version_info[:3])\n"
-    "for name in ('torch', 'torchvision'):\n"
-    "    try:\n"
-    "        print(name + '=' + m.version(name))\n"
-    "    except m.PackageNotFoundError:\n"
-    "        print(name + '=')\n"
-)
+from orchestrator.scripts import program
 
 
 @dataclass(frozen=True)
@@ -71,7 +61,7 @@ def discover_script(python: str) -> str:
 def probe_script(python: str) -> str:
     """`python=`, `torch=`, `torchvision=` lines for an interpreter (empty when missing)."""
     py = shell.join([python])
-    return f"if command -v {py} >/dev/null 2>&1; then {py} -c {shell.join([_PROBE])}; else echo python=; fi"
+    return f"if command -v {py} >/dev/null 2>&1; then {program(python, 'probe')}; else echo python=; fi"
 
 
 def parse_facts(output: str) -> HostFacts:
