@@ -4,6 +4,7 @@
 grace period, kills what is left, then sweeps /proc for processes carrying this
 run's exact marker in their environment: a worker that left its group (torchrun
 starts workers with a new session) is still found, and no other run is touched.
+Where there is no /proc (macOS), the process groups are all `stop` can see.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def stop_script(rundir: str, run_id: str, grace: float) -> str:
         "for g in $pgids; do kill -TERM -- -\"$g\" 2>/dev/null; done",
         f"i=0; while alive && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done",
         "for g in $pgids; do kill -KILL -- -\"$g\" 2>/dev/null; done",
-        _sweep(run_id, "kill -KILL \"$p\" 2>/dev/null"),
+        "if [ -d /proc/self ]; then " + _sweep(run_id, "kill -KILL \"$p\" 2>/dev/null") + "; fi",
         # Killed processes vanish from /proc once reaped; give them a moment, then count.
-        "i=0; while [ $i -lt 20 ]; do n=0; " + _sweep(run_id, "n=$((n+1))") +
+        # Without /proc (macOS) the groups are all there is to count; with it, a group of
+        # zombies (init reaps them late in some containers) must not count as left.
+        "i=0; while [ $i -lt 20 ]; do n=0; if [ -d /proc/self ]; then " + _sweep(run_id, "n=$((n+1))") +
+        "; else for g in $pgids; do kill -0 -- -\"$g\" 2>/dev/null && n=$((n+1)); done; fi"
         "; [ $n = 0 ] && break; sleep 0.1; i=$((i+1)); done",
         'echo "left=$n"',
     )
@@ -47,7 +51,7 @@ def status_script(rundir: str, ranks: list[int]) -> str:
     return shell.lines(
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo missing=1; exit 0; }}",
         f"for r in {' '.join(str(r) for r in ranks)}; do",
-        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) at=$(stat -c %Y rank$r.exit)";',
+        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) at=$(stat -c %Y rank$r.exit 2>/dev/null || stat -f %m rank$r.exit)";',
         '  elif [ -f rank$r.pid ] && kill -0 -- -"$(cat rank$r.pid)" 2>/dev/null; then echo "rank=$r state=running";',
         '  elif [ -f rank$r.pid ]; then echo "rank=$r state=killed"; else echo "rank=$r state=not-started"; fi',
         "done",
