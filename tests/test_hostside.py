@@ -19,6 +19,7 @@ import pytest
 from e2e import wait_for
 from orchestrator import hostside, shell
 from orchestrator.hostside import wait_port
+from orchestrator.lifecycle import status_script, stop_script
 from orchestrator.plan import RankPlan
 from orchestrator.scripts import launch_script
 
@@ -304,6 +305,33 @@ def test_a_stopped_rank_outlives_its_wrapper_and_its_code_is_kept(tmp_path):
         assert wait_for(lambda: (tmp_path / "rank1.exit").exists(), 30, "the exit code")
         assert (tmp_path / "rank1.exit").read_text() == "143\n"
         assert not (tmp_path / "rank0.exit").exists()
+    finally:
+        for pgid in pgids.values():
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ------------------------------------------------------------------ status and stop, by process group
+
+
+def test_status_and_stop_find_ranks_by_their_process_groups_with_this_machines_sh(tmp_path):
+    """The rank groups here carry no run marker, so the /proc sweep cannot find them: what
+    status and stop see is the groups alone, as on a host without /proc (macOS)."""
+    pgids = launch(tmp_path, "echo up; exec sleep 300")
+    try:
+        wait_for(lambda: all((tmp_path / f"rank{r}.log").exists() for r in (0, 1)), 30, "both ranks")
+        status = subprocess.run(["sh", "-c", status_script(str(tmp_path), [0, 1, 2])], capture_output=True,
+                                text=True, timeout=30)
+        assert status.stdout.splitlines() == ["rank=0 state=running", "rank=1 state=running",
+                                              "rank=2 state=not-started"]
+        stop = subprocess.run(["sh", "-c", stop_script(str(tmp_path), "no-such-run", grace=10)],
+                              capture_output=True, text=True, timeout=60)
+        assert (stop.returncode, stop.stdout, stop.stderr) == (0, "left=0\n", "")
+        for r in (0, 1):  # TERM reached the rank; its wrapper recorded that
+            assert wait_for(lambda: (tmp_path / f"rank{r}.exit").exists(), 30, "the exit code")
+            assert (tmp_path / f"rank{r}.exit").read_text() == "143\n"
     finally:
         for pgid in pgids.values():
             try:

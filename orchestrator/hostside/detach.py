@@ -6,7 +6,7 @@ COMMAND runs in a new session (os.setsid: its own process group, no controlling
 terminal), with stdin, stdout and stderr on /dev/null and no other descriptor of
 ours, so it outlives the SSH channel that started it; detach.py does not wait for it.
 It prints the id of the new process, which is also the id of its process group (what
-`kill -TERM -- -PGID` stops). This is `setsid COMMAND &` plus `echo $!` for hosts
+`kill -TERM -PGID` stops). This is `setsid COMMAND &` plus `echo $!` for hosts
 without the setsid binary (macOS, BSD). When COMMAND cannot be started, the reason
 goes to stderr and the exit code is 127, as a shell does for a missing command.
 """
