@@ -116,3 +116,11 @@ def _group_exists(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_the_trainer_counts_its_cores_without_sched_getaffinity(monkeypatch):
+    from trainer.run import usable_cores
+
+    assert usable_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS
+    assert usable_cores() == os.cpu_count()
