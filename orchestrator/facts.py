@@ -30,6 +30,7 @@ class HostFacts:
     torchvision: str | None
     gpus: int
     has_ip: bool
+    loopback: str | None = None  # the loopback interface's name (lo, lo0 on macOS)
 
     def iface_of(self, address: str) -> str | None:
         return next((a.iface for a in self.addresses if a.address == address), None)
@@ -85,6 +86,7 @@ def parse_facts(output: str) -> HostFacts:
         torchvision=values.get("torchvision") or None,
         gpus=int(gpus) if gpus.isdigit() else 0,
         has_ip=values.get("has_ip") == "1",
+        loopback=values.get("loopback") or None,
     )
 
 

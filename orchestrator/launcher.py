@@ -113,7 +113,7 @@ def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple
     found = fan_out("discover", inv.hosts, one, fanout, lambda h: h.name)
     host_facts: dict[str, HostFacts] = {name: f for name, (f, _) in found.items()}  # type: ignore[misc]
     if not workers:
-        return host_facts, Network("127.0.0.1", {rank0.name: "lo"})
+        return host_facts, Network("127.0.0.1", {rank0.name: host_facts[rank0.name].loopback or "lo"})
     missing_ip = [h.name for h in inv.hosts if not host_facts[h.name].has_ip]
     if missing_ip:
         raise GroupError("discover", [HostError(n, "the 'ip' command (iproute2) is missing; "

@@ -1,11 +1,14 @@
 """The versions discovery needs, as `key=value` lines: python=X.Y.Z, torch=V, torchvision=V
-(empty when the package is not installed).
+(empty when the package is not installed), and loopback=NAME, the name of the loopback
+interface (`lo` on Linux, `lo0` on macOS and the BSDs; empty when none is found), which
+a single host gives gloo without the `ip` command.
 
 Versions come from package metadata: importing torch costs seconds per host. The Python
 version is printed first, so even an interpreter too old for importlib.metadata (< 3.8)
 still reports it; for the same reason this program has no `from __future__` import.
 """
 
+import socket
 import sys
 from typing import List, Tuple
 
@@ -26,8 +29,16 @@ def versions() -> List[Tuple[str, str]]:
     return found
 
 
+def loopback() -> str:
+    try:
+        loops = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    except (AttributeError, OSError):  # a build without if_nameindex
+        return ""
+    return min(loops, key=len) if loops else ""  # lo before lowpan0
+
+
 def main(argv: List[str]) -> int:
-    for key, value in versions():
+    for key, value in versions() + [("loopback", loopback())]:
         print("%s=%s" % (key, value))
     return 0
 
