@@ -15,8 +15,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-
 from e2e import wait_for
+
 from orchestrator import hostside, shell
 from orchestrator.hostside import wait_port
 from orchestrator.lifecycle import status_script, stop_script
@@ -287,11 +287,17 @@ def launch(rundir: Path, code: str) -> dict[int, int]:
     return pgids
 
 
+def exit_of(rundir: Path, rank: int) -> str:
+    """The exit code the rank's wrapper records, once it is there."""
+    path = rundir / f"rank{rank}.exit"
+    wait_for(path.exists, 30, f"rank {rank}'s exit code")
+    return path.read_text()
+
+
 def test_launched_ranks_log_and_record_their_exit_code(tmp_path):
     pgids = launch(tmp_path, 'echo "$WHO $0 says hi"; exit 3')
     for r in (0, 1):
-        assert wait_for(lambda: (tmp_path / f"rank{r}.exit").exists(), 30, "the exit code")
-        assert (tmp_path / f"rank{r}.exit").read_text() == "3\n"
+        assert exit_of(tmp_path, r) == "3\n"
         assert (tmp_path / f"rank{r}.log").read_text() == "rank sh says hi\n"
     assert len(set(pgids.values())) == 2
 
@@ -303,8 +309,7 @@ def test_a_stopped_rank_outlives_its_wrapper_and_its_code_is_kept(tmp_path):
         wait_for(lambda: (tmp_path / "rank1.log").exists() and (tmp_path / "rank1.log").read_text(), 30, "rank 1")
         assert os.getsid(pgids[1]) == pgids[1]
         os.killpg(pgids[1], signal.SIGTERM)
-        assert wait_for(lambda: (tmp_path / "rank1.exit").exists(), 30, "the exit code")
-        assert (tmp_path / "rank1.exit").read_text() == "143\n"
+        assert exit_of(tmp_path, 1) == "143\n"
         assert not (tmp_path / "rank0.exit").exists()
     finally:
         for pgid in pgids.values():
@@ -330,9 +335,7 @@ def test_status_and_stop_find_ranks_by_their_process_groups_with_this_machines_s
         stop = subprocess.run(["sh", "-c", stop_script(str(tmp_path), "no-such-run", grace=10)],
                               capture_output=True, text=True, timeout=60)
         assert (stop.returncode, stop.stdout, stop.stderr) == (0, "left=0\n", "")
-        for r in (0, 1):  # TERM reached the rank; its wrapper recorded that
-            assert wait_for(lambda: (tmp_path / f"rank{r}.exit").exists(), 30, "the exit code")
-            assert (tmp_path / f"rank{r}.exit").read_text() == "143\n"
+        assert [exit_of(tmp_path, r) for r in (0, 1)] == ["143\n"] * 2  # TERM reached each rank
     finally:
         for pgid in pgids.values():
             try:

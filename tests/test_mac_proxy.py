@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from e2e import digests, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,15 +106,18 @@ def test_stop_ends_a_detached_run_by_its_process_groups(mac_like, tmp_path):
     stopped = distctl(mac_like, tmp_path, "stop", timeout=120)
     assert stopped.returncode == 0, stopped.stderr
     for g in pgids:  # killed and reaped (pid 1 reaps orphans within seconds here)
-        wait_for(lambda: not _group_exists(g), 30, f"process group {g} to be gone")
+        _wait_gone(g)
 
 
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+def _wait_gone(pgid: int) -> None:
+    def gone() -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
         return False
-    return True
+
+    wait_for(gone, 30, f"process group {pgid} to be gone")
 
 
 def test_the_trainer_counts_its_cores_without_sched_getaffinity(monkeypatch):
