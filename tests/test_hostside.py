@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import ast
+import glob
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from conftest import cannot_run
 from e2e import wait_for
 
 from orchestrator import hostside, shell
@@ -98,6 +101,28 @@ def test_a_bad_command_line_is_a_usage_error_not_a_traceback():
         done = run(name, *args)
         assert (done.returncode, done.stdout) == (2, ""), name
         assert done.stderr.startswith(f"usage: {name}.py "), done.stderr
+
+
+def oldest_python() -> str | None:
+    """A Python 3.8 to run the programs with, as an old host would (pyenv's, or on PATH)."""
+    found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python")))
+    return found[0] if found else shutil.which("python3.8")
+
+
+def test_every_program_runs_on_python_38(tmp_path):
+    python = oldest_python()
+    if not python:
+        cannot_run("no Python 3.8 here (pyenv or python3.8 on PATH)")
+    (tmp_path / "rank0.log").write_bytes(b"a\nb")
+    (tmp_path / "rank0.pid").write_text(str(dead_pid()))
+    old = (python,)
+    probe = run("probe", python=old)
+    assert probe.stdout.startswith("python=3.8."), probe.stderr
+    assert run("follow", "follow", -1, "0:0", cwd=tmp_path, python=old).stdout == "0 a\n0 b\nexit 0 - -\n"
+    assert run("wait_port", "127.0.0.1", free_port(), "rank0.pid", 30, cwd=tmp_path, python=old).stdout == "exited\n"
+    assert run("port_check", "connect", "127.0.0.1", free_port(), python=old).stdout == "fail Connection refused\n"
+    detached = run("detach", "sleep", "300", python=old)
+    os.killpg(int(detached.stdout), signal.SIGKILL)
 
 
 # ------------------------------------------------------------------ follow
