@@ -10,17 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from orchestrator import shell
-
-# Versions come from package metadata: importing torch costs seconds per host.
-_PROBE = (
-    "import sys, importlib.metadata as m\n"
-    "print('python=%d.%d.%d' % sys.version_info[:3])\n"
-    "for name in ('torch', 'torchvision'):\n"
-    "    try:\n"
-    "        print(name + '=' + m.version(name))\n"
-    "    except m.PackageNotFoundError:\n"
-    "        print(name + '=')\n"
-)
+from orchestrator.scripts import program
 
 
 @dataclass(frozen=True)
@@ -40,6 +30,7 @@ class HostFacts:
     torchvision: str | None
     gpus: int
     has_ip: bool
+    loopback: str | None = None  # the loopback interface's name (lo, lo0 on macOS)
 
     def iface_of(self, address: str) -> str | None:
         return next((a.iface for a in self.addresses if a.address == address), None)
@@ -71,7 +62,7 @@ def discover_script(python: str) -> str:
 def probe_script(python: str) -> str:
     """`python=`, `torch=`, `torchvision=` lines for an interpreter (empty when missing)."""
     py = shell.join([python])
-    return f"if command -v {py} >/dev/null 2>&1; then {py} -c {shell.join([_PROBE])}; else echo python=; fi"
+    return f"if command -v {py} >/dev/null 2>&1; then {program(python, 'probe')}; else echo python=; fi"
 
 
 def parse_facts(output: str) -> HostFacts:
@@ -95,6 +86,7 @@ def parse_facts(output: str) -> HostFacts:
         torchvision=values.get("torchvision") or None,
         gpus=int(gpus) if gpus.isdigit() else 0,
         has_ip=values.get("has_ip") == "1",
+        loopback=values.get("loopback") or None,
     )
 
 

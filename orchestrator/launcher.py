@@ -18,6 +18,7 @@ from orchestrator.inventory import Host, Inventory, Ssh
 from orchestrator.plan import Network, Plan, StepKind
 from orchestrator.push import tar_of
 from orchestrator.remote import Connection, connect
+from orchestrator.scripts import program
 from orchestrator.ui import progress
 
 T = TypeVar("T")
@@ -112,7 +113,7 @@ def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple
     found = fan_out("discover", inv.hosts, one, fanout, lambda h: h.name)
     host_facts: dict[str, HostFacts] = {name: f for name, (f, _) in found.items()}  # type: ignore[misc]
     if not workers:
-        return host_facts, Network("127.0.0.1", {rank0.name: "lo"})
+        return host_facts, Network("127.0.0.1", {rank0.name: host_facts[rank0.name].loopback or "lo"})
     missing_ip = [h.name for h in inv.hosts if not host_facts[h.name].has_ip]
     if missing_ip:
         raise GroupError("discover", [HostError(n, "the 'ip' command (iproute2) is missing; "
@@ -195,32 +196,6 @@ def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts], after_setu
         raise GroupError("preflight", errors)
 
 
-LISTEN = (
-    "import socket, sys, time\n"
-    "addr, port, want, deadline = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), time.time() + 15\n"
-    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "try:\n"
-    "    s.bind((addr, port))\n"
-    "except OSError as e:\n"
-    "    print('busy', e.strerror, flush=True); sys.exit(3)\n"
-    "s.listen(64); s.settimeout(0.2); print('listening', flush=True)\n"
-    "got = 0\n"
-    "while got < want and time.time() < deadline:\n"
-    "    try:\n"
-    "        s.accept()[0].close(); got += 1\n"
-    "    except socket.timeout:\n"
-    "        pass\n"
-    "print('accepted', got, flush=True)\n"
-)
-CONNECT = (
-    "import socket, sys\n"
-    "try:\n"
-    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close(); print('ok')\n"
-    "except OSError as e:\n"
-    "    print('fail', e.strerror or e); sys.exit(3)\n"
-)
-
-
 def tool_python(host: Host) -> str:
     """The interpreter for distctl's own stdlib-only helpers before job.setup ran: a relative
     `python` (a venv that setup creates) does not exist yet, so the system's python3 serves."""
@@ -232,8 +207,8 @@ def preflight_port(inv: Inventory, conns: dict[str, Connection], address: str, f
     """The rendezvous port is free on rank 0's host and reachable from every worker."""
     rank0, workers = inv.hosts[0], inv.hosts[1:]
     port = inv.job.port
-    stream = conns[rank0.name].open_stream(shell.join([tool_python(rank0), "-c", LISTEN, address, port,
-                                                       len(workers)]))
+    stream = conns[rank0.name].open_stream(program(tool_python(rank0), "port_check", "listen", address, port,
+                                                   len(workers)))
     try:
         first = _read_line(stream, timeout=30)
         if not first.startswith("listening"):
@@ -242,7 +217,7 @@ def preflight_port(inv: Inventory, conns: dict[str, Connection], address: str, f
                             "set job.port to a free port", ExitCode.PREFLIGHT)
 
         def dial(h: Host) -> None:
-            result = conns[h.name].run(shell.join([tool_python(h), "-c", CONNECT, address, port]), timeout=30)
+            result = conns[h.name].run(program(tool_python(h), "port_check", "connect", address, port), timeout=30)
             if result.exit_code != 0:
                 reason = result.stdout.strip().partition(" ")[2] or result.stderr.strip()
                 raise HostError(h.name, f"cannot reach {rank0.name} at {address}:{port} ({reason}); "

@@ -4,6 +4,7 @@
 grace period, kills what is left, then sweeps /proc for processes carrying this
 run's exact marker in their environment: a worker that left its group (torchrun
 starts workers with a new session) is still found, and no other run is touched.
+Where there is no /proc (macOS), the process groups are all `stop` can see.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from orchestrator.remote import Connection
 def _sweep(run_id: str, action: str) -> str:
     """A loop over every process whose environment holds exactly DISTCTL_RUN_ID=<run_id>."""
     marker = shell.join([f"{RUN_MARKER}={run_id}"])
+    # 2>/dev/null before <"$e": a process gone since the glob is no error worth printing.
     return (f"for e in /proc/[0-9]*/environ; do p=${{e#/proc/}}; p=${{p%/environ}}; "
             f"[ \"$p\" = \"$$\" ] && continue; "
-            f"if tr '\\000' '\\n' <\"$e\" 2>/dev/null | grep -qxF {marker}; then {action}; fi; done")
+            f"if tr '\\000' '\\n' 2>/dev/null <\"$e\" | grep -qxF {marker}; then {action}; fi; done")
 
 
 def stop_script(rundir: str, run_id: str, grace: float) -> str:
@@ -29,14 +31,19 @@ def stop_script(rundir: str, run_id: str, grace: float) -> str:
     ticks = max(0, int(grace * 10))
     return shell.lines(
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo left=0; exit 0; }}",
+        # `kill -SIG -PGID`, never `kill -SIG -- -PGID`: dash's kill (Debian's sh) reads `--`
+        # as a process id ("Illegal number: -"), and the group would go unsignalled.
         "pgids=$(cat rank*.pid 2>/dev/null)",
-        "alive() { for g in $pgids; do kill -0 -- -\"$g\" 2>/dev/null && return 0; done; return 1; }",
-        "for g in $pgids; do kill -TERM -- -\"$g\" 2>/dev/null; done",
+        "alive() { for g in $pgids; do kill -0 -\"$g\" 2>/dev/null && return 0; done; return 1; }",
+        "for g in $pgids; do kill -TERM -\"$g\" 2>/dev/null; done",
         f"i=0; while alive && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done",
-        "for g in $pgids; do kill -KILL -- -\"$g\" 2>/dev/null; done",
-        _sweep(run_id, "kill -KILL \"$p\" 2>/dev/null"),
+        "for g in $pgids; do kill -KILL -\"$g\" 2>/dev/null; done",
+        "if [ -d /proc/self ]; then " + _sweep(run_id, "kill -KILL \"$p\" 2>/dev/null") + "; fi",
         # Killed processes vanish from /proc once reaped; give them a moment, then count.
-        "i=0; while [ $i -lt 20 ]; do n=0; " + _sweep(run_id, "n=$((n+1))") +
+        # Without /proc (macOS) the groups are all there is to count; with it, a group of
+        # zombies (init reaps them late in some containers) must not count as left.
+        "i=0; while [ $i -lt 20 ]; do n=0; if [ -d /proc/self ]; then " + _sweep(run_id, "n=$((n+1))") +
+        "; else for g in $pgids; do kill -0 -\"$g\" 2>/dev/null && n=$((n+1)); done; fi"
         "; [ $n = 0 ] && break; sleep 0.1; i=$((i+1)); done",
         'echo "left=$n"',
     )
@@ -47,8 +54,8 @@ def status_script(rundir: str, ranks: list[int]) -> str:
     return shell.lines(
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo missing=1; exit 0; }}",
         f"for r in {' '.join(str(r) for r in ranks)}; do",
-        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) at=$(stat -c %Y rank$r.exit)";',
-        '  elif [ -f rank$r.pid ] && kill -0 -- -"$(cat rank$r.pid)" 2>/dev/null; then echo "rank=$r state=running";',
+        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) at=$(stat -c %Y rank$r.exit 2>/dev/null || stat -f %m rank$r.exit)";',
+        '  elif [ -f rank$r.pid ] && kill -0 -"$(cat rank$r.pid)" 2>/dev/null; then echo "rank=$r state=running";',
         '  elif [ -f rank$r.pid ]; then echo "rank=$r state=killed"; else echo "rank=$r state=not-started"; fi',
         "done",
     )

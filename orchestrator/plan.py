@@ -259,7 +259,7 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
                   for a in artifacts]
     steps += [Step(StepKind.SETUP, hp.host.name, setup_script(hp.setup_dir, hp.code_dir, inv.job.setup, hp.python))
               for hp in host_plans if hp.setup_dir and inv.job.setup]
-    launches = [Step(StepKind.LAUNCH, hp.host.name, launch_script(hp.rundir, hp.ranks, hp.code_dir))
+    launches = [Step(StepKind.LAUNCH, hp.host.name, launch_script(hp.rundir, hp.ranks, hp.code_dir, hp.python))
                 for hp in host_plans]
     first = host_plans[0]
     if inv.job.wait_for_rank0:

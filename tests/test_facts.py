@@ -28,6 +28,12 @@ def test_missing_python_and_torch_are_none():
     assert (f.python, f.torch, f.gpus, f.has_ip) == (None, None, 0, False)
 
 
+def test_a_mac_reports_its_loopback_without_ip():
+    f = parse_facts("home=/Users/u\nhostname=mac\nhas_ip=0\npython=3.12.1\ntorch=2.14.1\nloopback=lo0\ngpus=0\n")
+    assert (f.has_ip, f.addresses, f.loopback) == (False, (), "lo0")
+    assert parse_facts(DISCOVERY).loopback is None  # an older probe: the caller assumes lo
+
+
 ROUTES = """route 10.213.0.11 10.213.0.11 dev ens5 src 10.213.0.12 uid 0 \\    cache
 route 10.214.0.11 10.214.0.11 via 10.213.0.1 dev ens5 src 10.213.0.12 uid 0 \\    cache
 route 192.0.2.2 local 192.0.2.2 dev lo src 192.0.2.2 uid 0 \\    cache <local>

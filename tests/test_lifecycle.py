@@ -136,9 +136,10 @@ def test_sshd_down_on_host_2_training_goes_on_and_status_says_unreachable(cluste
 
 
 def test_ranks_that_never_join_are_named_and_the_run_is_stopped(cluster, small_mnist, tmp_path):
-    # node2's "python" stalls before starting the trainer, as a wedged host would
+    # node2's "python" stalls before starting the trainer, as a wedged host would (only the trainer:
+    # distctl's own host-side programs, e.g. the one that detaches ranks, run with it too)
     stall = tmp_path / "stalling-python"
-    stall.write_text(f'#!/bin/sh\ncase "$*" in *"-m trainer"*) sleep 600;; esac\nexec {cluster.python} "$@"\n')
+    stall.write_text(f'#!/bin/sh\ncase "$1 $2" in "-m trainer") sleep 600;; esac\nexec {cluster.python} "$@"\n')
     stall.chmod(0o755)
     inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist),
                           host_extra={"node2": {"python": str(stall)}}, join_timeout=15)

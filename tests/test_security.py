@@ -460,9 +460,12 @@ def test_a_failing_host_is_named_with_its_cause_and_nothing_starts_anywhere(clus
 
 # ---------------------------------------------------------------- shell injection
 
-# Stands in for python: records its argv and the environment variables named in RECORD_ENV.
+# Stands in for python: records its argv and the environment variables named in RECORD_ENV;
+# `-c` (distctl's host-side programs, e.g. the one that detaches ranks) goes to a real python.
 RECORDER = """#!/usr/bin/python3 -S
 import json, os, sys
+if sys.argv[1:2] == ["-c"]:
+    os.execv(sys.executable, [sys.executable] + sys.argv[1:])
 out = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "record.json")
 names = os.environ.get("RECORD_ENV", "").split(",")
 data = {"argv": sys.argv, "env": {n: os.environ.get(n) for n in names + ["%s"] if n}}

@@ -52,7 +52,7 @@ class Run:
              backend=backend, device=str(self.device))
         # One intra-op thread per core: 2 ranks x 2 threads on 2 cores ran ~4x slower than 1 each.
         sharing = p.local_world_size or ranks_on_this_machine()
-        torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) // sharing))
+        torch.set_num_threads(cfg.threads or max(1, usable_cores() // sharing))
         self.phase = "loading data"
         started = time.perf_counter()
         raw, self.fingerprint = agree_on_data(cfg, p)
@@ -172,3 +172,10 @@ class Run:
             detail = ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
             raise DivergedError(f"replicas diverged: {detail}")
         return ExitCode.OK
+
+
+def usable_cores():
+    """The cores this process may run on (its affinity); macOS has no sched_getaffinity."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -8,7 +8,7 @@ use double quotes only (a single quote would print as '"'"').
     follow     a host's rank logs as `R line`, then `exit R CODE TIME` per rank
     wait_port  poll rank 0's rendezvous port until it listens or rank 0 exits
     port_check the preflight's listener on rank 0's host and the workers' dial
-    probe      interpreter, torch and torchvision versions
+    probe      interpreter, torch and torchvision versions, the loopback interface's name
     detach     start a command in a new session, print its process group id
     store_peers  this host's connections to rank 0's rendezvous store (the join watchdog)
     outputs    list job.outputs with sizes and digests, and send the chosen files
@@ -27,4 +27,9 @@ def source(name: str) -> str:
     """The text of host-side program `name`, exactly as it is sent."""
     if name not in PROGRAMS:
         raise ValueError(f"no host-side program {name!r}")
-    return (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")
+    text = (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")
+    # The module's docstring is for readers of this file; every command line and dry run
+    # would carry it otherwise.
+    if text.startswith('"""'):
+        text = text[text.index('"""', 3) + 3:].lstrip("\n")
+    return text

@@ -1,4 +1,4 @@
-"""On a host: list a run's outputs, and send the files the workstation asks for.
+"""On a host: list the outputs of a run, and send the files the workstation asks for.
 
     list WORKDIR PATTERN...   one JSON line per match, sorted by path:
                                 {"path": P, "size": N, "sha256": H}   a regular file
@@ -8,9 +8,9 @@
                                 {"path": P, "size": N}\\n  N bytes  {"sha256": H, "complete": true}\\n
                               or {"path": P, "error": "..."}\\n when it cannot be opened
 
-Patterns are relative to WORKDIR, '/'-separated: `*`, `?` and `[...]` match within one name,
+Patterns are relative to WORKDIR, separated by `/`: `*`, `?` and `[...]` match within one name,
 `**` any number of folders; as in the shell, a wildcard does not match a name starting with
-'.' unless the pattern's name does. A pattern that matches a folder takes everything below it.
+`.` unless the name in the pattern does. A pattern that matches a folder takes everything below it.
 Nothing is followed through a symlink: the walk does not enter linked folders, a matched
 symlink is reported as skipped, and `send` opens each path one component at a time with
 O_NOFOLLOW, so a link swapped in after the listing is refused too. Paths are UTF-8 with
@@ -61,7 +61,7 @@ def could_contain(parts, pats):
 
 
 def split_pattern(pattern):
-    """'./a//b/' -> ['a', 'b']; a pattern with '..' or '' names can only match nothing."""
+    """`./a//b/` -> [`a`, `b`]; a pattern with `..` or empty names can only match nothing."""
     return [p for p in pattern.split("/") if p not in ("", ".")]
 
 
@@ -132,7 +132,7 @@ def _emit_file(path, rel, emit):
 
 
 def open_below(workdir, rel):
-    """Open WORKDIR/rel walking one name at a time, refusing symlinks and '..' on the way."""
+    """Open WORKDIR/rel walking one name at a time, refusing symlinks and `..` on the way."""
     names = rel.split("/")
     if any(n in ("", ".", "..") for n in names):
         raise OSError("bad path")

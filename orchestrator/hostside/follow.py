@@ -1,0 +1,107 @@
+"""The rank logs of one run directory on one stream (run from inside the directory).
+
+    follow.py follow|replay TAIL RANK:SKIP...
+
+Every complete line of rankR.log comes out as `R line`, in order per rank. The first SKIP
+lines of each log are dropped (already shown); TAIL >= 0 instead starts each log at its
+last TAIL lines (-1: no tail). `follow` keeps reading while the process group of the rank
+(its id in rankR.pid) lives; `replay` reads what is there. When a rank is done, its
+unfinished last line is flushed and `exit R CODE TIME` follows: CODE from rankR.exit, TIME
+the mtime of that file by the clock of this host; `-` for each when there is none (the
+rank was killed, or never started).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import BinaryIO
+
+POLL_S = 0.2
+
+
+class RankLog:
+    def __init__(self, rank: int, skip: int) -> None:
+        self.rank = rank
+        self.offset = 0  # bytes of rankR.log consumed so far
+        self.partial = b""  # an unfinished last line, held back until its newline
+        self.skip = skip
+
+    def read(self) -> bytes:
+        try:
+            with open("rank%d.log" % self.rank, "rb") as f:
+                f.seek(self.offset)
+                return f.read()
+        except OSError:
+            return b""
+
+    def start_at_tail(self, tail: int, out: BinaryIO) -> None:
+        """Seek to the end of the last complete line; print the `tail` lines before it."""
+        complete = self.read().split(b"\n")[:-1]
+        self.offset = sum(len(line) + 1 for line in complete)
+        self.skip = 0
+        for line in complete[-tail:] if tail else []:
+            self.write(line, out)
+
+    def pump(self, out: BinaryIO, final: bool = False) -> None:
+        data = self.read()
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if final and self.partial:
+            lines.append(self.partial)
+            self.partial = b""
+        for line in lines:
+            if self.skip > 0:
+                self.skip -= 1
+            else:
+                self.write(line, out)
+
+    def write(self, line: bytes, out: BinaryIO) -> None:
+        out.write(b"%d %s\n" % (self.rank, line))
+
+    def alive(self) -> bool:
+        try:
+            with open("rank%d.pid" % self.rank) as f:
+                os.kill(-int(f.read()), 0)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def exit_record(self) -> bytes:
+        name = "rank%d.exit" % self.rank
+        try:
+            with open(name) as f:
+                code = f.read().strip() or "-"
+            at = "%.3f" % os.path.getmtime(name)
+        except OSError:
+            code, at = "-", "-"
+        return b"exit %d %s %s\n" % (self.rank, code.encode(), at.encode())
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] not in ("follow", "replay"):
+        sys.stderr.write("usage: follow.py follow|replay TAIL RANK:SKIP...\n")
+        return 2
+    live, tail = argv[0] == "follow", int(argv[1])
+    logs = [RankLog(*map(int, arg.split(":"))) for arg in argv[2:]]
+    out = sys.stdout.buffer
+    if tail >= 0:
+        for log in logs:
+            log.start_at_tail(tail, out)
+    while logs:
+        ended = [log for log in logs if not live or not log.alive()]
+        for log in logs:
+            log.pump(out, final=log in ended)
+        for log in ended:
+            out.write(log.exit_record())
+            logs.remove(log)
+        out.flush()
+        if logs:
+            time.sleep(POLL_S)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
