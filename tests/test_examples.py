@@ -57,3 +57,13 @@ def test_torchrun_example_trains_to_the_same_parameters_under_distctl_and_torchr
     assert plain.returncode == 0, plain.stderr
     under_torchrun = {int(r): d for r, d in re.findall(r"^done rank=(\d+) param_sha256=(\w+)$", plain.stdout, re.M)}
     assert under_torchrun == under_distctl
+
+
+def test_torchrun_example_inventory_loads_and_plans_as_shipped(tmp_path):
+    """The example's own inventory, as a user runs it (`connection: local`), in a dry run."""
+    done = subprocess.run([sys.executable, "-m", "orchestrator", "up", str(TORCHRUN_DDP / "inventory.yaml"),
+                           "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "NO_COLOR": "1", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert "2 rank(s)" in done.stdout
+    assert f"{shlex.quote(sys.executable)} train.py --epochs 3" in done.stdout
