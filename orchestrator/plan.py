@@ -64,7 +64,8 @@ class Step:
 class RankPlan:
     rank: int
     local_rank: int
-    argv: tuple[str, ...]  # starts with `env RANK=.. LOCAL_RANK=.. ROLE_RANK=..`: what differs per rank
+    argv: tuple[str, ...]  # the program, the same on every rank
+    env: tuple[EnvVar, ...] = ()  # RANK, LOCAL_RANK, ROLE_RANK: set by the rank's wrapper
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,9 @@ def host_env(run_id: str, inv: Inventory, host: Host, iface: str, master: str, w
     return tuple(env.values())
 
 
-def rank_argv(rank: int, local_rank: int, program: tuple[str, ...]) -> tuple[str, ...]:
-    return ("env", f"RANK={rank}", f"LOCAL_RANK={local_rank}", f"ROLE_RANK={rank}", *program)
+def rank_env(rank: int, local_rank: int) -> tuple[EnvVar, ...]:
+    """What differs between the ranks of one host (exported by each rank's wrapper)."""
+    return (EnvVar("RANK", str(rank)), EnvVar("LOCAL_RANK", str(local_rank)), EnvVar("ROLE_RANK", str(rank)))
 
 
 def trainer_program(inv: Inventory, python: str, data_dir: str, download: bool, checkpoint_dir: str,
@@ -236,7 +238,7 @@ def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
                                       checkpoint_dir=f"{rundir}/ckpt", resume=resume)
         else:
             program = user_program(inv.job.command, python)
-        ranks = tuple(RankPlan(next_rank + i, i, rank_argv(next_rank + i, i, program)) for i in range(count))
+        ranks = tuple(RankPlan(next_rank + i, i, program, rank_env(next_rank + i, i)) for i in range(count))
         env = host_env(run_id, inv, host, iface, master, world, group_rank, count, data_dir, code_dir)
         host_plans.append(HostPlan(host, workdir, rundir, iface, env, ranks, code_dir, setup_dir, python))
         next_rank += count

@@ -30,7 +30,10 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
     threads = '[ -n "${OMP_NUM_THREADS+x}" ] || export OMP_NUM_THREADS=1; ' if len(ranks) > 1 else ""
     for r in ranks:
         log, code = f"rank{r.rank}.log", f"rank{r.rank}.exit"
-        wrapper = (f"trap : TERM INT HUP; . ./env; {threads}(cd work && exec \"$@\") >>{log} 2>&1 </dev/null; "
+        # Not `env RANK=0 python ...`: env would take a program path holding "=" for a variable.
+        own = " ".join(f"{v.name}={shell.join([v.value])}" for v in r.env)
+        wrapper = (f"trap : TERM INT HUP; . ./env; {f'export {own}; ' if own else ''}{threads}"
+                   f"(cd work && exec \"$@\") >>{log} 2>&1 </dev/null; "
                    f"echo $? >{code}.tmp; mv {code}.tmp {code}")
         commands += [
             f"rm -f {code}",

@@ -43,7 +43,7 @@ def test_dry_run_opens_no_connection(tmp_path, no_network):
     assert result.exit_code == 0, result.output
     assert no_network == []
     assert "tcp://<ip of node1>:23456" in result.output
-    assert "env RANK=1 LOCAL_RANK=0 ROLE_RANK=1" in result.output and "export WORLD_SIZE=2" in result.output
+    assert "export RANK=1 LOCAL_RANK=0 ROLE_RANK=1;" in result.output and "export WORLD_SIZE=2" in result.output
 
 
 def test_dry_run_of_the_shipped_inventory(no_network):

@@ -548,6 +548,7 @@ def test_launch_scripts_pass_hostile_values_verbatim_in_a_local_sandbox(path, py
         sandbox = {"HOME": base, "PATH": os.environ["PATH"]}
         for kind, stdin in ((StepKind.PREPARE, shell.env_file(hp.env)), (StepKind.LAUNCH, "")):
             command = steps_of(plan, kind)
+            Path(hp.code_dir).mkdir(parents=True, exist_ok=True)  # what the push step would have made
             parsed = subprocess.run(["sh", "-n", "-c", command], capture_output=True, text=True)
             assert parsed.returncode == 0, parsed.stderr
             done = subprocess.run(["sh", "-c", command], input=stdin.encode(), capture_output=True, cwd=base,
@@ -558,7 +559,7 @@ def test_launch_scripts_pass_hostile_values_verbatim_in_a_local_sandbox(path, py
         assert wait_for(lambda: exit_file.exists() and exit_file.read_text(), 30, "the rank's exit code",
                         every=0.01) == "0\n"
         assert sorted(p.name for p in Path(hp.rundir).iterdir()) == [
-            "ckpt", "env", "format", "rank0.exit", "rank0.log", "rank0.pid"]
+            "ckpt", "env", "format", "rank0.exit", "rank0.log", "rank0.pid", "work"]
         assert not os.path.exists(CANARY)
         assert not [p for p in Path(base).rglob(REL_CANARY)]
     finally:
@@ -589,6 +590,7 @@ def test_hostile_values_reach_a_real_remote_rank_verbatim_over_ssh(cluster, node
         prepared = node1_conn.run(steps_of(plan, StepKind.PREPARE), stdin=shell.env_file(hp.env).encode(),
                                   timeout=30)
         assert prepared.exit_code == 0, prepared.stderr
+        assert node1_conn.run(f"mkdir -p {shell.join([hp.code_dir])}").exit_code == 0  # as the push would
         launched = node1_conn.run(steps_of(plan, StepKind.LAUNCH), timeout=30)
         assert launched.exit_code == 0, launched.stderr
         assert_recorded(record, plan, env)
@@ -598,7 +600,7 @@ def test_hostile_values_reach_a_real_remote_rank_verbatim_over_ssh(cluster, node
                 'cat "$1/rank0.exit"; ls -A "$1"; '
                 'for d in "$HOME" "$2" "$3" "$1"; do [ -e "$d/$4" ] && echo "CANARY in $d"; done; true')
         seen = node1.run(["sh", "-c", look, "-", hp.rundir, base, hp.workdir, REL_CANARY], check=True).stdout
-        assert seen.split() == ["0", "ckpt", "env", "format", "rank0.exit", "rank0.log", "rank0.pid"], seen
+        assert seen.split() == ["0", "ckpt", "env", "format", "rank0.exit", "rank0.log", "rank0.pid", "work"], seen
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
