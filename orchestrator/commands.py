@@ -14,7 +14,7 @@ from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
 from orchestrator.push import job_artifacts
-from orchestrator.remote import Connection
+from orchestrator.remote import Connection, resolve_host
 from orchestrator.render import plan_json, render_plan
 from orchestrator.state import HostState, RankState, RunState, load_run, runs_of_inventory, save_run
 from orchestrator.watch import (FAILURE_GRACE, RankEvents, open_followers, raise_for, root_causes, stop_everywhere,
@@ -72,6 +72,8 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool) -> None:
         f = facts[hp.host.name]
         ui.out(f"{hp.host.name}: hostname {f.hostname}, python {f.python}, torch {f.torch}, "
                f"{f.gpus} GPU(s), interface {hp.iface}, ranks {', '.join(str(r.rank) for r in hp.ranks)}")
+        if not hp.host.is_local:
+            ui.out(f"{hp.host.name}: ssh {resolve_host(hp.host, inv.ssh).describe()}")
     ui.out(f"rank 0 address: {plan.master_addr} (init method {plan.init_method})")
     ui.out("")
     ui.out(render_plan(plan))

@@ -84,10 +84,10 @@ class Job:
 
 @dataclass(frozen=True)
 class Ssh:
-    known_hosts: tuple[str, ...] = ("~/.ssh/known_hosts",)
+    known_hosts: tuple[str, ...] = ()  # set: replaces ssh_config's UserKnownHostsFile, like ssh -o
     accept_new_host_keys: bool = False
     config: str | None = None  # ssh_config file; default ~/.ssh/config
-    connect_timeout: float = 10.0
+    connect_timeout: float | None = None  # None: ssh_config's ConnectTimeout, else 10 s
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,9 @@ def _host_fields(ctx: y.Ctx, keys: dict[str, yaml.Node], where: str, environ: di
         else:
             want, check = converters[key]
             out[key] = y.scalar(ctx, node, where, key, want, check)
+    if "identity_file" in out and not os.path.isfile(os.path.expanduser(out["identity_file"])):
+        # A key that isn't there is a mistake here, not a host that can't be reached.
+        raise ctx.fail(keys["identity_file"], where, f"identity_file {out['identity_file']} does not exist")
     return out
 
 

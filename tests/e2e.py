@@ -41,7 +41,8 @@ def write_inventory(path: Path, cluster: Cluster, hosts: Iterable[str], *, slots
         "defaults": {"user": cluster.user, "identity_file": str(cluster.key_path), "python": cluster.python},
         "hosts": entries,
         "job": {"name": "t", "port": free_port(), "join_timeout": 120, "train": train, **job},
-        "ssh": {"known_hosts": str(cluster.known_hosts)},
+        # -F /dev/null: the machine's own ~/.ssh/config and /etc/ssh/ssh_config must not matter
+        "ssh": {"known_hosts": str(cluster.known_hosts), "config": "/dev/null"},
     }
     if data:
         inventory["job"]["data"] = data
