@@ -129,7 +129,7 @@ def settings_from(alias: str, g: dict[str, list[str]], hops: tuple[SshSettings, 
     """Settings from parsed `ssh -G` output (and the hops already resolved for its ProxyJump)."""
     def first(key: str, default: str | None = None) -> str | None:
         value = g.get(key, [default])[0]
-        return None if value in (None, "none") else value
+        return None if value is None or value.lower() == "none" else value
 
     hostname, user, port = first("hostname", alias), first("user") or getpass.getuser(), int(first("port", "22"))
     alias_k = first("hostkeyalias")
@@ -258,12 +258,13 @@ def _strip_comments(path: str) -> tuple[str, list[str]]:
         word = re.split(r"[\s=]+", line.strip(), maxsplit=1)[0].lower()
         if word in FALLBACK_IGNORES and word not in unsupported:
             unsupported.append(word)
-        kept.append(line)
+        if not word.startswith("canonical"):  # paramiko's canonicalization drops HostName
+            kept.append(line)
     return "\n".join(kept) + "\n", unsupported
 
 
 def resolve_fallback(alias: str, config: str | None, user: str | None, port: int | None,
-                     identity: str | None, seen: tuple[str, ...] = ()) -> SshSettings:
+                     identity: str | None, jump: str | None = None, seen: tuple[str, ...] = ()) -> SshSettings:
     """paramiko's SSHConfig: no Include, no canonicalization; said once, in one line."""
     import paramiko
 
@@ -280,20 +281,23 @@ def resolve_fallback(alias: str, config: str | None, user: str | None, port: int
         raise SshConfigError(f"{path}: cannot read: {exc}") from None
     g = {k: (v if isinstance(v, list) else [str(v)]) for k, v in found.items()}
     g["hostname"] = [found.get("hostname", alias)]
-    if user:
-        g["user"] = [user]
-    if port:
-        g["port"] = [str(port)]
+    g["user"] = [user or found.get("user") or getpass.getuser()]
+    g["port"] = [str(port or found.get("port", 22))]
     files = ([identity] if identity else []) + list(found.get("identityfile", []))
     g["identityfile"] = files or list(DEFAULT_IDENTITIES)
-    g.setdefault("userknownhostsfile", [" ".join(DEFAULT_USER_KNOWN_HOSTS)])
-    g.setdefault("globalknownhostsfile", [" ".join(DEFAULT_GLOBAL_KNOWN_HOSTS)])
+    spec = jump or found.get("proxyjump", "none")
+    if "proxycommand" in found and jump is None:
+        spec = "none"  # paramiko cannot tell which came first; ssh takes the first, often this one
+    tokens = _local_tokens(alias, g["hostname"][0], g["user"][0], int(g["port"][0]), "", found.get("hostkeyalias"))
+    for key, default in (("userknownhostsfile", DEFAULT_USER_KNOWN_HOSTS),
+                         ("globalknownhostsfile", DEFAULT_GLOBAL_KNOWN_HOSTS)):
+        g[key] = [" ".join(os.path.expanduser(expand_tokens(f, tokens, key))
+                           for f in (" ".join(g.get(key, [])).split() or default))]
     hops: tuple[SshSettings, ...] = ()
-    spec = found.get("proxyjump", "none")
-    if spec.lower() != "none" and "proxycommand" not in found:
-        *rest, (hop_user, hop_host, hop_port) = parse_jump(spec)
-        last = resolve_fallback(hop_host, config, hop_user, hop_port, None, (*seen, alias))
-        earlier = tuple(resolve_fallback(h, config, u, p, None, (*seen, alias)) for u, h, p in rest)
-        hops = (*(earlier or last.proxyjump), last)
+    if spec.lower() != "none":
+        *_, (hop_user, hop_host, hop_port) = parse_jump(spec)
+        rest = ",".join(s.strip() for s in spec.split(",")[:-1]) or None
+        last = resolve_fallback(hop_host, config, hop_user, hop_port, None, rest, (*seen, alias))
+        hops = (*last.proxyjump, last)
     g.pop("proxyjump", None)
     return settings_from(alias, g, hops)
