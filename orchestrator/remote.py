@@ -408,16 +408,28 @@ def _open_hop(name: str, hop: SshSettings, ssh: Ssh, gateway, timeout: int, via:
         conn.close()
         raise
     except Exception as exc:
-        conn.close()
-        error = _connect_error(exc, hop, name, timeout, keys_in_use, what, gateway)
+        proxy_error = _proxy_stderr(connect_kwargs.get("sock"))
+        try:
+            conn.close()
+        except OSError:  # paramiko signals a ProxyCommand that already ended
+            pass
+        error = _connect_error(exc, hop, name, timeout, keys_in_use, what, gateway, proxy_error)
         if via is not None and not isinstance(error, HostKeyError):
             error = type(error)(name, f"{via}: {error.cause}")
         raise error from None
     return conn
 
 
+def _proxy_stderr(proxy) -> str:
+    """The last line a ProxyCommand that already ended wrote to stderr (why it failed)."""
+    if proxy is None or proxy.process.poll() is None:
+        return ""
+    lines = proxy.process.stderr.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"it exited {proxy.process.returncode}"
+
+
 def _connect_error(exc: Exception, hop: SshSettings, name: str, timeout: int, keys: _HostKeys,
-                   what: str, gateway) -> HostError:
+                   what: str, gateway, proxy_error: str = "") -> HostError:
     """What went wrong while connecting, in one line that says what to do."""
     import paramiko
 
@@ -437,7 +449,7 @@ def _connect_error(exc: Exception, hop: SshSettings, name: str, timeout: int, ke
         return HostError(name, f"the jump host could not open a connection to {where}: {exc}")
     if hop.proxycommand and isinstance(exc, (paramiko.SSHException, paramiko.ProxyCommandFailure, EOFError, OSError)):
         return HostError(name, f"ProxyCommand {hop.proxycommand!r} for {where} failed: "
-                         f"{str(exc) or type(exc).__name__}")
+                         f"{proxy_error or str(exc) or type(exc).__name__}")
     if isinstance(exc, socket.gaierror):
         return HostError(name, f"cannot resolve host name '{hop.hostname}'")
     if isinstance(exc, (socket.timeout, TimeoutError)):

@@ -246,3 +246,29 @@ def test_a_misspelt_ssh_config_keyword_is_one_bad_input_line(cluster, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[-1] == \
         f"distctl: error: {config}:3: Bad configuration option: stricthostkeycheking (ssh_config)"
+
+
+def test_proxycommand_runs_through_the_shell_with_ssh_tokens(cluster, tmp_path):
+    node1 = cluster.host("node1")
+    config = tmp_path / "ssh_config"
+    # OpenSSH's own client as the proxy, through node2; the redirection needs a shell
+    config.write_text(f"Host via2\n    HostName {node1.address}\n    Port {node1.port}\n"
+                      f"    ProxyCommand ssh -F {cluster.ssh_config} -W %h:%p node2 2>{tmp_path}/proxy.err\n"
+                      + _client_settings(cluster, cluster.known_hosts))
+    inv = _config_inventory(tmp_path / "inv.yaml", cluster, config, [("node1", "via2")])
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (f"node1: ssh ProxyCommand 'ssh -F {cluster.ssh_config} -W {node1.address}:{node1.port} node2 "
+            f"2>{tmp_path}/proxy.err' -> {cluster.user}@{node1.address}:{node1.port}") in done.stdout.splitlines()
+
+
+def test_a_proxycommand_that_cannot_run_is_one_line_naming_it(cluster, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host broken\n    HostName 10.0.0.1\n    ProxyCommand /nonexistent/proxy %h %p\n"
+                      + _client_settings(cluster, cluster.known_hosts))
+    inv = _config_inventory(tmp_path / "inv.yaml", cluster, config, [("node1", "broken")])
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "  node1: ProxyCommand '/nonexistent/proxy 10.0.0.1 22' for 10.0.0.1:22 failed: "
+        "/bin/sh: 1: exec: /nonexistent/proxy: not found")
