@@ -118,10 +118,10 @@ def expand_tokens(value: str, tokens: dict[str, str], keyword: str) -> str:
 
 # Keywords whose effect distctl cannot reproduce: (key in ssh -G output, values that are harmless).
 _NOT_HONOURED = {
-    "controlmaster": ("false", "no"), "proxyusefdpass": ("no",), "bindaddress": (),
-    "bindinterface": (), "certificatefile": (), "pkcs11provider": (), "hostbasedauthentication": ("no",),
-    "pubkeyauthentication": ("yes", "true"), "addressfamily": ("any",),
-    "identityagent": ("SSH_AUTH_SOCK", "none"), "tunnel": ("false", "no"),
+    "ControlMaster": ("false", "no"), "ProxyUseFdpass": ("no",), "BindAddress": (), "BindInterface": (),
+    "CertificateFile": (), "PKCS11Provider": (), "HostbasedAuthentication": ("no",),
+    "PubkeyAuthentication": ("yes", "true"), "AddressFamily": ("any",),
+    "IdentityAgent": ("SSH_AUTH_SOCK", "none"), "Tunnel": ("false", "no"),
 }
 
 
@@ -142,7 +142,7 @@ def settings_from(alias: str, g: dict[str, list[str]], hops: tuple[SshSettings, 
     timeout = first("connecttimeout")
     files = {k: tuple(_home(f) for f in " ".join(g.get(k, [])).split() if f != "none")
              for k in ("userknownhostsfile", "globalknownhostsfile")}
-    ignored = tuple(k for k, fine in _NOT_HONOURED.items() if k in g and g[k][0] not in fine)
+    ignored = tuple(k for k, fine in _NOT_HONOURED.items() if k.lower() in g and g[k.lower()][0] not in fine)
     return SshSettings(
         alias=alias, hostname=hostname, user=user, port=port, identityfile=identities,
         identitiesonly=first("identitiesonly", "no") in ("yes", "true"), proxyjump=hops, proxycommand=command,

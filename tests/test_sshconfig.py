@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import sshconfig
+from orchestrator import remote, sshconfig
 from orchestrator.errors import ExitCode
+from orchestrator.inventory import Host, Ssh
 from orchestrator.sshconfig import SshConfigError, SshSettings
 
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenSSH's ssh client")
@@ -261,6 +262,20 @@ def test_an_unknown_token_is_named(tmp_path):
     assert str(err.value) == "ssh_config: IdentityFile '~/.ssh/%Q': unknown token %Q"
 
 
+@needs_ssh
+def test_keywords_distctl_cannot_honour_are_named_once_and_forwarding_is_not_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sshconfig, "_warned", set())
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n  BindAddress 127.0.0.1\n"
+                      "  ForwardAgent yes\n  LocalForward 8080 localhost:80\n")
+    hosts = [Host("a", "a.invalid"), Host("b", "b.invalid", user="deploy"), Host("c", "localhost", connection="local")]
+    found = remote.resolve_hosts(hosts, Ssh(config=str(config)))
+    remote.resolve_hosts(hosts, Ssh(config=str(config)))
+    assert sorted(found) == ["a", "b"] and found["b"].user == "deploy"
+    assert capsys.readouterr().err == ("distctl: warning: ssh_config sets BindAddress, ControlMaster, which distctl "
+                                       "does not honour (it opens its own connections with paramiko)\n")
+
+
 # ---------------------------------------------------------------- parsing captured output
 
 
@@ -295,7 +310,7 @@ def test_captured_ssh_g_output_is_parsed_into_settings():
     assert s.userknownhostsfile == ("/home/alice/.ssh/known_hosts",)
     assert s.globalknownhostsfile == ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
     assert (s.hostkeyalias, s.connecttimeout, s.stricthostkeychecking) == ("webkey", 7.0, "yes")
-    assert s.ignored == ("controlmaster",)  # ForwardAgent is harmless: distctl never forwards
+    assert s.ignored == ("ControlMaster",)  # ForwardAgent is harmless: distctl never forwards
     assert s.describe() == "ProxyCommand 'nc 10.0.0.5 2200' -> alice@10.0.0.5:2200"
 
 
