@@ -14,15 +14,13 @@ import errno
 import hashlib
 import math
 import os
-import re
 import shlex
 import socket
 import subprocess
-import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator import sshconfig
+from orchestrator import knownhosts, sshconfig
 from orchestrator.errors import HostError, HostKeyError
 from orchestrator.inventory import Host, Ssh
 from orchestrator.sshconfig import SshSettings
@@ -181,96 +179,29 @@ def _text(data: bytes) -> str:
 # --------------------------------------------------------------- host keys
 
 
-_RECORD_LOCK = threading.Lock()  # hosts connect in parallel; one append at a time per file
-
-
 def fingerprint(key) -> str:
     """OpenSSH's SHA256 fingerprint of a public key."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def _name_matches(name: str, field: str) -> bool:
-    """Does a known_hosts host field (`a,b`, patterns, `!negated`, `|1|salt|hash`) name `name`?"""
-    import hmac
-
-    if field.startswith("|1|"):
-        try:
-            salt, digest = (base64.b64decode(p) for p in field[3:].split("|", 1))
-        except ValueError:
-            return False
-        return hmac.compare_digest(hmac.new(salt, name.encode(), hashlib.sha1).digest(), digest)
-    matched = False
-    for pattern in field.lower().split(","):
-        if pattern.startswith("!"):
-            if _wildcard(name.lower(), pattern[1:]):
-                return False  # a negated match wins over every other pattern on the line
-        elif _wildcard(name.lower(), pattern):
-            matched = True
-    return matched
-
-
-def _wildcard(name: str, pattern: str) -> bool:
-    """OpenSSH's patterns: `*` and `?` only (`[host]:port` is literal, not a character class)."""
-    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), name) is not None
-
-
 def _load_known_hosts(name: str, paths: list[str]) -> tuple[list, set[bytes]]:
-    """The keys the known_hosts files hold for `name`, and every `@revoked` key blob.
-
-    Read line by line as OpenSSH does (any whitespace, hashed names, patterns and negation),
-    skipping what can't be used: paramiko's own loader rejects a whole file for one
-    @cert-authority or @revoked line, or a key type it doesn't know.
-    """
+    """The keys the files hold for `name` (not revoked), and every `@revoked` key blob."""
     from paramiko.hostkeys import HostKeyEntry
 
     keys, revoked = [], set()
-    for path in paths:
+    for entry in knownhosts.read_entries(paths):
         try:
-            with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as f:
-                lines = f.readlines()
-        except OSError:
+            parsed = HostKeyEntry.from_line(f"x {entry.keytype} {entry.key}")
+        except Exception:  # paramiko raises several types for a malformed key
             continue
-        for line in lines:
-            fields = line.split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            marker = fields.pop(0) if fields[0].startswith("@") else None
-            try:
-                entry = HostKeyEntry.from_line(" ".join(["x", *fields[1:3]]))
-            except Exception:  # paramiko raises several types for a malformed key
-                continue
-            if entry is None or not fields:
-                continue
-            if marker == "@revoked":
-                revoked.add(entry.key.asbytes())
-            elif marker is None and _name_matches(name, fields[0]):  # no host certificates
-                keys.append(entry.key)
+        if parsed is None:
+            continue  # a key type paramiko does not know
+        if entry.marker == "@revoked":
+            revoked.add(parsed.key.asbytes())
+        elif entry.marker is None and knownhosts.matches(name, entry.hosts):  # no host certificates
+            keys.append(parsed.key)
     return [k for k in keys if k.asbytes() not in revoked], revoked
-
-
-def _keyscan_hint(hop: SshSettings, record_to: str) -> str:
-    """The ssh-keyscan command that adds the key under the name ssh looks it up by."""
-    target = (["-p", str(hop.port)] if hop.port != 22 else []) + [hop.hostname]
-    rename = f" | sed {shlex.quote('s/^[^ ]*/' + hop.hostkeyalias + '/')}" if hop.hostkeyalias else ""
-    return f"ssh-keyscan {shlex.join(target)}{rename} >> {shlex.quote(os.path.expanduser(record_to))}"
-
-
-def _record_host_key(path: str, name: str, key, hashed: bool) -> None:
-    """Append `name keytype base64` (hashed when ssh_config says HashKnownHosts yes)."""
-    from paramiko.hostkeys import HostKeys
-
-    path = os.path.expanduser(path)
-    shown = HostKeys.hash_host(name) if hashed else name
-    with _RECORD_LOCK:
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        with open(path, "a+b") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell():
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # never glue our line onto an unterminated last one
-                    f.write(b"\n")
-            f.write(f"{shown} {key.get_name()} {key.get_base64()}\n".encode())
 
 
 @dataclass(frozen=True)
@@ -288,7 +219,7 @@ def _host_keys(hop: SshSettings, ssh: Ssh) -> _HostKeys:
     # ssh.known_hosts acts like `-o UserKnownHostsFile=` for every hop: it replaces ssh_config's.
     user = [f for f in (ssh.known_hosts or hop.userknownhostsfile) if f.lower() != "none"]
     accept_new = ssh.accept_new_host_keys or hop.stricthostkeychecking in ("accept-new", "no", "off")
-    return _HostKeys(hop.hostkeyalias or _known_hosts_name(hop.hostname, hop.port),
+    return _HostKeys(knownhosts.lookup_name(hop.hostname, hop.port, hop.hostkeyalias),
                      (*user, *(f for f in hop.globalknownhostsfile if f.lower() != "none")),
                      user[0] if user else None, accept_new, hop.hashknownhosts)
 
@@ -302,7 +233,7 @@ def _secure(client, host_name: str, hop: SshSettings, ssh: Ssh, what: str) -> _H
     known, revoked = _load_known_hosts(keys.name, list(keys.files))
     store = client.get_host_keys()
     for key in known:
-        store.add(_known_hosts_name(hop.hostname, hop.port), key.get_name(), key)
+        store.add(knownhosts.lookup_name(hop.hostname, hop.port), key.get_name(), key)  # paramiko's name
 
     class Policy(paramiko.MissingHostKeyPolicy):
         """Unknown keys are refused (OpenSSH's StrictHostKeyChecking=yes) or, when the user
@@ -319,8 +250,8 @@ def _secure(client, host_name: str, hop: SshSettings, ssh: Ssh, what: str) -> _H
                 raise HostKeyError(host_name, (
                     f"unknown {what} key for {keys.name} ({shown}); "
                     f"accept it with --accept-new-host-keys (or ssh.accept_new_host_keys: true), "
-                    f"or add it with: {_keyscan_hint(hop, record_to)}"))
-            _record_host_key(record_to, keys.name, key, keys.hashed)
+                    f"or add it with: {knownhosts.keyscan_hint(hop.hostname, hop.port, hop.hostkeyalias, record_to)}"))
+            knownhosts.record(record_to, keys.name, key.get_name(), key.get_base64(), keys.hashed)
             client.get_host_keys().add(hostname, key.get_name(), key)
 
     client.set_missing_host_key_policy(Policy())
@@ -470,8 +401,3 @@ def _connect_error(exc: Exception, hop: SshSettings, name: str, timeout: int, ke
     if isinstance(exc, (OSError, paramiko.SSHException, EOFError)):
         return HostError(name, f"cannot connect to {where}: {str(exc) or type(exc).__name__}")
     return HostError(name, f"cannot connect to {where}: {type(exc).__name__}: {exc}")
-
-
-def _known_hosts_name(hostname: str, port: int | None) -> str:
-    """The name paramiko (and OpenSSH) file a host's key under: `[host]:port` off port 22."""
-    return hostname if port in (None, 22) else f"[{hostname}]:{port}"

@@ -48,7 +48,7 @@ class SshSettings:
     port: int
     identityfile: tuple[str, ...] = ()  # tokens and ~ expanded, in the order ssh tries them
     identitiesonly: bool = False
-    proxyjump: tuple["SshSettings", ...] = ()  # hops in dial order; the last one dials this host
+    proxyjump: tuple[SshSettings, ...] = ()  # hops in dial order; the last one dials this host
     proxycommand: str | None = None  # tokens expanded; run through `sh -c`
     userknownhostsfile: tuple[str, ...] = DEFAULT_USER_KNOWN_HOSTS
     globalknownhostsfile: tuple[str, ...] = DEFAULT_GLOBAL_KNOWN_HOSTS
@@ -186,7 +186,7 @@ def run_ssh_g(alias: str, config: str | None, user: str | None = None, port: int
             argv += [flag, str(value)]
     try:
         done = subprocess.run([*argv, "--", alias], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=30)
+                              check=False, timeout=30)
     except subprocess.TimeoutExpired:
         raise SshConfigError(f"ssh -G {alias} did not finish within 30 s (a Match exec that hangs?)") from None
     if done.returncode != 0:
@@ -207,7 +207,7 @@ def _resolve(alias: str, config: str | None, user: str | None, port: int | None,
     if spec != "none":
         # Like ssh: the last hop is dialled with `-J <the others>`, each hop as its own host
         # (its own User, keys, known hosts); only -F reaches it, never the target's -l/-p/-i.
-        *rest, (hop_user, hop_host, hop_port) = parse_jump(spec)
+        *_, (hop_user, hop_host, hop_port) = parse_jump(spec)
         rest_spec = ",".join(s.strip() for s in spec.split(",")[:-1]) or None
         last = _resolve(hop_host, config, hop_user, hop_port, None, rest_spec, (*seen, key))
         hops = (*last.proxyjump, last)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import remote, sshconfig
+from orchestrator import knownhosts, remote, sshconfig
 from orchestrator.errors import ExitCode
 from orchestrator.inventory import Host, Ssh
 from orchestrator.sshconfig import SshConfigError, SshSettings
@@ -206,8 +206,8 @@ def differences(mine: dict, theirs: dict, where: str = "") -> list[str]:
     found = [f"{where}{f}: distctl {mine.get(f)!r} != ssh {theirs[f]!r}"
              for f in ("alias", *FIELDS) if mine.get(f) != theirs[f]]
     if len(mine.get("proxyjump", [])) != len(theirs["proxyjump"]):
-        return found + [f"{where}proxyjump: distctl {[h['alias'] for h in mine.get('proxyjump', [])]} "
-                        f"!= ssh {[h['alias'] for h in theirs['proxyjump']]}"]
+        return [*found, (f"{where}proxyjump: distctl {[h['alias'] for h in mine.get('proxyjump', [])]} "
+                         f"!= ssh {[h['alias'] for h in theirs['proxyjump']]}")]
     for i, (a, b) in enumerate(zip(mine["proxyjump"], theirs["proxyjump"])):
         found += differences(a, b, f"{where}hop {i} ({b['alias']}): ")
     return found
@@ -352,3 +352,59 @@ def test_without_ssh_the_fallback_resolves_and_says_once_what_it_ignores(tmp_pat
     assert capsys.readouterr().err == (
         f"distctl: warning: no 'no-such-ssh-binary-for-distctl-tests' client found: {config} is read by "
         "paramiko, which does not honour include; install OpenSSH's client for exact results\n")
+
+
+# ---------------------------------------------------------------- known_hosts as ssh reads it
+
+
+@pytest.mark.parametrize(("name", "hosts", "expected"), [
+    ("10.0.0.1", "10.0.0.1", True),
+    ("[10.0.0.1]:2222", "[10.0.0.1]:2222", True),  # brackets are literal, not a character class
+    ("1", "[10.0.0.1]:2222", False),
+    ("[10.0.0.1]:2222", "10.0.0.1", False),  # off port 22 only the bracketed form counts
+    ("web.corp", "db.corp,WEB.corp", True),
+    ("web.corp", "*.corp", True),
+    ("web.corp", "*.corp,!web.corp", False),
+    ("web.corp", "!db.corp", False),
+    ("web1.corp", "web?.corp", True),
+    ("web10.corp", "web?.corp", False),
+    ("webkey", "|1|" + "A" * 28 + "|" + "B" * 28, False),
+])
+def test_known_hosts_names_match_like_openssh(name, hosts, expected):
+    assert knownhosts.matches(name, hosts) is expected
+
+
+@needs_ssh
+def test_recorded_keys_are_found_by_ssh_keygen_hashed_or_not(tmp_path):
+    path = tmp_path / "sub" / "known_hosts"
+    path.parent.mkdir()
+    path.write_text("# a comment, unterminated")
+    knownhosts.record(str(path), "[10.0.0.1]:2222", "ssh-ed25519", KEY, hashed=False)
+    knownhosts.record(str(path), "webkey", "ssh-ed25519", KEY, hashed=True)
+    lines = path.read_text().splitlines()
+    assert lines[:2] == ["# a comment, unterminated", f"[10.0.0.1]:2222 ssh-ed25519 {KEY}"]
+    assert lines[2].startswith("|1|") and knownhosts.matches("webkey", lines[2].split()[0])
+    for name in ("[10.0.0.1]:2222", "webkey"):
+        found = subprocess.run(["ssh-keygen", "-F", name, "-f", str(path)], capture_output=True, text=True, check=False)
+        assert found.returncode == 0 and KEY in found.stdout, (name, found.stdout)
+
+
+def test_known_hosts_lines_are_read_with_any_whitespace_and_markers(tmp_path):
+    path = tmp_path / "known_hosts"
+    path.write_text(f"\n# comment\n10.0.0.1\t ssh-ed25519   {KEY} trailing comment\n@revoked * ssh-ed25519 {KEY}\n"
+                    "@cert-authority *.corp ssh-ed25519 AAAA\ngarbage\n")
+    assert knownhosts.read_entries([str(path), str(tmp_path / "missing")]) == [
+        knownhosts.Entry(None, "10.0.0.1", "ssh-ed25519", KEY),
+        knownhosts.Entry("@revoked", "*", "ssh-ed25519", KEY),
+        knownhosts.Entry("@cert-authority", "*.corp", "ssh-ed25519", "AAAA")]
+
+
+def test_host_key_alias_is_the_lookup_name_whatever_the_port():
+    assert knownhosts.lookup_name("10.0.0.1", 22) == "10.0.0.1"
+    assert knownhosts.lookup_name("10.0.0.1", 2222) == "[10.0.0.1]:2222"
+    assert knownhosts.lookup_name("10.0.0.1", 2222, "webkey") == "webkey"
+    assert knownhosts.keyscan_hint("10.0.0.1", 2222, "webkey", "/k") == \
+        "ssh-keyscan -p 2222 10.0.0.1 | sed 's/^[^ ]*/webkey/' >> /k"
+
+
+KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIEpcX5WG0tK28cs/EM2VWS+FjdDl3p7yXXCSptEUP3Hx"

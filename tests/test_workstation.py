@@ -234,8 +234,8 @@ def test_a_jump_host_that_refuses_our_key_is_named_not_the_target(jump_cluster, 
     user = jump_cluster.user
     assert done.stderr.splitlines()[-2:] == [
         "distctl: error: connect failed on 1 host(s):",
-        f"  node5: jump host bastion ({bastion.address}): authentication failed for {user}@{bastion.address}: "
-        "Authentication failed."]
+        (f"  node5: jump host bastion ({bastion.address}): authentication failed for {user}@{bastion.address}: "
+         "Authentication failed.")]
 
 
 def test_a_misspelt_ssh_config_keyword_is_one_bad_input_line(cluster, tmp_path):
