@@ -328,7 +328,7 @@ def _open_hop(name: str, hop: SshSettings, ssh: Ssh, gateway, timeout: int, via:
     keys = [f for f in hop.identityfile if os.path.isfile(f)]  # ssh skips missing ones silently
     connect_kwargs = {"transport_factory": _nodelay_transport, "banner_timeout": timeout,
                       "auth_timeout": timeout, "key_filename": keys, "look_for_keys": False,
-                      "allow_agent": not hop.identitiesonly}
+                      "allow_agent": hop.identityagent and not hop.identitiesonly}
     if hop.proxycommand:
         # Like ssh: through the shell, tokens already expanded.
         connect_kwargs["sock"] = paramiko.ProxyCommand(shlex.join(["/bin/sh", "-c", f"exec {hop.proxycommand}"]))

@@ -48,6 +48,7 @@ class SshSettings:
     port: int
     identityfile: tuple[str, ...] = ()  # tokens and ~ expanded, in the order ssh tries them
     identitiesonly: bool = False
+    identityagent: bool = True  # False: `IdentityAgent none`
     proxyjump: tuple[SshSettings, ...] = ()  # hops in dial order; the last one dials this host
     proxycommand: str | None = None  # tokens expanded; run through `sh -c`
     userknownhostsfile: tuple[str, ...] = DEFAULT_USER_KNOWN_HOSTS
@@ -145,7 +146,8 @@ def settings_from(alias: str, g: dict[str, list[str]], hops: tuple[SshSettings, 
     ignored = tuple(k for k, fine in _NOT_HONOURED.items() if k.lower() in g and g[k.lower()][0] not in fine)
     return SshSettings(
         alias=alias, hostname=hostname, user=user, port=port, identityfile=identities,
-        identitiesonly=first("identitiesonly", "no") in ("yes", "true"), proxyjump=hops, proxycommand=command,
+        identitiesonly=first("identitiesonly", "no") in ("yes", "true"),
+        identityagent=g.get("identityagent", ["SSH_AUTH_SOCK"])[0].lower() != "none", proxyjump=hops, proxycommand=command,
         userknownhostsfile=files["userknownhostsfile"], globalknownhostsfile=files["globalknownhostsfile"],
         hostkeyalias=alias_k, connecttimeout=float(timeout) if timeout else None,
         stricthostkeychecking=first("stricthostkeychecking", "ask").replace("true", "yes").replace("false", "no"),

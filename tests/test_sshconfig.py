@@ -117,6 +117,7 @@ CASES = [
     Case("host-key-alias", "Host web\n  HostName 10.0.0.5\n  Port 2200\n  HostKeyAlias webkey\n"
          "  UserKnownHostsFile {d}/kh_%k\n", "web"),
     Case("hash-known-hosts", "Host *\n  HashKnownHosts yes\n", "web"),
+    Case("identity-agent-none", "Host web\n  IdentityAgent none\n", "web"),
     Case("forward-agent", "Host web\n  ForwardAgent yes\n  HostName 10.0.0.5\n", "web"),
     Case("strict-accept-new", "Host *\n  StrictHostKeyChecking accept-new\n", "web"),
     Case("strict-no", "Host *\n  StrictHostKeyChecking no\n", "web"),
@@ -124,7 +125,7 @@ CASES = [
     Case("ipv6-hostname", "Host v6\n  HostName ::1\n  Port 2222\n", "v6"),
 ]
 
-FIELDS = ("hostname", "user", "port", "identityfile", "identitiesonly", "proxycommand", "userknownhostsfile",
+FIELDS = ("hostname", "user", "port", "identityfile", "identitiesonly", "identityagent", "proxycommand", "userknownhostsfile",
           "globalknownhostsfile", "hostkeyalias", "connecttimeout", "stricthostkeychecking", "hashknownhosts")
 
 
@@ -181,6 +182,7 @@ def openssh(config: str, alias: str, user=None, port=None, identity=None, jump=N
     return {
         "alias": alias, "hostname": one["hostname"], "user": one["user"], "port": int(one["port"]),
         "identityfile": tuple(identities), "identitiesonly": one["identitiesonly"] == "yes",
+        "identityagent": one.get("identityagent", "SSH_AUTH_SOCK") != "none",
         "proxycommand": command[1] if proxy else None,
         "userknownhostsfile": tuple(f for f in one["userknownhostsfile"].split() if f != "none"),
         "globalknownhostsfile": tuple(f for f in one["globalknownhostsfile"].split() if f != "none"),
@@ -227,6 +229,24 @@ def test_distctl_resolves_like_openssh(case, tmp_path):
     theirs = openssh(config, case.alias, case.user, case.port, identity)
     mine = as_dict(sshconfig.resolve(case.alias, config, case.user, case.port, identity))
     assert differences(mine, theirs) == []
+
+
+# Where paramiko's parser (used only without an ssh binary) cannot follow OpenSSH; it names
+# Include and Match in its warning. The order of ProxyCommand and ProxyJump is lost by paramiko.
+FALLBACK_DIFFERS = {"include-absolute", "include-glob-in-order", "include-nested", "match-host-after-hostname",
+                    "match-user-from-inventory", "proxyjump-before-proxycommand"}
+
+
+@needs_ssh
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_the_fallback_differs_from_openssh_only_where_known(case, tmp_path, monkeypatch):
+    config, identity = materialize(case, tmp_path)
+    theirs = openssh(config, case.alias, case.user, case.port, identity)
+    monkeypatch.setattr(sshconfig, "SSH", "no-such-ssh-binary-for-distctl-tests")
+    monkeypatch.setattr(sshconfig, "warn_once", lambda message: None)
+    monkeypatch.setattr("sys.stdin", open(os.devnull))  # paramiko's Match exec (invoke) reads stdin
+    mine = as_dict(sshconfig.resolve(case.alias, config, case.user, case.port, identity))
+    assert (differences(mine, theirs) != []) == (case.id in FALLBACK_DIFFERS)
 
 
 # ---------------------------------------------------------------- errors ssh reports

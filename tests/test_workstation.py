@@ -272,3 +272,22 @@ def test_a_proxycommand_that_cannot_run_is_one_line_naming_it(cluster, tmp_path)
     assert done.stderr.splitlines()[-1] == (
         "  node1: ProxyCommand '/nonexistent/proxy 10.0.0.1 22' for 10.0.0.1:22 failed: "
         "/bin/sh: 1: exec: /nonexistent/proxy: not found")
+
+
+def test_host_key_alias_and_new_keys_go_to_the_first_user_known_hosts_file(cluster, tmp_path):
+    node1 = cluster.host("node1")
+    first, second = tmp_path / "known_first", tmp_path / "known_second"
+    key = " ".join((cluster.tmpdir / "node1" / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host gpu-a\n    HostName {node1.address}\n    Port {node1.port}\n    HostKeyAlias gpu-a-key\n"
+                      + _client_settings(cluster, f"{first} {second}"))
+    inv = _config_inventory(tmp_path / "inv.yaml", cluster, config, [("node1", "gpu-a")])
+    refused = distctl("check", str(inv), cwd=tmp_path)
+    assert refused.returncode == 4, refused.stderr
+    assert "  node1: unknown host key for gpu-a-key (ssh-ed25519 " in refused.stderr
+    accepted = distctl("check", "--accept-new-host-keys", str(inv), cwd=tmp_path)
+    assert accepted.returncode == 0, accepted.stderr
+    assert first.read_text() == f"gpu-a-key {key}\n"  # under the alias, in the first file, as ssh would
+    assert not second.exists()
+    again = distctl("check", str(inv), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
