@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
 from orchestrator.push import job_artifacts
-from orchestrator.remote import Connection
+from orchestrator.remote import Connection, resolve_host
 from orchestrator.render import plan_json, render_plan
 from orchestrator.state import HostState, RankState, RunState, save_run
 from orchestrator.watch import (FAILURE_GRACE, RankEvents, open_followers, raise_for, root_causes, stop_everywhere,
@@ -74,6 +75,8 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool) -> None:
         f = facts[hp.host.name]
         ui.out(f"{hp.host.name}: hostname {f.hostname}, python {f.python}, torch {f.torch}, "
                f"{f.gpus} GPU(s), interface {hp.iface}, ranks {', '.join(str(r.rank) for r in hp.ranks)}")
+        if not hp.host.is_local:
+            ui.out(f"{hp.host.name}: ssh {resolve_host(hp.host, inv.ssh).describe()}")
     ui.out(f"rank 0 address: {plan.master_addr} (init method {plan.init_method})")
     ui.out("")
     ui.out(render_plan(plan))
@@ -334,7 +337,10 @@ def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, fo
     if path.exists() and not force:
         raise DistctlError(f"{output} exists; use --force to overwrite it", ExitCode.BAD_INPUT)
     text = render_inventory(entries, defaults)
-    parse_inventory(text, output)  # what we write must load
+    written = parse_inventory(text, output, check_files=False)  # what we write must load
+    for key in sorted({h.identity_file for h in written.hosts if h.identity_file}):
+        if not os.path.isfile(os.path.expanduser(key)):
+            ui.warn(f"identity_file {key} does not exist yet; create it before 'distctl check'")
     path.write_text(text)
     ui.info(f"wrote {output} ({len(entries)} host(s)); next: distctl check {output}")
 

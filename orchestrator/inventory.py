@@ -95,10 +95,10 @@ class Job:
 
 @dataclass(frozen=True)
 class Ssh:
-    known_hosts: tuple[str, ...] = ("~/.ssh/known_hosts",)
+    known_hosts: tuple[str, ...] = ()  # set: replaces ssh_config's UserKnownHostsFile, like ssh -o
     accept_new_host_keys: bool = False
     config: str | None = None  # ssh_config file; default ~/.ssh/config
-    connect_timeout: float = 10.0
+    connect_timeout: float | None = None  # None: ssh_config's ConnectTimeout, else 10 s
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,9 @@ def _host_fields(ctx: y.Ctx, keys: dict[str, yaml.Node], where: str, environ: di
         else:
             want, check = converters[key]
             out[key] = y.scalar(ctx, node, where, key, want, check)
+    if "identity_file" in out and ctx.check_files and not os.path.isfile(os.path.expanduser(out["identity_file"])):
+        # A key that isn't there is a mistake here, not a host that can't be reached.
+        raise ctx.fail(keys["identity_file"], where, f"identity_file {out['identity_file']} does not exist")
     return out
 
 
@@ -392,7 +395,7 @@ def _defaults(ctx: y.Ctx, node: yaml.Node | None, environ: dict[str, str]) -> di
 
 
 def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, str] | None = None,
-                    overrides: tuple[str, ...] = ()) -> Inventory:
+                    overrides: tuple[str, ...] = (), check_files: bool = True) -> Inventory:
     """Validate inventory text, with `--set KEY=VALUE` overrides applied first (orchestrator/overrides.py);
     raises InventoryError naming file, line and field (or the override)."""
     environ = dict(os.environ if environ is None else environ)
@@ -408,6 +411,7 @@ def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, 
     except yaml.YAMLError as exc:
         raise y.yaml_error(exc, path, text) from None
     ctx = y.Ctx(path, loader)
+    ctx.check_files = check_files  # `init` writes an inventory for keys that may not exist yet
     try:
         root = loader.get_single_node()
         if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):

@@ -17,7 +17,7 @@ from orchestrator.facts import HostFacts
 from orchestrator.inventory import Host, Inventory, Ssh
 from orchestrator.plan import Network, Plan, StepKind
 from orchestrator.push import tar_of
-from orchestrator.remote import Connection, connect
+from orchestrator.remote import Connection, connect, resolve_hosts
 from orchestrator.scripts import program
 from orchestrator.ui import progress
 
@@ -51,6 +51,8 @@ def fan_out(step: str, items: Iterable[T], fn: Callable[[T], object], fanout: in
 def connect_each(hosts: Iterable[Host], ssh: Ssh, fanout: int) -> tuple[dict[str, Connection], GroupError | None]:
     """One connection per host, opened in parallel: those that opened, and what failed."""
     opened: dict[str, Connection] = {}
+    hosts = list(hosts)
+    resolve_hosts(hosts, ssh)
 
     def open_one(host: Host) -> Connection:
         conn = connect(host, ssh)

@@ -14,16 +14,16 @@ import errno
 import hashlib
 import math
 import os
-import re
 import shlex
 import socket
 import subprocess
-import threading
 from dataclasses import dataclass
 from typing import Protocol
 
+from orchestrator import knownhosts, sshconfig
 from orchestrator.errors import HostError, HostKeyError
 from orchestrator.inventory import Host, Ssh
+from orchestrator.sshconfig import SshSettings
 
 
 @dataclass(frozen=True)
@@ -179,117 +179,90 @@ def _text(data: bytes) -> str:
 # --------------------------------------------------------------- host keys
 
 
-_RECORD_LOCK = threading.Lock()  # hosts connect in parallel; one append at a time per file
-
-
 def fingerprint(key) -> str:
     """OpenSSH's SHA256 fingerprint of a public key."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def _load_known_hosts(host_keys, paths: list[str]) -> set[bytes]:
-    """Load known_hosts line by line; returns the `@revoked` key blobs.
-
-    paramiko rejects a whole file for one line it can't parse (@cert-authority,
-    @revoked, a key type it doesn't know), and splits on single spaces only;
-    OpenSSH takes any whitespace and skips what it can't use.
-    """
+def _load_known_hosts(name: str, paths: list[str]) -> tuple[list, set[bytes]]:
+    """The keys the files hold for `name` (not revoked), and every `@revoked` key blob."""
     from paramiko.hostkeys import HostKeyEntry
 
-    entries, revoked = [], set()
-    for path in paths:
+    keys, revoked = [], set()
+    for entry in knownhosts.read_entries(paths):
         try:
-            with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as f:
-                lines = f.readlines()
-        except OSError:
+            parsed = HostKeyEntry.from_line(f"x {entry.keytype} {entry.key}")
+        except Exception:  # paramiko raises several types for a malformed key
             continue
-        for line in lines:
-            fields = line.split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            marker = fields.pop(0) if fields[0].startswith("@") else None
-            try:
-                entry = HostKeyEntry.from_line(" ".join(fields[:3]))
-            except Exception:  # paramiko raises several types for a malformed key
-                continue
-            if entry is None:
-                continue
-            if marker == "@revoked":
-                revoked.add(entry.key.asbytes())
-            elif marker is None:  # @cert-authority: host certificates are not supported
-                entries.append(entry)
-    for entry in entries:
-        if entry.key.asbytes() not in revoked:
-            for name in entry.hostnames:
-                host_keys.add(name, entry.key.get_name(), entry.key)
-    return revoked
+        if parsed is None:
+            continue  # a key type paramiko does not know
+        if entry.marker == "@revoked":
+            revoked.add(parsed.key.asbytes())
+        elif entry.marker is None and knownhosts.matches(name, entry.hosts):  # no host certificates
+            keys.append(parsed.key)
+    return [k for k in keys if k.asbytes() not in revoked], revoked
 
 
-def _keyscan_hint(hostname: str, record_to: str) -> str:
-    """The ssh-keyscan command that adds the key under the name paramiko looks up."""
-    match = re.fullmatch(r"\[(.*)\]:(\d+)", hostname)
-    target = ["-p", match[2], match[1]] if match else [hostname]
-    return f"ssh-keyscan {shlex.join(target)} >> {shlex.quote(os.path.expanduser(record_to))}"
+@dataclass(frozen=True)
+class _HostKeys:
+    """Where one hop's host key is looked up and recorded, and what to do with a new one."""
+
+    name: str  # `host`, `[host]:port`, or the HostKeyAlias
+    files: tuple[str, ...]  # user files, then global ones
+    record_to: str | None  # the first user file in effect (None: `UserKnownHostsFile none`)
+    accept_new: bool
+    hashed: bool
 
 
-def _record_host_key(path: str, hostname: str, key) -> None:
-    """Append `hostname keytype base64` (OpenSSH's own form: `[host]:port` off port 22)."""
-    path = os.path.expanduser(path)
-    with _RECORD_LOCK:
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        with open(path, "a+b") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell():
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # never glue our line onto an unterminated last one
-                    f.write(b"\n")
-            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n".encode())
+def _host_keys(hop: SshSettings, ssh: Ssh) -> _HostKeys:
+    # ssh.known_hosts acts like `-o UserKnownHostsFile=` for every hop: it replaces ssh_config's.
+    user = [f for f in (ssh.known_hosts or hop.userknownhostsfile) if f.lower() != "none"]
+    accept_new = ssh.accept_new_host_keys or hop.stricthostkeychecking in ("accept-new", "no", "off")
+    return _HostKeys(knownhosts.lookup_name(hop.hostname, hop.port, hop.hostkeyalias),
+                     (*user, *(f for f in hop.globalknownhostsfile if f.lower() != "none")),
+                     user[0] if user else None, accept_new, hop.hashknownhosts)
 
 
-def _host_key_policy(host_name: str, accept_new: bool, record_to: str, revoked: set[bytes],
-                     what: str = "host"):
+def _secure(client, host_name: str, hop: SshSettings, ssh: Ssh, what: str) -> _HostKeys:
+    """Load this hop's known keys under the name paramiko looks up, and refuse unknown ones
+    (Fabric's own policy silently adds them)."""
     import paramiko
 
+    keys = _host_keys(hop, ssh)
+    known, revoked = _load_known_hosts(keys.name, list(keys.files))
+    store = client.get_host_keys()
+    for key in known:
+        store.add(knownhosts.lookup_name(hop.hostname, hop.port), key.get_name(), key)  # paramiko's name
+
     class Policy(paramiko.MissingHostKeyPolicy):
-        """Unknown keys are refused (OpenSSH's StrictHostKeyChecking=yes) or, when the
-        user asked for accept-new, recorded. A changed key never gets here: paramiko
-        raises BadHostKeyException itself. A revoked key is refused either way."""
+        """Unknown keys are refused (OpenSSH's StrictHostKeyChecking=yes) or, when the user
+        asked for accept-new, recorded. A changed key never gets here: paramiko raises
+        BadHostKeyException itself. A revoked key is refused either way."""
 
         def missing_host_key(self, client, hostname, key):
             shown = f"{key.get_name()} {fingerprint(key)}"
             if key.asbytes() in revoked:
-                raise HostKeyError(host_name, f"{what} key for {hostname} ({shown}) is REVOKED in "
+                raise HostKeyError(host_name, f"{what} key for {keys.name} ({shown}) is REVOKED in "
                                    "known_hosts; refusing to connect")
-            if not accept_new:
+            record_to = keys.record_to or DEFAULT_KNOWN_HOSTS
+            if not keys.accept_new or keys.record_to is None:
                 raise HostKeyError(host_name, (
-                    f"unknown {what} key for {hostname} ({shown}); "
+                    f"unknown {what} key for {keys.name} ({shown}); "
                     f"accept it with --accept-new-host-keys (or ssh.accept_new_host_keys: true), "
-                    f"or add it with: {_keyscan_hint(hostname, record_to)}"))
-            _record_host_key(record_to, hostname, key)
+                    f"or add it with: {knownhosts.keyscan_hint(hop.hostname, hop.port, hop.hostkeyalias, record_to)}"))
+            knownhosts.record(record_to, keys.name, key.get_name(), key.get_base64(), keys.hashed)
             client.get_host_keys().add(hostname, key.get_name(), key)
 
-    return Policy()
+    client.set_missing_host_key_policy(Policy())
+    return keys
 
 
 # ------------------------------------------------------------------ connect
 
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-
-
-def _secure(conn, host: Host, ssh: Ssh, what: str = "host") -> str:
-    """Replace Fabric's silent auto-add policy on this connection and every gateway;
-    returns the known_hosts file new keys are recorded in."""
-    configured = conn.ssh_config.get("userknownhostsfile", "")
-    files = list(ssh.known_hosts) + [f for f in configured.split() if f.lower() != "none"]
-    revoked = _load_known_hosts(conn.client.get_host_keys(), files)
-    record_to = files[0] if files else DEFAULT_KNOWN_HOSTS
-    conn.client.set_missing_host_key_policy(_host_key_policy(host.name, ssh.accept_new_host_keys,
-                                                             record_to, revoked, what))
-    if conn.gateway and not isinstance(conn.gateway, str):  # a ProxyCommand string has no client
-        _secure(conn.gateway, host, ssh, "jump host")
-    return record_to
+DEFAULT_CONNECT_TIMEOUT = 10
 
 
 def _nodelay_transport(sock, *args, **kwargs):
@@ -301,80 +274,119 @@ def _nodelay_transport(sock, *args, **kwargs):
     return paramiko.Transport(sock, *args, **kwargs)
 
 
+def resolve_host(host: Host, ssh: Ssh) -> SshSettings:
+    """The host's effective settings: ssh_config as `ssh -G` reads it, the inventory's own
+    user/port/identity_file applied like `ssh -l/-p/-i`."""
+    return sshconfig.resolve(host.address, ssh.config, host.user, host.port, host.identity_file)
+
+
+def resolve_hosts(hosts: list[Host], ssh: Ssh) -> dict[str, SshSettings]:
+    """Every SSH host's settings before any connection opens: an ssh_config that ssh rejects is
+    one bad-input error, not one failure per host; keywords distctl does not honour are said once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    remote = [h for h in hosts if not h.is_local]
+    with ThreadPoolExecutor(max(1, min(16, len(remote)))) as pool:  # ssh -G: ~5 ms CPU, more on a busy box
+        found = dict(zip((h.name for h in remote), pool.map(lambda h: resolve_host(h, ssh), remote)))
+    ignored = sorted({k for s in found.values() for hop in (*s.proxyjump, s) for k in hop.ignored})
+    if ignored:
+        sshconfig.warn_once(f"ssh_config sets {', '.join(ignored)}, which distctl does not honour "
+                            "(it opens its own connections with paramiko)")
+    return found
+
+
 def connect(host: Host, ssh: Ssh) -> Connection:
-    """Open the connection to one host; errors become a one-line HostError."""
+    """Open the connection to one host, through its jump hosts; errors become a one-line
+    HostError that names the hop that failed."""
     if host.is_local:
         return LocalConnection(host.name)
+    if host.identity_file and not os.path.isfile(os.path.expanduser(host.identity_file)):
+        # Checked when the inventory is loaded; a run's saved state may outlive the key.
+        raise HostError(host.name, f"identity_file {host.identity_file} does not exist")
+    settings = resolve_host(host, ssh)
+    # Fabric int()s the timeout: 0.5 would become 0, which means no timeout at all.
+    timeout = max(1, math.ceil(ssh.connect_timeout or settings.connecttimeout or DEFAULT_CONNECT_TIMEOUT))
+    gateway, opened = None, []
+    try:
+        for hop in settings.proxyjump:
+            gateway = _open_hop(host.name, hop, ssh, gateway, timeout, f"jump host {hop.alias} ({hop.hostname})")
+            opened.append(gateway)
+        conn = _open_hop(host.name, settings, ssh, gateway, timeout, None)
+    except BaseException:
+        for conn in reversed(opened):
+            conn.close()
+        raise
+    conn.client.get_transport().set_keepalive(15)
+    return SshConnection(host.name, conn)
+
+
+def _open_hop(name: str, hop: SshSettings, ssh: Ssh, gateway, timeout: int, via: str | None):
+    """One Fabric connection from resolved settings (Fabric reads no ssh_config itself), opened."""
+    import paramiko
     from fabric import Config, Connection as FabricConnection
 
-    config = Config(runtime_ssh_path=os.path.expanduser(ssh.config)) if ssh.config else Config()
-    connect_kwargs = {"transport_factory": _nodelay_transport, "banner_timeout": ssh.connect_timeout,
-                      "auth_timeout": ssh.connect_timeout}
-    if host.identity_file:
-        key_file = os.path.expanduser(host.identity_file)
-        if not os.path.isfile(key_file):
-            raise HostError(host.name, f"identity_file {host.identity_file} does not exist")
-        connect_kwargs.update(key_filename=[key_file], look_for_keys=False)
-    # Fabric int()s the timeout: 0.5 would become 0, which means no timeout at all.
-    timeout = max(1, math.ceil(ssh.connect_timeout))
-    conn = FabricConnection(host.address, user=host.user, port=host.port, config=config,
-                            connect_timeout=timeout, connect_kwargs=connect_kwargs)
-    _jump_chain(conn, config, timeout)
-    record_to = _secure(conn, host, ssh)
+    keys = [f for f in hop.identityfile if os.path.isfile(f)]  # ssh skips missing ones silently
+    connect_kwargs = {"transport_factory": _nodelay_transport, "banner_timeout": timeout,
+                      "auth_timeout": timeout, "key_filename": keys, "look_for_keys": False,
+                      "allow_agent": hop.identityagent and not hop.identitiesonly}
+    if hop.proxycommand:
+        # Like ssh: through the shell, tokens already expanded.
+        connect_kwargs["sock"] = paramiko.ProxyCommand(shlex.join(["/bin/sh", "-c", f"exec {hop.proxycommand}"]))
+    conn = FabricConnection(hop.hostname, user=hop.user, port=hop.port, connect_timeout=timeout,
+                            config=Config(ssh_config=paramiko.SSHConfig()), connect_kwargs=connect_kwargs,
+                            gateway=gateway if gateway is not None else False)
+    what = "host" if via is None else "jump host"
+    keys_in_use = _secure(conn.client, name, hop, ssh, what)
     try:
         conn.open()
-        conn.client.get_transport().set_keepalive(15)
     except HostError:
         conn.close()
         raise
     except Exception as exc:
-        conn.close()
-        raise _connect_error(exc, conn, host.name, timeout, record_to) from None
-    return SshConnection(host.name, conn)
+        proxy_error = _proxy_stderr(connect_kwargs.get("sock"))
+        try:
+            conn.close()
+        except OSError:  # paramiko signals a ProxyCommand that already ended
+            pass
+        error = _connect_error(exc, hop, name, timeout, keys_in_use, what, gateway, proxy_error)
+        if via is not None and not isinstance(error, HostKeyError):
+            error = type(error)(name, f"{via}: {error.cause}")
+        raise error from None
+    return conn
 
 
-def _jump_chain(conn, config, timeout: int) -> None:
-    """Gateways in OpenSSH's order. For `ProxyJump a,b` OpenSSH dials a, then b through a, then
-    the target through b; Fabric builds the chain reversed (b first, then a through b), and takes
-    `ProxyJump none` for a host called "none"."""
-    from fabric import Connection as FabricConnection
-
-    jump = conn.ssh_config.get("proxyjump", "").strip()
-    if not jump:
-        return
-    if jump.lower() == "none":
-        conn.gateway = None
-        return
-    gateway = None
-    for hop in (h.strip() for h in jump.split(",")):
-        # A later hop is dialled through the one before it, whatever its own ssh_config says.
-        gateway = FabricConnection(hop, config=config.clone(), connect_timeout=timeout,
-                                   connect_kwargs={"transport_factory": _nodelay_transport},
-                                   **({"gateway": gateway} if gateway is not None else {}))
-    conn.gateway = gateway
+def _proxy_stderr(proxy) -> str:
+    """The last line a ProxyCommand that already ended wrote to stderr (why it failed)."""
+    if proxy is None or proxy.process.poll() is None:
+        return ""
+    lines = proxy.process.stderr.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"it exited {proxy.process.returncode}"
 
 
-def _connect_error(exc: Exception, conn, name: str, timeout: int, known_hosts: str) -> HostError:
+def _connect_error(exc: Exception, hop: SshSettings, name: str, timeout: int, keys: _HostKeys,
+                   what: str, gateway, proxy_error: str = "") -> HostError:
     """What went wrong while connecting, in one line that says what to do."""
     import paramiko
 
-    where = f"{conn.host}:{conn.port}"
+    where = f"{hop.hostname}:{hop.port}"
     if isinstance(exc, paramiko.BadHostKeyException):
-        hop = _hop(conn, exc.hostname)  # the target, or the jump host whose key changed
-        entry = _known_hosts_name(exc.hostname, hop.port)
-        what = "host" if hop is conn else "jump host"
         return HostKeyError(name, (
-            f"{what} key for {entry} CHANGED: got {exc.key.get_name()} {fingerprint(exc.key)}, "
+            f"{what} key for {keys.name} CHANGED: got {exc.key.get_name()} {fingerprint(exc.key)}, "
             f"known_hosts has {exc.expected_key.get_name()} {fingerprint(exc.expected_key)}; refusing "
             f"to connect. If the host was really reinstalled: "
-            f"ssh-keygen -R {shlex.quote(entry)} -f {shlex.quote(os.path.expanduser(known_hosts))}"))
+            f"ssh-keygen -R {shlex.quote(keys.name)} -f {shlex.quote(os.path.expanduser(keys.record_to or DEFAULT_KNOWN_HOSTS))}"))
     if isinstance(exc, paramiko.AuthenticationException):
-        return HostError(name, f"authentication failed for {conn.user}@{conn.host}: {exc}")
+        return HostError(name, f"authentication failed for {hop.user}@{hop.hostname}: {exc}")
     if isinstance(exc, paramiko.SSHException) and "No authentication methods available" in str(exc):
-        return HostError(name, f"authentication failed for {conn.user}@{conn.host}: no key to offer "
+        return HostError(name, f"authentication failed for {hop.user}@{hop.hostname}: no key to offer "
                          "(set identity_file, or add a key to ssh-agent)")
+    if isinstance(exc, paramiko.ChannelException) and gateway is not None:
+        return HostError(name, f"the jump host could not open a connection to {where}: {exc}")
+    if hop.proxycommand and isinstance(exc, (paramiko.SSHException, paramiko.ProxyCommandFailure, EOFError, OSError)):
+        return HostError(name, f"ProxyCommand {hop.proxycommand!r} for {where} failed: "
+                         f"{proxy_error or str(exc) or type(exc).__name__}")
     if isinstance(exc, socket.gaierror):
-        return HostError(name, f"cannot resolve host name '{conn.host}'")
+        return HostError(name, f"cannot resolve host name '{hop.hostname}'")
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return HostError(name, f"connection to {where} timed out after {timeout} s")
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
@@ -389,18 +401,3 @@ def _connect_error(exc: Exception, conn, name: str, timeout: int, known_hosts: s
     if isinstance(exc, (OSError, paramiko.SSHException, EOFError)):
         return HostError(name, f"cannot connect to {where}: {str(exc) or type(exc).__name__}")
     return HostError(name, f"cannot connect to {where}: {type(exc).__name__}: {exc}")
-
-
-def _hop(conn, hostname: str):
-    """The connection in the ProxyJump chain that dials `hostname` (the target by default)."""
-    hop = conn
-    while hop is not None and not isinstance(hop, str):
-        if hop.host == hostname:
-            return hop
-        hop = hop.gateway
-    return conn
-
-
-def _known_hosts_name(hostname: str, port: int | None) -> str:
-    """The name paramiko (and OpenSSH) file a host's key under: `[host]:port` off port 22."""
-    return hostname if port in (None, 22) else f"[{hostname}]:{port}"

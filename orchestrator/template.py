@@ -175,7 +175,7 @@ def render_inventory(hosts: list[HostEntry], defaults: Defaults = Defaults()) ->
         "  # env: {NCCL_DEBUG: WARN}    # environment for every rank; secrets: {TOKEN: {from_env: TOKEN}}",
         "  train: {epochs: 10, batch_size: 64, lr: 0.01}",
         "ssh:",
-        "  known_hosts: ~/.ssh/known_hosts",
+        "  # known_hosts: ~/.ssh/known_hosts  # default: ssh_config's UserKnownHostsFile, as for ssh",
         "  accept_new_host_keys: false  # or once: distctl check --accept-new-host-keys",
     ]
     return "\n".join(lines) + "\n"

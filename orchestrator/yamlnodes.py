@@ -65,6 +65,7 @@ class Ctx:
     def __init__(self, path: str, loader: Loader):
         self.path = path
         self.loader = loader
+        self.check_files = True  # files the inventory names (identity_file) must exist
 
     def fail(self, node: yaml.Node | None, where: str, message: str) -> InventoryError:
         line = node.start_mark.line + 1 if node is not None else 1

@@ -44,7 +44,8 @@ def write_inventory(path: Path, cluster: Cluster, hosts: Iterable[str], *, slots
         # a user program (job.command) takes no trainer settings
         "job": {"name": "t", "port": free_port(), "join_timeout": 120,
                 **({} if "command" in job else {"train": train}), **job},
-        "ssh": {"known_hosts": str(cluster.known_hosts)},
+        # -F /dev/null: the machine's own ~/.ssh/config and /etc/ssh/ssh_config must not matter
+        "ssh": {"known_hosts": str(cluster.known_hosts), "config": "/dev/null"},
     }
     if data:
         inventory["job"]["data"] = data

@@ -78,7 +78,7 @@ FLAGS = [
 @pytest.mark.parametrize("defaults, expected", [c[1:] for c in FLAGS], ids=[c[0] for c in FLAGS])
 def test_the_written_inventory_loads_with_the_flags_applied(defaults, expected):
     entries = parse_hostfile("a slots=2\nroot@b:1\nc\n")
-    inv = parse_inventory(render_inventory(entries, defaults), "inv.yaml")
+    inv = parse_inventory(render_inventory(entries, defaults), "inv.yaml", check_files=False)
     assert [(h.name, h.address, h.slots) for h in inv.hosts] == [("a", "a", 2), ("b", "b", 1), ("c", "c", None)]
     for key, value in expected.items():
         assert (getattr(inv.hosts[0], key), getattr(inv.hosts[2], key)) == (value, value), key
@@ -100,7 +100,7 @@ def test_cli_init_writes_flags_and_hostfile(tmp_path):
                                       "--user", "ubuntu", "--port", "2200", "--identity-file", "~/.ssh/k",
                                       "--python", "/venv/bin/python", "--workdir", "/data/d"])
     assert result.exit_code == 0, result.output
-    inv = parse_inventory(out.read_text(), str(out))
+    inv = parse_inventory(out.read_text(), str(out), check_files=False)
     assert [(h.name, h.address, h.port, h.slots, h.user, h.identity_file, h.python, h.workdir) for h in inv.hosts] == [
         ("worker-1", "worker-1", 2200, 4, "ubuntu", "~/.ssh/k", "/venv/bin/python", "/data/d"),
         ("worker-2", "worker-2", 2200, 4, "ubuntu", "~/.ssh/k", "/venv/bin/python", "/data/d")]

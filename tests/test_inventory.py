@@ -116,6 +116,11 @@ BAD = [
         "inventory.yaml:2: hosts[0] (node1): 'connection' must be 'ssh' or 'local', got 'telnet'"),
     bad("address-missing", "hosts:\n  - {name: node1, user: root}\n",
         "inventory.yaml:2: hosts[0] (node1): missing 'address'"),
+    bad("identity-file-missing", "hosts:\n  - name: node1\n    address: 10.0.0.1\n"
+        "    identity_file: /nonexistent/id_ed25519\n",
+        "inventory.yaml:4: hosts[0] (node1): identity_file /nonexistent/id_ed25519 does not exist"),
+    bad("identity-file-missing-in-defaults", "defaults: {identity_file: /nonexistent/key}\n" + HOSTS,
+        "inventory.yaml:1: defaults: identity_file /nonexistent/key does not exist"),
     # unknown keys
     bad("unknown-key-top", "hots:\n  - {name: node1, address: 10.0.0.1}\n",
         "inventory.yaml:1: unknown key 'hots' (did you mean 'hosts'?)"),
@@ -344,7 +349,7 @@ def parse(text: str, environ: dict[str, str] | None = None):
 @pytest.mark.parametrize(("key", "default", "own", "expected_default", "expected_own"), [
     ("user", "root", "alice", "root", "alice"),
     ("port", "2222", "22", 2222, 22),
-    ("identity_file", "~/.ssh/a", "~/.ssh/b", "~/.ssh/a", "~/.ssh/b"),
+    ("identity_file", "/etc/passwd", "/etc/group", "/etc/passwd", "/etc/group"),  # files that exist
     ("python", "/opt/a/python", "/opt/b/python", "/opt/a/python", "/opt/b/python"),
     ("workdir", "/scratch/a", "/scratch/b", "/scratch/a", "/scratch/b"),
     ("slots", "2", "8", 2, 8),

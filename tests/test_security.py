@@ -229,15 +229,30 @@ def test_a_revoked_host_key_is_refused_even_when_also_listed_and_with_accept_new
 
 
 @cluster_test
-def test_ssh_config_user_known_hosts_file_is_honoured(cluster, tmp_path):
+def test_ssh_config_user_known_hosts_file_is_honoured_and_ssh_known_hosts_replaces_it(cluster, tmp_path):
     empty, configured = tmp_path / "empty_known_hosts", tmp_path / "configured_known_hosts"
     empty.write_text("")
     configured.write_text(entry(cluster, "node1"))
     config = tmp_path / "ssh_config"
-    config.write_text(f"Host *\n    UserKnownHostsFile {configured}\n")
-    inv = inventory(tmp_path, cluster, ["node1"], ssh={"known_hosts": str(empty), "config": str(config)})
+    config.write_text(f"Host *\n    UserKnownHostsFile {configured}\n    GlobalKnownHostsFile /dev/null\n")
+    inv = inventory(tmp_path, cluster, ["node1"], ssh={"known_hosts": None, "config": str(config)})
     done = distctl("check", str(inv), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    # ssh.known_hosts acts like `ssh -o UserKnownHostsFile=`: it replaces ssh_config's files
+    inv = inventory(tmp_path, cluster, ["node1"], ssh={"known_hosts": str(empty), "config": str(config)})
+    replaced = distctl("check", str(inv), cwd=tmp_path)
+    assert replaced.returncode == 4, replaced.stderr
+    assert f">> {empty}" in replaced.stderr
+
+
+@cluster_test
+def test_a_missing_identity_file_is_an_inventory_error_naming_its_line(cluster, tmp_path):
+    inv = inventory(tmp_path, cluster, ["node1", "node2"], host_extra={"node2": {"identity_file": "/nonexistent/key"}})
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    line = next(i for i, text in enumerate(inv.read_text().splitlines(), 1) if "/nonexistent/key" in text)
+    assert error_lines(done) == [f"distctl: error: {inv}:{line}: hosts[1] (node2): identity_file /nonexistent/key "
+                                 "does not exist"]
 
 
 @cluster_test
@@ -253,7 +268,12 @@ def test_default_known_hosts_is_the_users_own_and_accept_new_creates_it(cluster,
     assert f">> {home}/.ssh/known_hosts" in refused.stderr  # expanded: a quoted ~ would not be
     done = distctl("check", "--accept-new-host-keys", str(inv), cwd=tmp_path, env={"HOME": str(home)})
     assert done.returncode == 0, done.stderr
-    assert (home / ".ssh" / "known_hosts").read_text() == entry(cluster, "node1")
+    # recorded where ssh looks (hashed if the system's ssh_config says HashKnownHosts yes)
+    node1 = cluster.host("node1")
+    found = subprocess.run(["ssh-keygen", "-F", known_name(node1.address, node1.port), "-f",
+                            str(home / ".ssh" / "known_hosts")], capture_output=True, text=True)
+    assert found.returncode == 0 and public_key(cluster, "node1") in found.stdout, found.stdout
+    assert len((home / ".ssh" / "known_hosts").read_text().splitlines()) == 1
     assert stat.S_IMODE((home / ".ssh").stat().st_mode) == 0o700
 
 
@@ -398,7 +418,6 @@ FAILURES = {
     "timeout": (3, "connect", "  node2: connection to {addr}:{port} timed out after 2 s"),
     "unresolvable": (3, "connect", "  node2: cannot resolve host name 'no-such-host.invalid'"),
     "wrong key": (3, "connect", "  node2: authentication failed for {user}@{addr}: Authentication failed."),
-    "missing key file": (3, "connect", "  node2: identity_file {key} does not exist"),
     "changed host key": (4, "connect", "  node2: host key for {name} CHANGED: got ssh-ed25519 "),
     "missing python": (5, "preflight", "  node2: python '/nonexistent/python3' not found "
                                        "(set 'python' for this host)"),
@@ -427,9 +446,6 @@ def test_a_failing_host_is_named_with_its_cause_and_nothing_starts_anywhere(clus
         extra = {"address": "no-such-host.invalid"}
     elif case == "wrong key":
         extra = {"identity_file": str(new_key(tmp_path))}
-    elif case == "missing key file":
-        values["key"] = str(tmp_path / "no-such-key")
-        extra = {"identity_file": values["key"]}
     elif case == "changed host key":
         forged = " ".join(new_key(tmp_path).with_suffix(".pub").read_text().split()[:2])
         known.write_text(entry(cluster, "node1") + f"{values['name']} {forged}\n")

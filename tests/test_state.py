@@ -103,7 +103,7 @@ def test_unknown_fields_are_ignored_everywhere(state_dir):
                        "ranks": [{"rank": 0, "local_rank": 0, "restarts": 2}]}]}
     write(state_dir / "runs" / "r.json", data)
     loaded = state.load_run(state_dir / "runs" / "r.json")
-    assert loaded.ssh == Ssh() and loaded.hosts[0].host.name == "node1"
+    assert loaded.ssh == Ssh(known_hosts=("~/.ssh/known_hosts",), connect_timeout=10.0) and loaded.hosts[0].host.name == "node1"
     assert loaded.hosts[0].ranks == (RankState(0, 0),)
 
 

@@ -158,3 +158,163 @@ def test_proxyjump_none_means_a_direct_connection(cluster, tmp_path):
     inv.write_text(yaml.safe_dump(data))
     done = distctl("check", str(inv), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- ssh_config as OpenSSH reads it
+
+
+def _client_settings(cluster, known: str) -> str:
+    """The `Host *` block every host needs: user, key, strict host keys from `known`."""
+    return "\n".join(["Host *", f"    User {cluster.user}", f"    IdentityFile {cluster.key_path}",
+                      "    IdentitiesOnly yes", f"    UserKnownHostsFile {known}",
+                      "    GlobalKnownHostsFile /dev/null", "    StrictHostKeyChecking yes", ""])
+
+
+def _config_inventory(path, cluster, config, hosts):
+    """Hosts named only by alias; nothing but python and workdir comes from the inventory."""
+    inventory = {
+        "defaults": {"python": cluster.python},
+        "hosts": [{"name": n, "address": a, "workdir": cluster.host(n).workdir} for n, a in hosts],
+        "job": {"name": "t", "port": free_port(), "fallback": "generated"},
+        "ssh": {"config": str(config)},
+    }
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    return path
+
+
+def test_hosts_reached_only_through_aliases_defined_in_an_included_file(cluster, tmp_path):
+    node1, node2 = cluster.host("node1"), cluster.host("node2")
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "10-fleet.conf").write_text(
+        f"Host gpu-a # the first box\n    HostName {node1.address}\n    Port {node1.port}\n"
+        f"Host gpu-b\n    HostName {node2.address} # replica\n    Port {node2.port}\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Include {tmp_path}/conf.d/*.conf\n" + _client_settings(cluster, cluster.known_hosts))
+    inv = _config_inventory(tmp_path / "inv.yaml", cluster, config, [("node1", "gpu-a"), ("node2", "gpu-b")])
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"node1: ssh {cluster.user}@{node1.address}:{node1.port}" in lines
+    assert f"node2: ssh {cluster.user}@{node2.address}:{node2.port}" in lines
+
+
+def test_the_host_star_bastion_rule_with_proxyjump_none_on_the_bastion(jump_cluster, tmp_path):
+    bastion, node5 = jump_cluster.host("bastion"), jump_cluster.host("node5")
+    config = tmp_path / "ssh_config"
+    config.write_text("\n".join([
+        "Host bastion", f"    HostName {bastion.address}", f"    Port {bastion.port}", "    ProxyJump none",
+        "Host node5", f"    HostName {node5.address}", f"    Port {node5.port}",
+        "Host *", "    ProxyJump bastion", ""]) + _client_settings(jump_cluster, jump_cluster.known_hosts))
+    inv = _config_inventory(tmp_path / "inv.yaml", jump_cluster, config, [("bastion", "bastion"), ("node5", "node5")])
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    user = jump_cluster.user
+    lines = done.stdout.splitlines()
+    assert f"bastion: ssh {user}@{bastion.address}:{bastion.port}" in lines
+    assert (f"node5: ssh bastion ({user}@{bastion.address}:{bastion.port}) -> "
+            f"{user}@{node5.address}:{node5.port}") in lines
+    assert "node5: hostname node5" in done.stdout or not jump_cluster.isolated
+
+
+def test_host_keys_known_only_from_the_global_known_hosts_file(cluster, tmp_path):
+    node1 = cluster.host("node1")
+    empty, global_known = tmp_path / "known_hosts", tmp_path / "ssh_known_hosts"
+    empty.write_text("")
+    key = " ".join((cluster.tmpdir / "node1" / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+    global_known.write_text(f"[{node1.address}]:{node1.port} {key}\n" if node1.port != 22 else f"{node1.address} {key}\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(_client_settings(cluster, str(empty)).replace("GlobalKnownHostsFile /dev/null",
+                                                                    f"GlobalKnownHostsFile {global_known}"))
+    inv = _config_inventory(tmp_path / "inv.yaml", cluster, config, [("node1", node1.address)])
+    data = yaml.safe_load(inv.read_text())
+    data["hosts"][0]["port"] = node1.port
+    inv.write_text(yaml.safe_dump(data))
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert empty.read_text() == ""  # nothing was recorded: the key was known
+    global_known.write_text("")  # the same without the global entry: refused, as ssh would
+    refused = distctl("check", str(inv), cwd=tmp_path)
+    assert refused.returncode == 4, refused.stderr
+    scan = f"-p {node1.port} {node1.address}" if node1.port != 22 else node1.address
+    assert f"or add it with: ssh-keyscan {scan} >> {empty}" in refused.stderr
+
+
+def test_a_jump_host_that_refuses_our_key_is_named_not_the_target(jump_cluster, tmp_path):
+    import subprocess
+
+    bastion, node5 = jump_cluster.host("bastion"), jump_cluster.host("node5")
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    config = tmp_path / "ssh_config"
+    config.write_text("\n".join([
+        "Host bastion", f"    HostName {bastion.address}", f"    Port {bastion.port}",
+        f"    IdentityFile {other}",  # first value wins: the bastion gets a key it does not accept
+        "Host node5", f"    HostName {node5.address}", f"    Port {node5.port}", "    ProxyJump bastion",
+        ""]) + _client_settings(jump_cluster, jump_cluster.known_hosts).replace(
+            f"    IdentityFile {jump_cluster.key_path}\n", ""))
+    inv = _config_inventory(tmp_path / "inv.yaml", jump_cluster, config, [("node5", "node5")])
+    data = yaml.safe_load(inv.read_text())
+    data["hosts"][0]["identity_file"] = str(jump_cluster.key_path)  # like ssh -i: the target's, not the hop's
+    inv.write_text(yaml.safe_dump(data))
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    user = jump_cluster.user
+    assert done.stderr.splitlines()[-2:] == [
+        "distctl: error: connect failed on 1 host(s):",
+        (f"  node5: jump host bastion ({bastion.address}): authentication failed for {user}@{bastion.address}: "
+         "Authentication failed.")]
+
+
+def test_a_misspelt_ssh_config_keyword_is_one_bad_input_line(cluster, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n    IdentitiesOnly yes\n    StrictHostKeyCheking yes\n")
+    inv = _config_inventory(tmp_path / "inv.yaml", cluster, config, [("node1", "node1"), ("node2", "node2")])
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == \
+        f"distctl: error: {config}:3: Bad configuration option: stricthostkeycheking (ssh_config)"
+
+
+def test_proxycommand_runs_through_the_shell_with_ssh_tokens(cluster, tmp_path):
+    node1 = cluster.host("node1")
+    config = tmp_path / "ssh_config"
+    # OpenSSH's own client as the proxy, through node2; the redirection needs a shell
+    config.write_text(f"Host via2\n    HostName {node1.address}\n    Port {node1.port}\n"
+                      f"    ProxyCommand ssh -F {cluster.ssh_config} -W %h:%p node2 2>{tmp_path}/proxy.err\n"
+                      + _client_settings(cluster, cluster.known_hosts))
+    inv = _config_inventory(tmp_path / "inv.yaml", cluster, config, [("node1", "via2")])
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (f"node1: ssh ProxyCommand 'ssh -F {cluster.ssh_config} -W {node1.address}:{node1.port} node2 "
+            f"2>{tmp_path}/proxy.err' -> {cluster.user}@{node1.address}:{node1.port}") in done.stdout.splitlines()
+
+
+def test_a_proxycommand_that_cannot_run_is_one_line_naming_it(cluster, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host broken\n    HostName 10.0.0.1\n    ProxyCommand /nonexistent/proxy %h %p\n"
+                      + _client_settings(cluster, cluster.known_hosts))
+    inv = _config_inventory(tmp_path / "inv.yaml", cluster, config, [("node1", "broken")])
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "  node1: ProxyCommand '/nonexistent/proxy 10.0.0.1 22' for 10.0.0.1:22 failed: "
+        "/bin/sh: 1: exec: /nonexistent/proxy: not found")
+
+
+def test_host_key_alias_and_new_keys_go_to_the_first_user_known_hosts_file(cluster, tmp_path):
+    node1 = cluster.host("node1")
+    first, second = tmp_path / "known_first", tmp_path / "known_second"
+    key = " ".join((cluster.tmpdir / "node1" / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host gpu-a\n    HostName {node1.address}\n    Port {node1.port}\n    HostKeyAlias gpu-a-key\n"
+                      + _client_settings(cluster, f"{first} {second}"))
+    inv = _config_inventory(tmp_path / "inv.yaml", cluster, config, [("node1", "gpu-a")])
+    refused = distctl("check", str(inv), cwd=tmp_path)
+    assert refused.returncode == 4, refused.stderr
+    assert "  node1: unknown host key for gpu-a-key (ssh-ed25519 " in refused.stderr
+    accepted = distctl("check", "--accept-new-host-keys", str(inv), cwd=tmp_path)
+    assert accepted.returncode == 0, accepted.stderr
+    assert first.read_text() == f"gpu-a-key {key}\n"  # under the alias, in the first file, as ssh would
+    assert not second.exists()
+    again = distctl("check", str(inv), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
