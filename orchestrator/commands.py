@@ -20,9 +20,11 @@ from orchestrator.push import job_artifacts
 from orchestrator.remote import Connection, resolve_host
 from orchestrator.render import plan_json, render_plan
 from orchestrator.state import HostState, RankState, RunState, save_run
-from orchestrator.watch import (FAILURE_GRACE, RankEvents, open_followers, raise_for, root_causes, stop_everywhere,
+from orchestrator.watch import (FAILURE_GRACE, RankEvents, raise_for, root_causes, stop_everywhere,
                                 watch_run)
-from orchestrator.stream import follow
+from orchestrator.links import HostLinks
+from orchestrator.scripts import follow_script
+from orchestrator.stream import Followed, follow
 
 
 @dataclass(frozen=True)
@@ -308,19 +310,32 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
               if (host is None or hs.host.name == host) and (rank is None or r.rank == rank)}
     if not wanted:
         raise DistctlError(f"no rank {rank} in run {state.run_id}", ExitCode.BAD_INPUT)
-    conns = launcher.connect_all([h.host for h in state.hosts if any(r.rank in wanted for r in h.ranks)],
-                                 state.ssh, opts.fanout)
+    hosts = [h.host for h in state.hosts if any(r.rank in wanted for r in h.ranks)]
+    conns, failed = launcher.connect_each(hosts, state.ssh, opts.fanout)
+    down = {e.host: e.cause for e in failed.errors} if failed else {}
+    for name, cause in down.items():  # show what can be reached; say what cannot
+        ui.warn(f"{name}: unreachable, its ranks' logs are not shown: {cause}")
+    reached = {r for hs in state.hosts if hs.host.name not in down for r in hs.ranks} & wanted
+    links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, ranks=reached)
+    events = RankEvents(ui.rank_line)
+    followers: list = []
     try:
-        followers = open_followers(state, conns, wanted, live=follow_live, tail=tail)
-        try:
-            follow(followers, RankEvents(ui.rank_line).line)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for f in followers:
-                f.stream.close()
+        followers = [Followed(hs.host.name, conns[name].open_stream(
+            follow_script(hs.host.python, hs.rundir, {r.rank: 0 for r in hs.ranks if r.rank in reached},
+                          follow_live, tail))) for name, hs in links.hosts.items()]
+        # Replaying (no -f) reads what is there: a dropped link is only healed while following.
+        follow(followers, lambda f, text: links.line(f, text, events.line), links=links if follow_live else None)
+    except KeyboardInterrupt:
+        ui.info(f"stopped following; run {state.run_id} goes on")
+        raise DistctlError("interrupted", ExitCode.DETACHED) from None
     finally:
+        links.stop()
+        for f in followers:
+            f.stream.close()
         launcher.close_all(conns)
+    if links.unreachable or down:
+        lost = sorted(set(links.unreachable) | set(down))
+        raise DistctlError(f"logs of {', '.join(lost)} could not be shown (unreachable)", ExitCode.PARTIAL)
 
 
 def load(path: str, overrides: tuple[str, ...] = ()) -> Inventory:

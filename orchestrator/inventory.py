@@ -99,6 +99,7 @@ class Ssh:
     accept_new_host_keys: bool = False
     config: str | None = None  # ssh_config file; default ~/.ssh/config
     connect_timeout: float | None = None  # None: ssh_config's ConnectTimeout, else 10 s
+    reconnect_timeout: float = 300.0  # a host unreachable this long while followed: run state unknown
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ HOST_KEYS = ("name", "address", "connection", "user", "port", "identity_file", "
 JOB_KEYS = ("name", "port", "backend", "data", "dataset", "fallback", "join_timeout", "env", "train",
             "code", "command", "setup", "outputs", "wait_for_rank0")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "seed", "timeout")
-SSH_KEYS = ("known_hosts", "accept_new_host_keys", "config", "connect_timeout")
+SSH_KEYS = ("known_hosts", "accept_new_host_keys", "config", "connect_timeout", "reconnect_timeout")
 TOP_KEYS = ("defaults", "hosts", "job", "ssh")
 
 

@@ -114,6 +114,9 @@ class _ChannelStream:
         self._chan.close()
 
 
+CHANNEL_OPEN_TIMEOUT_S = 30.0
+
+
 class SshConnection:
     """One opened SSH connection per host, reused for every step (channels are cheap)."""
 
@@ -128,7 +131,8 @@ class SshConnection:
 
     def _channel(self):
         try:
-            return self._conn.client.get_transport().open_session()
+            # Bounded: on a stalled link the server's answer never comes (paramiko waits an hour).
+            return self._conn.client.get_transport().open_session(timeout=CHANNEL_OPEN_TIMEOUT_S)
         except Exception as exc:  # paramiko raises several unrelated types here
             raise HostError(self.name, f"connection lost: {exc}") from None
 

@@ -10,7 +10,7 @@ import codecs
 import selectors
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from orchestrator.remote import Stream
 
@@ -35,30 +35,61 @@ class Followed:
         return [line.rstrip("\r") for line in lines]
 
 
+class Links(Protocol):
+    """What keeps followers alive across link faults (orchestrator/links.py)."""
+
+    def take_new(self) -> list[Followed]: ...  # followers reopened since the last call
+    def pending(self) -> bool: ...  # a host is being reconnected: keep going
+    def closed(self, f: Followed) -> None: ...  # a follower's stream ended or stalled
+    def stalled(self, f: Followed, quiet_s: float) -> bool: ...
+
+
 def follow(streams: list[Followed], on_line: Callable[[Followed, str], None],
-           tick: Callable[[], None] | None = None, tick_every: float = 0.25) -> None:
-    """Read every stream to its end, calling `tick()` periodically."""
+           tick: Callable[[], None] | None = None, tick_every: float = 0.25,
+           links: Links | None = None) -> None:
+    """Read every stream to its end, calling `tick()` periodically. With `links`, a stream
+    that ends or goes quiet is handed to it, and the streams it reopens are followed on."""
     sel = selectors.DefaultSelector()
-    for f in streams:
+    heard: dict[int, float] = {}
+
+    def add(f: Followed) -> None:
         sel.register(f.stream.fileno(), selectors.EVENT_READ, f)
-    open_count = len(streams)
+        heard[id(f)] = time.monotonic()
+
+    def drop(f: Followed) -> None:
+        sel.unregister(f.stream.fileno())
+        heard.pop(id(f), None)
+        if links:
+            links.closed(f)
+
+    for f in streams:
+        add(f)
+    periodic = tick is not None or links is not None
     next_tick = time.monotonic() + tick_every
     try:
-        while open_count:
-            timeout = max(0.0, next_tick - time.monotonic()) if tick else None
+        while heard or (links and links.pending()):
+            for f in links.take_new() if links else ():
+                add(f)
+            timeout = max(0.0, next_tick - time.monotonic()) if periodic else None
             for key, _ in sel.select(timeout):
-                f: Followed = key.data
+                f = key.data
                 try:
                     data = f.stream.read()
                 except OSError:
                     data = b""
+                heard[id(f)] = time.monotonic()
                 for line in f.feed(data):
                     on_line(f, line)
                 if not data:
-                    sel.unregister(key.fileobj)
-                    open_count -= 1
-            if tick and time.monotonic() >= next_tick:
+                    drop(f)
+            if periodic and time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + tick_every
-                tick()
+                if links:
+                    now = time.monotonic()
+                    for f in [k.data for k in sel.get_map().values()]:
+                        if links.stalled(f, now - heard[id(f)]):
+                            drop(f)
+                if tick:
+                    tick()
     finally:
         sel.close()

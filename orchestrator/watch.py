@@ -12,7 +12,7 @@ from typing import Callable
 from orchestrator import shell
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.lifecycle import stop_host
-from orchestrator.scripts import follow_script
+from orchestrator.links import HostLinks
 from orchestrator.remote import Connection
 from orchestrator.state import RunState
 from orchestrator.stream import Followed, follow
@@ -66,23 +66,11 @@ class RankEvents:
             self.on_line(f.host, rank, rest)
 
 
-def open_followers(state: RunState, conns: dict[str, Connection], ranks: set[int] | None = None,
-                   from_lines: dict[int, int] | None = None, live: bool = True,
-                   tail: int | None = None) -> list[Followed]:
-    """One follower channel per host with wanted ranks."""
-    out = []
-    for hs in state.hosts:
-        wanted = {r.rank: (from_lines or {}).get(r.rank, 0) for r in hs.ranks if ranks is None or r.rank in ranks}
-        if wanted:
-            command = follow_script(hs.host.python, hs.rundir, wanted, live, tail)
-            out.append(Followed(hs.host.name, conns[hs.host.name].open_stream(command)))
-    return out
-
-
 def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: float,
               from_lines: dict[int, int] | None = None) -> Outcome:
     """Follow the run to its end. Returns the outcome; raises KeyboardInterrupt on Ctrl-C."""
-    followers = open_followers(state, conns, from_lines=from_lines)
+    links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, from_lines=from_lines)
+    followers = links.open_all()
     host_of = {r.rank: hs.host.name for hs in state.hosts for r in hs.ranks}
     joined: set[int] = set()
     started: set[int] = set()
@@ -137,11 +125,13 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
 
     events = RankEvents(on_line, on_exit)
     try:
-        follow(followers, events.line, tick)
+        follow(followers, lambda f, text: links.line(f, text, events.line), tick, links=links)
     finally:
+        links.stop()
         for f in followers:
             f.stream.close()
-    outcome = _outcome(state, exits, root_causes(exits, exit_times, state.trainer), hang, events.tails, host_of)
+    outcome = _outcome(state, exits, root_causes(exits, exit_times, state.trainer), hang, events.tails, host_of,
+                       links.unreachable)
     if fallback_told and outcome.code == ExitCode.OK:  # said again at the end: easy to miss mid-run
         outcome.message += " (on generated digits, not MNIST: MNIST could not be had)"
     return outcome
@@ -193,7 +183,7 @@ def _code_text(code: int | None) -> str:
 
 
 def _outcome(state: RunState, exits: dict[int, int | None], failures: list[int], hang: list[str],
-             tails: dict[int, deque], host_of: dict[int, str]) -> Outcome:
+             tails: dict[int, deque], host_of: dict[int, str], unreachable: dict[str, str]) -> Outcome:
     if hang:
         return Outcome(ExitCode.HANG, f"ranks never joined: {', '.join(hang)}; the run was stopped. "
                        "Check the interface and firewall (distctl check), and the rank logs (distctl logs)")
@@ -201,8 +191,11 @@ def _outcome(state: RunState, exits: dict[int, int | None], failures: list[int],
         return Outcome(ExitCode.OK, f"run {state.run_id} finished: {len(exits)} rank(s) exited 0")
     if not failures:
         lost = sorted(set(host_of) - set(exits))
-        return Outcome(ExitCode.RUN_FAILED, f"lost contact with rank(s) {', '.join(map(str, lost))} "
-                       f"of run {state.run_id}; see: distctl status")
+        hosts = sorted({host_of[r] for r in lost})
+        why = "; ".join(f"{h}: {unreachable[h]}" for h in hosts if h in unreachable)
+        return Outcome(ExitCode.UNREACHABLE, f"{', '.join(hosts)} unreachable (rank(s) {', '.join(map(str, lost))}): "
+                       f"run state unknown{f' ({why})' if why else ''}. Re-attach: distctl logs -f {state.run_id}   "
+                       f"Status: distctl status {state.run_id}")
     rank = failures[0]
     if state.trainer and exits.get(rank) == STOPPED and all(c in (STOPPED, 0) for c in exits.values()):
         return Outcome(ExitCode.RUN_FAILED, f"run {state.run_id} was stopped (checkpointed); "

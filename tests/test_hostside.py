@@ -145,9 +145,10 @@ def test_replay_prints_every_rank_then_its_exit_record(tmp_path):
 
 
 @pytest.mark.parametrize("tail, expected", [
-    (0, ["1 half"]),
-    (1, ["0 d", "1 y", "1 half"]),
-    (9, ["0 a", "0 b", "0 c", "0 d", "1 x", "1 y", "1 half"]),
+    # `at R K`: the tail of rank R starts after its first K lines (a reopened follower skips to there)
+    (0, ["at 0 4", "at 1 2", "1 half"]),
+    (1, ["at 0 3", "0 d", "at 1 1", "1 y", "1 half"]),
+    (9, ["at 0 0", "0 a", "0 b", "0 c", "0 d", "at 1 0", "1 x", "1 y", "1 half"]),
 ])
 def test_tail_starts_each_log_at_its_last_complete_lines(tmp_path, tail, expected):
     (tmp_path / "rank0.log").write_bytes(b"a\nb\nc\nd\n")
@@ -369,3 +370,15 @@ def test_status_and_stop_find_ranks_by_their_process_groups_with_this_machines_s
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_quiet_follower_sends_heartbeats(tmp_path, group):
+    """`hb` after two quiet seconds: the workstation tells a quiet run from a stalled link by it."""
+    (tmp_path / "rank0.pid").write_text(f"{group.pid}\n")
+    (tmp_path / "rank0.log").write_bytes(b"one\n")
+    follower = start("follow", "follow", -1, "0:0", cwd=tmp_path)
+    try:
+        assert Lines(follower).until("hb") == ["0 one", "hb"]
+    finally:
+        follower.kill()
+        follower.wait()

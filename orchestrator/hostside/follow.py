@@ -19,6 +19,22 @@ import time
 from typing import BinaryIO
 
 POLL_S = 0.2
+HEARTBEAT_S = 2.0  # a line `hb` after this long without output, while following
+
+
+class Counted:
+    """stdout, counting what was written (a pipe cannot say)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
 
 
 class RankLog:
@@ -41,7 +57,10 @@ class RankLog:
         complete = self.read().split(b"\n")[:-1]
         self.offset = sum(len(line) + 1 for line in complete)
         self.skip = 0
-        for line in complete[-tail:] if tail else []:
+        shown = complete[-tail:] if tail else []
+        # Where the tail starts, so that a follower reopened later can skip exactly what was shown.
+        out.write(b"at %d %d\n" % (self.rank, len(complete) - len(shown)))
+        for line in shown:
             self.write(line, out)
 
     def pump(self, out: BinaryIO, final: bool = False) -> None:
@@ -86,17 +105,24 @@ def main(argv: list[str]) -> int:
         return 2
     live, tail = argv[0] == "follow", int(argv[1])
     logs = [RankLog(*map(int, arg.split(":"))) for arg in argv[2:]]
-    out = sys.stdout.buffer
+    out = Counted(sys.stdout.buffer)
     if tail >= 0:
         for log in logs:
             log.start_at_tail(tail, out)
+    quiet_since = time.monotonic()
     while logs:
         ended = [log for log in logs if not live or not log.alive()]
+        before = out.written
         for log in logs:
             log.pump(out, final=log in ended)
         for log in ended:
             out.write(log.exit_record())
             logs.remove(log)
+        if out.written != before:
+            quiet_since = time.monotonic()
+        elif live and time.monotonic() - quiet_since >= HEARTBEAT_S:
+            out.write(b"hb\n")  # the workstation tells a quiet run from a stalled link by these
+            quiet_since = time.monotonic()
         out.flush()
         if logs:
             time.sleep(POLL_S)
