@@ -78,6 +78,8 @@ def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path,
     written: list[str] = []
     rows: list[dict] = []
     for hs in state.hosts:
+        if hs.host.name not in conns:  # unreachable: the caller says so
+            continue
         for r in hs.ranks:
             log = fetch(conns[hs.host.name], f"{hs.rundir}/rank{r.rank}.log")
             if log is None:
@@ -89,12 +91,13 @@ def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path,
     if not state.trainer:  # a user program's results are its job.outputs (orchestrator/outputs.py)
         return out, written
     first = state.hosts[0]
-    model = fetch(conns[first.host.name], f"{first.rundir}/ckpt/latest.pt")
-    if model is None:
+    model = fetch(conns[first.host.name], f"{first.rundir}/ckpt/latest.pt") if first.host.name in conns else None
+    if model is None and first.host.name in conns:
         raise DistctlError(f"{first.host.name}: run {state.run_id} has no checkpoint yet "
                            f"(rank 0 writes one after each epoch)", ExitCode.NO_RUN)
-    (out / "model.pt").write_bytes(model)
-    written.append("model.pt")
+    if model is not None:
+        (out / "model.pt").write_bytes(model)
+        written.append("model.pt")
     rows.sort(key=lambda r: (r.get("epoch", 0), r.get("rank", 0)))
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     written.append("metrics.jsonl")

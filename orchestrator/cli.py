@@ -93,7 +93,7 @@ def up(obj, inventory: str, dry_run: bool, detach: bool, resume: bool, accept_ne
     """
     inv = commands.load(inventory, overrides)
     if dry_run:
-        commands.dry_run(inv, obj["ui"])
+        commands.dry_run(inv, obj["ui"], resume)
         return
     commands.up(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], detach, resume)
 

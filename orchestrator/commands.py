@@ -43,9 +43,10 @@ def _with_options(inv: Inventory, opts: Options) -> Inventory:
     return replace(inv, ssh=replace(inv.ssh, accept_new_host_keys=True))
 
 
-def dry_run(inv: Inventory, ui) -> None:
+def dry_run(inv: Inventory, ui, resume: bool = False) -> None:
     """Print the plan from the inventory alone; opens no connection."""
-    plan = plan_launch(inv, new_run_id(inv.job.name), job_artifacts(inv.job))
+    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.name)
+    plan = plan_launch(inv, run_id, job_artifacts(inv.job), resume=resume)
     ui.out(render_plan(plan))
 
 
@@ -96,9 +97,12 @@ def _state_of(plan: Plan, inv: Inventory) -> RunState:
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
     inv = _with_options(inv, opts)
     ui.hide(inv.secrets)
-    run_id = _last_run_of(inv) if resume else new_run_id(inv.job.name)
+    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.name)
     _describe_code(inv, ui)
-    conns, facts, plan = _resolve(inv, opts, ui, run_id, resume)
+    try:
+        conns, facts, plan = _resolve(inv, opts, ui, run_id, resume)
+    except DistctlError as exc:
+        raise _still_running(inv, exc, resume) from None
     try:
         with ui.host_progress([h.name for h in inv.hosts]):
             prepared = launcher.prepare(plan, conns, opts.fanout)
@@ -117,6 +121,13 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         except DistctlError as exc:
             runs_state.note_state(state.run_id, "failed")
             raise _launch_failed(exc, state, conns) from None
+        except KeyboardInterrupt:
+            # Half a run is worse than none: rank 0 alone would hold the port for its whole
+            # rendezvous timeout. The launches already under way have finished by now.
+            stop_everywhere(state, conns, FAILURE_GRACE)
+            runs_state.note_state(state.run_id, "stopped")
+            ui.info(f"interrupted while starting run {state.run_id}: stopped what had started; nothing runs")
+            raise DistctlError("interrupted", ExitCode.DETACHED) from None
         ui.info(f"run {plan.run_id} started: {plan.world_size} rank(s), init method {plan.init_method}")
         if detach:
             _verify_started(state, conns, opts.fanout)
@@ -126,7 +137,8 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         try:
             outcome = watch_run(state, conns, ui, plan.join_timeout, from_lines)
         except KeyboardInterrupt:
-            ui.info(f"detached; run {state.run_id} goes on. Follow it: distctl logs -f   Stop it: distctl stop")
+            ui.info(f"detached; run {state.run_id} goes on. Follow it: distctl logs -f {state.run_id}   "
+                    f"Stop it: distctl stop {state.run_id}")
             raise DistctlError("detached", ExitCode.DETACHED) from None
         runs_state.note_state(state.run_id, "finished" if outcome.code == ExitCode.OK else "failed",
                               keep=("stopped",))  # `distctl stop` from another shell ended it
@@ -181,12 +193,32 @@ def _verify_started(state: RunState, conns: dict[str, Connection], fanout: int) 
 def _report_detached(state: RunState) -> None:
     from click import echo
 
-    echo(f"distctl: detached from run {state.run_id}. Follow it: distctl logs -f   "
-         f"Status: distctl status   Stop it: distctl stop", err=True)
+    run = state.run_id
+    echo(f"distctl: detached from run {run}. Follow it: distctl logs -f {run}   "
+         f"Status: distctl status {run}   Stop it: distctl stop {run}", err=True)
 
 
-def _last_run_of(inv: Inventory) -> str:
-    return runs_state.last_run_of(inv.path, doing="to resume").run_id
+def _resumable_run_of(inv: Inventory) -> RunState:
+    run = runs_state.last_run_of(inv.path, doing="to resume")
+    if run.last_state == "finished":
+        raise DistctlError(f"run {run.run_id} of {inv.path} finished: nothing to resume "
+                           f"(start a new run: distctl up {inv.path})", ExitCode.BAD_INPUT)
+    return run
+
+
+def _still_running(inv: Inventory, exc: DistctlError, resume: bool) -> DistctlError:
+    """`port ... is not free` while this inventory's last run is recorded as running: say so."""
+    if resume or "is not free" not in str(exc):
+        return exc
+    try:
+        last = runs_state.last_run_of(inv.path)
+    except DistctlError:
+        return exc
+    if last.last_state not in ("started", "running"):
+        return exc
+    return DistctlError(f"run {last.run_id} of {inv.path} may still be running (its port {last.port} is taken). "
+                        f"See: distctl status {last.run_id}   Stop it: distctl stop {last.run_id}   "
+                        "Or run another one alongside: set another job.port", exc.exit_code)
 
 
 # ------------------------------------------------------------ after launch
@@ -315,7 +347,7 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
     down = {e.host: e.cause for e in failed.errors} if failed else {}
     for name, cause in down.items():  # show what can be reached; say what cannot
         ui.warn(f"{name}: unreachable, its ranks' logs are not shown: {cause}")
-    reached = {r for hs in state.hosts if hs.host.name not in down for r in hs.ranks} & wanted
+    reached = {r.rank for hs in state.hosts if hs.host.name not in down for r in hs.ranks} & wanted
     links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, ranks=reached)
     events = RankEvents(ui.rank_line)
     followers: list = []
@@ -375,10 +407,16 @@ def pull(target: str | None, opts: Options, ui, dest: str) -> None:
     from orchestrator.outputs import format_report, pull_outputs
 
     state = find_run(target)
-    conns = launcher.connect_all([h.host for h in state.hosts], state.ssh, opts.fanout)
+    conns, down = _connect_reachable(state, opts)
+    if len(down) == len(state.hosts):
+        raise DistctlError(f"no host of run {state.run_id} could be reached: "
+                           + "; ".join(f"{h}: {c}" for h, c in down.items()), ExitCode.UNREACHABLE)
+    for name, cause in down.items():
+        ui.warn(f"{name}: unreachable, nothing pulled from it: {cause}")
+    reachable = replace(state, hosts=tuple(hs for hs in state.hosts if hs.host.name in conns))
     try:
         out, written = pull_run(state, conns, Path(dest) / "runs", ui)
-        report = pull_outputs(state, conns, list(state.outputs), Path(dest) / "runs") if state.outputs else None
+        report = pull_outputs(reachable, conns, list(state.outputs), Path(dest) / "runs") if state.outputs else None
     finally:
         launcher.close_all(conns)
     ui.info(f"pulled run {state.run_id} into {out}/: {_files_text(written)}")
@@ -388,9 +426,9 @@ def pull(target: str | None, opts: Options, ui, dest: str) -> None:
     if report is not None:
         for line in format_report(report):
             ui.info(line)
-        if report.errors:
-            raise DistctlError("pull incomplete: " + "; ".join(f"{h}: {m}" for h, m in report.errors),
-                               ExitCode.PARTIAL)
+    problems = [f"{h}: {m}" for h, m in (report.errors if report else [])] + [f"{h}: unreachable" for h in down]
+    if problems:
+        raise DistctlError("pull incomplete: " + "; ".join(problems), ExitCode.PARTIAL)
 
 
 def _files_text(names: list[str]) -> str:

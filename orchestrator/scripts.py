@@ -37,6 +37,8 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
                    f"echo $? >{code}.tmp; mv {code}.tmp {code}")
         commands += [
             f"rm -f {code}",
+            # A resumed run appends to its logs: mark where the new attempt starts.
+            f"[ -s {log} ] && echo \"--- distctl: resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---\" >>{log}",
             f"pgid=$({DETACH} sh -c {shell.join([wrapper])} distctl-rank{r.rank} {shell.join(r.argv)}) || exit 1",
             f"echo \"$pgid\" >rank{r.rank}.pid",
             f"echo launched rank={r.rank} pgid=$pgid",

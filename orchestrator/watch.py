@@ -3,6 +3,7 @@ and stop it when ranks never join (the hang watchdog)."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -199,7 +200,7 @@ def _outcome(state: RunState, exits: dict[int, int | None], failures: list[int],
     rank = failures[0]
     if state.trainer and exits.get(rank) == STOPPED and all(c in (STOPPED, 0) for c in exits.values()):
         return Outcome(ExitCode.RUN_FAILED, f"run {state.run_id} was stopped (checkpointed); "
-                       "continue it with: distctl up --resume")
+                       f"continue it with: distctl up {shlex.quote(state.inventory)} --resume")
     tail = "\n".join(f"    {line}" for line in list(tails.get(rank, ()))[-10:])
     return Outcome(ExitCode.RUN_FAILED, f"rank {rank} on {host_of[rank]} failed first: exited with "
                    f"{_code_text(exits.get(rank))}; last lines of its log:\n{tail}")

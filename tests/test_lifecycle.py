@@ -176,7 +176,8 @@ def test_ctrl_c_while_streaming_detaches_and_the_run_goes_on(cluster, small_mnis
         up.send_signal(signal.SIGINT)
         out, err = up.communicate(timeout=30)
         assert up.returncode == 130, err
-        assert f"detached; run {run_id} goes on. Follow it: distctl logs -f   Stop it: distctl stop" in err
+        assert (f"detached; run {run_id} goes on. Follow it: distctl logs -f {run_id}   "
+                f"Stop it: distctl stop {run_id}") in err
         before = epochs_done(cluster, "node2", run_id, 1)
         wait_for(lambda: epochs_done(cluster, "node2", run_id, 1) > before, 60, "training to go on")
         assert all(run_pids(cluster, run_id)[h] for h in ("node1", "node2"))

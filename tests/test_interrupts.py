@@ -1,0 +1,132 @@
+"""Interruptions and partial availability, as a new user meets them (real cluster, torch-free)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from e2e import distctl, run_pids, start_distctl, wait_for, write_inventory
+
+pytestmark = pytest.mark.cluster
+
+# Rank 0 opens MASTER_PORT after DELAY seconds (like a program loading data first), every rank
+# then holds until stopped.
+LISTENER = """
+import os, socket, time
+time.sleep(float(os.environ.get("DELAY", "0")))
+if os.environ["RANK"] == "0":
+    server = socket.create_server((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
+print("up rank", os.environ["RANK"], flush=True)
+os.makedirs("out", exist_ok=True)
+open("out/r%s.txt" % os.environ["RANK"], "w").write("result\\n")
+time.sleep(float(os.environ.get("HOLD", "300")))
+"""
+
+
+def project(cluster, tmp_path, **job):
+    code = tmp_path / "project"
+    code.mkdir(exist_ok=True)
+    (code / "prog.py").write_text(LISTENER)
+    return write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], code="project",
+                           command="python prog.py", **job)
+
+
+def setup_sleeping(cluster, host: str) -> bool:
+    for pid in cluster.host(host).processes():
+        try:
+            if open(f"/proc/{pid}/cmdline", "rb").read() == b"sleep\x0060\x00":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def interrupt(proc: subprocess.Popen) -> tuple[str, str]:
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    return out, err
+
+
+def test_ctrl_c_while_waiting_for_rank_0_leaves_nothing_running(cluster, tmp_path):
+    inv = project(cluster, tmp_path, env={"DELAY": "60"})
+    proc = start_distctl("up", str(inv), cwd=tmp_path)
+    wait_for(lambda: cluster.host("node1").pids_with_env("RANK=0"), 60, "rank 0 to start")
+    run_id = next(iter({e.split("=", 1)[1] for pid in cluster.host("node1").pids_with_env("RANK=0")
+                        for e in open(f"/proc/{pid}/environ", "rb").read().decode().split("\0")
+                        if e.startswith("DISTCTL_RUN_ID=")}))
+    _, err = interrupt(proc)
+    assert f"interrupted while starting run {run_id}: stopped what had started; nothing runs" in err
+    assert not any(run_pids(cluster, run_id).values())
+
+
+def test_ctrl_c_during_setup_launches_nothing(cluster, tmp_path):
+    inv = project(cluster, tmp_path, setup="echo preparing; sleep 60")
+    before = {h: cluster.host(h).run(f"ls {cluster.host(h).workdir}/runs/*/rank*.pid 2>/dev/null | wc -l").stdout
+              for h in ("node1", "node2")}
+    proc = start_distctl("up", str(inv), cwd=tmp_path)
+    wait_for(lambda: setup_sleeping(cluster, "node2"), 60, "setup to run on node2")
+    interrupt(proc)
+    for h in ("node1", "node2"):
+        assert cluster.host(h).run(f"ls {cluster.host(h).workdir}/runs/*/rank*.pid 2>/dev/null | wc -l").stdout \
+            == before[h]
+
+
+def test_a_second_up_names_the_run_still_running_and_how_to_stop_it(cluster, tmp_path):
+    inv = project(cluster, tmp_path)
+    started = distctl("up", str(inv), "--detach", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    run_id = re.search(r"run (\S+) started", started.stderr)[1]
+    try:
+        again = distctl("up", str(inv), cwd=tmp_path)
+        assert again.returncode == 5, again.stderr
+        assert (f"run {run_id} of {inv} may still be running (its port") in again.stderr
+        assert f"See: distctl status {run_id}   Stop it: distctl stop {run_id}" in again.stderr
+    finally:
+        assert distctl("stop", run_id, "--grace", "1", cwd=tmp_path).returncode == 0
+    # a stopped run can be resumed: the dry run shows that run, not a fresh id
+    dry = distctl("up", str(inv), "--resume", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and dry.stdout.startswith(f"run {run_id}: 2 rank(s)"), dry.stderr
+
+
+def test_logs_and_pull_with_a_host_cut_off_show_and_fetch_what_they_can(isolated, tmp_path):
+    inv = project(isolated, tmp_path, outputs=["out/*.txt"], wait_for_rank0=False)
+    started = distctl("up", str(inv), "--detach", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    run_id = re.search(r"run (\S+) started", started.stderr)[1]
+    node2 = isolated.host("node2")
+    seen: list = []
+    try:
+        wait_for(lambda: seen.append(distctl("logs", run_id, cwd=tmp_path)) or "up rank 1" in seen[-1].stdout, 20,
+                 "both ranks up", every=1)
+    except AssertionError:
+        raise AssertionError(seen[-1]) from None
+    subprocess.run(["ip", "route", "add", "unreachable", f"{node2.address}/32"], check=True)
+    try:
+        logs = distctl("logs", run_id, cwd=tmp_path)
+        assert logs.returncode == 12, logs.stderr
+        assert "[node1 r0] up rank 0" in logs.stdout
+        assert "node2: unreachable, its ranks' logs are not shown:" in logs.stderr
+        pulled = distctl("pull", run_id, cwd=tmp_path)
+        assert pulled.returncode == 12, pulled.stderr
+        assert (tmp_path / "runs" / run_id / "out" / "r0.txt").read_text() == "result\n"
+        assert not (tmp_path / "runs" / run_id / "out" / "r1.txt").exists()
+        assert "pull incomplete: node2: unreachable" in pulled.stderr
+    finally:
+        subprocess.run(["ip", "route", "del", "unreachable", f"{node2.address}/32"], check=True)
+        distctl("stop", run_id, "--grace", "1", cwd=tmp_path)
+
+
+def test_resume_of_a_finished_run_is_refused_and_a_dry_run_shows_the_run_it_would_resume(cluster, tmp_path):
+    inv = project(cluster, tmp_path, env={"HOLD": "0"}, wait_for_rank0=False)
+    done = distctl("up", str(inv), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run_id = re.search(r"run (\S+) started", done.stderr)[1]
+    dry = distctl("up", str(inv), "--resume", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 2 and f"run {run_id} of {inv} finished: nothing to resume" in dry.stderr
+    resumed = distctl("up", str(inv), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 2, resumed.stderr
