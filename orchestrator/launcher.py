@@ -6,9 +6,10 @@ anything is reported (partial failure is normal).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 from orchestrator import facts as facts_mod
 from orchestrator import shell

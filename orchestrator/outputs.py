@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from orchestrator import shell
 from orchestrator.destinations import (HostListing, Placement, RemoteFile, is_unchanged, local_parent, place,

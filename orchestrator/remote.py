@@ -145,7 +145,7 @@ class SshConnection:
             stdout = _read_all(chan.recv)
             stderr = _read_all(chan.recv_stderr)
             return Result(chan.recv_exit_status(), _text(stdout), _text(stderr))
-        except socket.timeout:
+        except TimeoutError:
             raise HostError(self.name, f"command timed out after {timeout:g} s") from None
         except OSError as exc:
             raise HostError(self.name, f"connection lost: {exc}") from None

@@ -5,7 +5,8 @@ here touches the network."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from orchestrator import hostside, shell
 
