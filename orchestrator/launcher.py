@@ -265,7 +265,7 @@ def prepare(plan: Plan, conns: dict[str, Connection], fanout: int) -> dict[str, 
                     exit_code=ExitCode.REMOTE_STEP).stdout
         have = {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("have ")}
         present = frozenset(a.name for a in plan.artifacts if a.remote_dir(hp.workdir) in have)
-        lines = {int(p[1]): int(p[2]) for p in (l.split() for l in out.splitlines()) if p[:1] == ["loglines"]}
+        lines = {int(p[1]): int(p[2]) for p in (ln.split() for ln in out.splitlines()) if p[:1] == ["loglines"]}
         return Prepared(present, lines)
 
     steps = [s for s in plan.steps if s.kind is StepKind.PREPARE]
@@ -295,7 +295,8 @@ def launch(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> None:
         if step is not None and step.kind is StepKind.LAUNCH:
             batch.append(step)
             continue
-        fan_out("launch", batch, lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP), fanout, lambda s: s.host)
+        fan_out("launch", batch, lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP),
+                fanout, lambda s: s.host)
         batch = []
         if step is not None:
             ui.detail(f"{step.host}: rank 0 started; waiting for {plan.master_addr}:{plan.port}")

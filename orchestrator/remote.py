@@ -374,7 +374,8 @@ def _connect_error(exc: Exception, hop: SshSettings, name: str, timeout: int, ke
             f"{what} key for {keys.name} CHANGED: got {exc.key.get_name()} {fingerprint(exc.key)}, "
             f"known_hosts has {exc.expected_key.get_name()} {fingerprint(exc.expected_key)}; refusing "
             f"to connect. If the host was really reinstalled: "
-            f"ssh-keygen -R {shlex.quote(keys.name)} -f {shlex.quote(os.path.expanduser(keys.record_to or DEFAULT_KNOWN_HOSTS))}"))
+            f"ssh-keygen -R {shlex.quote(keys.name)} "
+            f"-f {shlex.quote(os.path.expanduser(keys.record_to or DEFAULT_KNOWN_HOSTS))}"))
     if isinstance(exc, paramiko.AuthenticationException):
         return HostError(name, f"authentication failed for {hop.user}@{hop.hostname}: {exc}")
     if isinstance(exc, paramiko.SSHException) and "No authentication methods available" in str(exc):

@@ -58,7 +58,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -73,7 +72,7 @@ _NAME_RE = re.compile(r"^dctl(\d+)[a-z]-")
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _seq = iter(_B36[10:])  # one letter per cluster in this process: main and jump clusters coexist
 
-Command = Union[str, Sequence[str]]
+Command = str | Sequence[str]
 
 
 class ClusterError(RuntimeError):
