@@ -56,9 +56,11 @@ class _LocalStream:
     def __init__(self, command: str):
         self._proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self._proc.stdout is not None  # stdout=PIPE
+        self._stdout = self._proc.stdout
 
     def fileno(self) -> int:
-        return self._proc.stdout.fileno()
+        return self._stdout.fileno()
 
     def read(self) -> bytes:
         return os.read(self.fileno(), 65536)
@@ -70,7 +72,7 @@ class _LocalStream:
         if self._proc.poll() is None:
             self._proc.terminate()
             self._proc.wait()
-        self._proc.stdout.close()
+        self._stdout.close()
 
 
 class LocalConnection:
@@ -78,7 +80,7 @@ class LocalConnection:
 
     def __init__(self, name: str):
         self.name = name
-        self.peer = "127.0.0.1"
+        self.peer: str | None = "127.0.0.1"
 
     def run(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
         try:
@@ -164,7 +166,7 @@ class SshConnection:
 
 
 def _read_all(recv) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = recv(65536)
         if not data:

@@ -132,7 +132,7 @@ def settings_from(alias: str, g: dict[str, list[str]], hops: tuple[SshSettings, 
         value = g.get(key, [default])[0]
         return None if value is None or value.lower() == "none" else value
 
-    hostname, user, port = first("hostname", alias), first("user") or getpass.getuser(), int(first("port", "22"))
+    hostname, user, port = first("hostname") or alias, first("user") or getpass.getuser(), int(first("port") or "22")
     alias_k = first("hostkeyalias")
     tokens = _local_tokens(alias, hostname, user, port, first("proxyjump") or "", alias_k)
     identities = tuple(_home(os.path.expanduser(expand_tokens(f, tokens, "IdentityFile")))
@@ -151,7 +151,7 @@ def settings_from(alias: str, g: dict[str, list[str]], hops: tuple[SshSettings, 
         proxyjump=hops, proxycommand=command,
         userknownhostsfile=files["userknownhostsfile"], globalknownhostsfile=files["globalknownhostsfile"],
         hostkeyalias=alias_k, connecttimeout=float(timeout) if timeout else None,
-        stricthostkeychecking=first("stricthostkeychecking", "ask").replace("true", "yes").replace("false", "no"),
+        stricthostkeychecking=(first("stricthostkeychecking") or "ask").replace("true", "yes").replace("false", "no"),
         hashknownhosts=first("hashknownhosts", "no") in ("yes", "true"), ignored=ignored)
 
 
