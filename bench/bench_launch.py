@@ -172,7 +172,8 @@ def trace(inv: str, work: Path) -> None:
     print(f"\ntrace of one `up --detach` in-process: {total:.2f} s; remote commands per host: "
           f"{sorted(set(per_host.values()))}\n")
     print_table(("step (remote command)", "calls", "first start s", "last end s", "median call s"),
-                [(what, n, f"{a:.2f}", f"{b:.2f}", f"{statistics.median(e - s for h, w, s, e in events if w == what):.2f}")
+                [(what, n, f"{a:.2f}", f"{b:.2f}",
+                  f"{statistics.median(e - s for h, w, s, e in events if w == what):.2f}")
                  for what, (a, b, _, n) in sorted(spans.items(), key=lambda kv: kv[1][0])])
 
 

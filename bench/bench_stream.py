@@ -6,8 +6,8 @@ untimed `distctl up` runs it. Then, interleaved, each case writes the whole log 
 the workstation, as a user's `> file` would: `ssh -F <cluster ssh_config> h01 cat LOG` (OpenSSH,
 the floor) and `distctl logs RUN` (connect, the host's follower, the workstation's line loop,
 the `[h01 r0] ` prefixes); between them, `ssh h01 <the follower distctl runs there>` shows the
-host side's share (it adds `0 ` before each line and an `exit` line). Every output is checked to hold every line. Rates are of the log's
-own lines and bytes, so the two columns compare.
+host side's share (it adds `0 ` before each line and an `exit` line). Every output is checked to
+hold every line. Rates are of the log's own lines and bytes, so the two columns compare.
 
 Run (root, for network namespaces):
     .venv/bin/python bench/bench_stream.py                  # 500,000 lines, 3 rounds

@@ -49,9 +49,9 @@ def run_ranks(command, world_size, timeout):
 
 def measure(outs, final_prefix):
     """Per rank: mean epoch samples/s; and rank 0's accuracy and all digests from the final lines."""
-    rates = [statistics.mean(float(parse(l)["samples_per_s"]) for l in out if l.startswith("epoch="))
+    rates = [statistics.mean(float(parse(ln)["samples_per_s"]) for ln in out if ln.startswith("epoch="))
              for out in outs]
-    finals = [parse(next(l for l in out if l.startswith(final_prefix))) for out in outs]
+    finals = [parse(next(ln for ln in out if ln.startswith(final_prefix))) for out in outs]
     return rates, float(finals[0]["test_accuracy"]), [f["param_sha256"] for f in finals]
 
 

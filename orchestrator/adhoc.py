@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import selectors
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from orchestrator import launcher, shell
 from orchestrator.errors import DistctlError, ExitCode, HostError

@@ -115,7 +115,8 @@ def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overri
     Example:
       distctl check inventory.yaml
     """
-    commands.check(commands.load(inventory, overrides), commands.Options(fanout, accept_new_host_keys), obj["ui"], as_json)
+    commands.check(commands.load(inventory, overrides), commands.Options(fanout, accept_new_host_keys), obj["ui"],
+                   as_json)
 
 
 @cli.command()

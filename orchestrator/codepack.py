@@ -233,10 +233,11 @@ def format_bytes(n: int) -> str:
     """Decimal units, as `du --si` and download tools show them: 3.4 MB, 512 B."""
     if n < 1000:
         return f"{n} B"
+    size = float(n)
     for unit in ("kB", "MB", "GB", "TB"):
-        n /= 1000
-        if n < 999.95 or unit == "TB":
-            return f"{n:.1f} {unit}"
+        size /= 1000
+        if size < 999.95 or unit == "TB":
+            return f"{size:.1f} {unit}"
     raise AssertionError("unreachable")
 
 

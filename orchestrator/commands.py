@@ -316,7 +316,7 @@ def stop(target: str | None, opts: Options, ui, grace: float) -> None:
     problems.update({h: f"unreachable: {cause}" for h, cause in down.items()})
     for hs in state.hosts:
         name = hs.host.name
-        ui.info(f"{name}: {'stopped' if name not in problems else problems[name]}")
+        ui.info(f"{name}: {problems.get(name, 'stopped')}")
     if problems:
         raise DistctlError(f"stop of {state.run_id} incomplete on {', '.join(sorted(problems))}",
                            ExitCode.STOP_INCOMPLETE)

@@ -137,4 +137,4 @@ def choose_route(routes: list[Route]) -> Route | None:
     """The best way to rank 0: a directly connected network first, then a routed one."""
     usable = [r for r in routes if r.dev and not r.error and r.dev != "lo"]
     direct = [r for r in usable if r.via is None]
-    return (direct or usable or [None])[0]
+    return (direct or usable)[0] if usable else None

@@ -6,9 +6,10 @@ anything is reported (partial failure is normal).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 from orchestrator import facts as facts_mod
 from orchestrator import shell
@@ -103,7 +104,8 @@ def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple
     route lookups runs only when that address is not directly reachable from every worker.
     """
     rank0, workers = inv.hosts[0], inv.hosts[1:]
-    guess = [conns[rank0.name].peer] if workers and conns[rank0.name].peer else []
+    peer = conns[rank0.name].peer
+    guess = [peer] if workers and peer else []
 
     def one(h: Host) -> tuple[HostFacts, list[facts_mod.Route]]:
         script = facts_mod.discover_script(h.python)
@@ -113,7 +115,7 @@ def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple
         return facts_mod.parse_facts(out), facts_mod.parse_routes(out)  # each skips the other's lines
 
     found = fan_out("discover", inv.hosts, one, fanout, lambda h: h.name)
-    host_facts: dict[str, HostFacts] = {name: f for name, (f, _) in found.items()}  # type: ignore[misc]
+    host_facts: dict[str, HostFacts] = {name: f for name, (f, _) in found.items()}  # type: ignore[misc,has-type]
     if not workers:
         return host_facts, Network("127.0.0.1", {rank0.name: host_facts[rank0.name].loopback or "lo"})
     missing_ip = [h.name for h in inv.hosts if not host_facts[h.name].has_ip]
@@ -143,7 +145,7 @@ def _all_direct(address: str, routes: dict[str, list[facts_mod.Route]]) -> bool:
     return True
 
 
-def _network(rank0: Host, workers: list[Host], candidates: list[str], rank0_facts: HostFacts,
+def _network(rank0: Host, workers: Sequence[Host], candidates: list[str], rank0_facts: HostFacts,
              routes: dict[str, list[facts_mod.Route]]) -> Network:
     """The first of rank 0's addresses that every worker can reach, direct routes first."""
     def chosen(address: str) -> dict[str, facts_mod.Route | None]:
@@ -151,7 +153,7 @@ def _network(rank0: Host, workers: list[Host], candidates: list[str], rank0_fact
 
     options = [(a, chosen(a)) for a in candidates]
     reachable = [(a, c) for a, c in options if all(c.values())]
-    direct = [(a, c) for a, c in reachable if all(r.via is None for r in c.values())]
+    direct = [(a, c) for a, c in reachable if all(r.via is None for r in c.values() if r)]
     if not (direct or reachable):
         unreached = sorted({w for _, c in options for w, r in c.items() if r is None})
         raise GroupError("discover", [HostError(w, f"no route to {rank0.name} "
@@ -159,7 +161,7 @@ def _network(rank0: Host, workers: list[Host], candidates: list[str], rank0_fact
                                       for w in unreached])
     address, per_worker = (direct or reachable)[0]
     ifaces = {rank0.name: rank0_facts.iface_of(address) or "lo"}
-    ifaces.update({w: r.dev for w, r in per_worker.items()})
+    ifaces.update({w: r.dev for w, r in per_worker.items() if r and r.dev})  # all are: choose_route needs a dev
     return Network(address, ifaces)
 
 
@@ -189,7 +191,7 @@ def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts], after_setu
         elif inv.job.backend == "nccl" and not f.gpus:
             errors.append(HostError(h.name, "backend nccl needs GPUs, none found (use backend: auto or gloo)",
                                     ExitCode.PREFLIGHT))
-    versions = {host_facts[h.name].torch for h in inv.hosts if host_facts[h.name].torch}
+    versions = {version for h in inv.hosts if (version := host_facts[h.name].torch)}
     if interpreter and len(versions) > 1 and not errors:
         errors += [HostError(h.name, f"torch {host_facts[h.name].torch}, but other hosts have "
                              f"{', '.join(sorted(versions - {host_facts[h.name].torch}))}; "
@@ -264,7 +266,7 @@ def prepare(plan: Plan, conns: dict[str, Connection], fanout: int) -> dict[str, 
                     exit_code=ExitCode.REMOTE_STEP).stdout
         have = {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("have ")}
         present = frozenset(a.name for a in plan.artifacts if a.remote_dir(hp.workdir) in have)
-        lines = {int(p[1]): int(p[2]) for p in (l.split() for l in out.splitlines()) if p[:1] == ["loglines"]}
+        lines = {int(p[1]): int(p[2]) for p in (ln.split() for ln in out.splitlines()) if p[:1] == ["loglines"]}
         return Prepared(present, lines)
 
     steps = [s for s in plan.steps if s.kind is StepKind.PREPARE]
@@ -294,7 +296,8 @@ def launch(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> None:
         if step is not None and step.kind is StepKind.LAUNCH:
             batch.append(step)
             continue
-        fan_out("launch", batch, lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP), fanout, lambda s: s.host)
+        fan_out("launch", batch, lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP),
+                fanout, lambda s: s.host)
         batch = []
         if step is not None:
             ui.detail(f"{step.host}: rank 0 started; waiting for {plan.master_addr}:{plan.port}")

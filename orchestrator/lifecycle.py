@@ -54,7 +54,8 @@ def status_script(rundir: str, ranks: list[int]) -> str:
     return shell.lines(
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo missing=1; exit 0; }}",
         f"for r in {' '.join(str(r) for r in ranks)}; do",
-        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) at=$(stat -c %Y rank$r.exit 2>/dev/null || stat -f %m rank$r.exit)";',
+        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) '
+        'at=$(stat -c %Y rank$r.exit 2>/dev/null || stat -f %m rank$r.exit)";',
         '  elif [ -f rank$r.pid ] && kill -0 -"$(cat rank$r.pid)" 2>/dev/null; then echo "rank=$r state=running";',
         '  elif [ -f rank$r.pid ]; then echo "rank=$r state=killed"; else echo "rank=$r state=not-started"; fi',
         "done",

@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from orchestrator import shell
 from orchestrator.destinations import (HostListing, Placement, RemoteFile, is_unchanged, local_parent, place,
@@ -49,7 +50,7 @@ def _hostside_command(python: str, *args: str) -> str:
     return shell.join([python, "-c", source("outputs"), *args])
 
 
-def _checked(value, kind: type):
+def _checked(value, kind: type[Any]):
     if type(value) is not kind or (kind is int and value < 0):
         raise ValueError(f"expected a {kind.__name__}, got {value!r:.40}")
     return value
@@ -147,7 +148,10 @@ def _receive(reader: _Reader, root: Path, p: Placement) -> int:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
-            reader.copy(size, lambda b: (h.update(b), f.write(b)))
+            def sink(b: bytes) -> None:
+                h.update(b)
+                f.write(b)
+            reader.copy(size, sink)
         trailer = reader.line() or {}
         if not trailer.get("complete") or trailer.get("sha256") != h.hexdigest():
             raise OSError("it changed on the host while being sent; pull again")
@@ -199,7 +203,7 @@ def fetch_host(conn: Connection, python: str, workdir: str, placements: list[Pla
 
 
 def pull_outputs(state, conns: dict[str, Connection], patterns: list[str], dest: Path,
-                 workdir_of: Callable[[object], str] = lambda hs: f"{hs.rundir}/work",
+                 workdir_of: Callable[[Any], str] = lambda hs: f"{hs.rundir}/work",
                  parallel: int = 8) -> PullReport:
     """Pull the files matching `patterns` from every host of `state` into `dest/<run id>/`.
 

@@ -24,7 +24,7 @@ def apply_overrides(root: yaml.MappingNode, overrides: tuple[str, ...]) -> None:
         if not sep or not all(parts):
             raise InventoryError(f"--set {item}: expected KEY=VALUE with a dotted key ({EXAMPLE})")
         value = _compose(item, text)
-        parent = root
+        parent: yaml.Node = root
         for depth, part in enumerate(parts[:-1]):
             parent = _child(parent, part, item, ".".join(parts[: depth + 1]))
         _put(parent, parts[-1], value, item)
@@ -46,8 +46,8 @@ def _rename(node: yaml.Node, name: str) -> None:
     """Messages name the override instead of a file and line."""
     for mark in ("start_mark", "end_mark"):
         old = getattr(node, mark, None)
-        setattr(node, mark, yaml.Mark(name, 0, 0, 0, None, None) if old is None else
-                yaml.Mark(name, old.index, old.line, old.column, None, None))
+        setattr(node, mark, yaml.Mark(name, 0, 0, 0, None, 0) if old is None else
+                yaml.Mark(name, old.index, old.line, old.column, None, 0))
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             _rename(k, name)
@@ -74,7 +74,7 @@ def _child(parent: yaml.Node, part: str, item: str, path: str) -> yaml.Node:
                 parent.value[parent.value.index((k, v))] = (k, fresh)
                 return fresh
             return v
-    mark = yaml.Mark(f"--set {item}", 0, 0, 0, None, None)
+    mark = yaml.Mark(f"--set {item}", 0, 0, 0, None, 0)
     fresh = yaml.MappingNode("tag:yaml.org,2002:map", [], mark, mark)
     parent.value.append((yaml.ScalarNode("tag:yaml.org,2002:str", part, mark, mark), fresh))
     return fresh

@@ -56,9 +56,11 @@ class _LocalStream:
     def __init__(self, command: str):
         self._proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self._proc.stdout is not None  # stdout=PIPE
+        self._stdout = self._proc.stdout
 
     def fileno(self) -> int:
-        return self._proc.stdout.fileno()
+        return self._stdout.fileno()
 
     def read(self) -> bytes:
         return os.read(self.fileno(), 65536)
@@ -70,7 +72,7 @@ class _LocalStream:
         if self._proc.poll() is None:
             self._proc.terminate()
             self._proc.wait()
-        self._proc.stdout.close()
+        self._stdout.close()
 
 
 class LocalConnection:
@@ -78,7 +80,7 @@ class LocalConnection:
 
     def __init__(self, name: str):
         self.name = name
-        self.peer = "127.0.0.1"
+        self.peer: str | None = "127.0.0.1"
 
     def run(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
         try:
@@ -149,7 +151,7 @@ class SshConnection:
             stdout = _read_all(chan.recv)
             stderr = _read_all(chan.recv_stderr)
             return Result(chan.recv_exit_status(), _text(stdout), _text(stderr))
-        except socket.timeout:
+        except TimeoutError:
             raise HostError(self.name, f"command timed out after {timeout:g} s") from None
         except OSError as exc:
             raise HostError(self.name, f"connection lost: {exc}") from None
@@ -168,7 +170,7 @@ class SshConnection:
 
 
 def _read_all(recv) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = recv(65536)
         if not data:
@@ -378,7 +380,8 @@ def _connect_error(exc: Exception, hop: SshSettings, name: str, timeout: int, ke
             f"{what} key for {keys.name} CHANGED: got {exc.key.get_name()} {fingerprint(exc.key)}, "
             f"known_hosts has {exc.expected_key.get_name()} {fingerprint(exc.expected_key)}; refusing "
             f"to connect. If the host was really reinstalled: "
-            f"ssh-keygen -R {shlex.quote(keys.name)} -f {shlex.quote(os.path.expanduser(keys.record_to or DEFAULT_KNOWN_HOSTS))}"))
+            f"ssh-keygen -R {shlex.quote(keys.name)} "
+            f"-f {shlex.quote(os.path.expanduser(keys.record_to or DEFAULT_KNOWN_HOSTS))}"))
     if isinstance(exc, paramiko.AuthenticationException):
         return HostError(name, f"authentication failed for {hop.user}@{hop.hostname}: {exc}")
     if isinstance(exc, paramiko.SSHException) and "No authentication methods available" in str(exc):

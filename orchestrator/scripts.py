@@ -5,7 +5,8 @@ here touches the network."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from orchestrator import hostside, shell
 
@@ -94,10 +95,12 @@ def setup_script(setup_dir: str, code_dir: str, setup: str, python: str) -> str:
     q = shell.join
     run = q(["-e", "-c", setup])
     return shell.lines(
-        f"if [ -f {q([setup_dir + '/' + SETUP_DONE])} ]; then echo 'setup unchanged since it last succeeded here; skipped'",
+        f"if [ -f {q([setup_dir + '/' + SETUP_DONE])} ]; "
+        "then echo 'setup unchanged since it last succeeded here; skipped'",
         f"else rm -rf {q([setup_dir])} && mkdir -p {q([setup_dir])} && cp -R {q([code_dir + '/.'])} {q([setup_dir])} "
         f"&& cd {q([setup_dir])} || exit 1",
-        f"  if command -v bash >/dev/null 2>&1; then bash {run} </dev/null; else sh {run} </dev/null; fi 2>&1 || exit $?",
+        f"  if command -v bash >/dev/null 2>&1; then bash {run} </dev/null; else sh {run} </dev/null; fi "
+        "2>&1 || exit $?",
         f"  touch {q([SETUP_DONE])}",
         "fi",
         f"echo {PROBE_MARK}",

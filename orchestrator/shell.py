@@ -8,7 +8,7 @@ onto a command line (`env_file`).
 from __future__ import annotations
 
 import shlex
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from orchestrator.inventory import EnvVar
 

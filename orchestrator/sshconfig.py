@@ -132,7 +132,7 @@ def settings_from(alias: str, g: dict[str, list[str]], hops: tuple[SshSettings, 
         value = g.get(key, [default])[0]
         return None if value is None or value.lower() == "none" else value
 
-    hostname, user, port = first("hostname", alias), first("user") or getpass.getuser(), int(first("port", "22"))
+    hostname, user, port = first("hostname") or alias, first("user") or getpass.getuser(), int(first("port") or "22")
     alias_k = first("hostkeyalias")
     tokens = _local_tokens(alias, hostname, user, port, first("proxyjump") or "", alias_k)
     identities = tuple(_home(os.path.expanduser(expand_tokens(f, tokens, "IdentityFile")))
@@ -147,10 +147,11 @@ def settings_from(alias: str, g: dict[str, list[str]], hops: tuple[SshSettings, 
     return SshSettings(
         alias=alias, hostname=hostname, user=user, port=port, identityfile=identities,
         identitiesonly=first("identitiesonly", "no") in ("yes", "true"),
-        identityagent=g.get("identityagent", ["SSH_AUTH_SOCK"])[0].lower() != "none", proxyjump=hops, proxycommand=command,
+        identityagent=g.get("identityagent", ["SSH_AUTH_SOCK"])[0].lower() != "none",
+        proxyjump=hops, proxycommand=command,
         userknownhostsfile=files["userknownhostsfile"], globalknownhostsfile=files["globalknownhostsfile"],
         hostkeyalias=alias_k, connecttimeout=float(timeout) if timeout else None,
-        stricthostkeychecking=first("stricthostkeychecking", "ask").replace("true", "yes").replace("false", "no"),
+        stricthostkeychecking=(first("stricthostkeychecking") or "ask").replace("true", "yes").replace("false", "no"),
         hashknownhosts=first("hashknownhosts", "no") in ("yes", "true"), ignored=ignored)
 
 
@@ -170,8 +171,8 @@ def _home(path: str) -> str:
 
 def ssh_g_error(stderr: str, alias: str) -> str:
     """ssh's own complaint, as `FILE:LINE: message` when it names a line."""
-    lines = [l.strip() for l in stderr.splitlines()
-             if l.strip() and not l.startswith("Pseudo-terminal will not be allocated")]
+    lines = [ln.strip() for ln in stderr.splitlines()
+             if ln.strip() and not ln.startswith("Pseudo-terminal will not be allocated")]
     for line in lines:
         m = re.match(r"(.*?): line (\d+): (.*)", line)
         if m:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import yaml
 
@@ -161,7 +161,8 @@ def render_inventory(hosts: list[HostEntry], defaults: Defaults = Defaults()) ->
         lines.append(f"    address: {_scalar(address)}")
         if user_part:
             lines.append(f"    user: {_scalar(user_part)}")
-        lines.append(f"    slots: {h.slots}" if h.slots else "    # slots: 1                 # default: one per GPU found, else 1")
+        lines.append(f"    slots: {h.slots}" if h.slots
+                     else "    # slots: 1                 # default: one per GPU found, else 1")
     lines += [
         "job:",
         "  name: mnist",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 
@@ -29,9 +30,10 @@ class Loader(yaml.SafeLoader):
         self.count = 0
         self.weights: dict[str, int] = {}  # anchor -> values it expands to
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
+            assert event.anchor is not None  # an alias always names its anchor
             if event.anchor in self.anchors and event.anchor not in self.weights:
                 raise self.refuse(event, f"alias *{event.anchor} is inside its own anchor &{event.anchor}")
             self.grow(self.weights.get(event.anchor, 0), event)
@@ -56,6 +58,7 @@ class Loader(yaml.SafeLoader):
                               "an inventory needs far fewer")
 
     def refuse(self, event: yaml.Event, message: str) -> InventoryError:
+        assert event.start_mark is not None  # the parser marks every event
         return InventoryError(f"{self.path}:{event.start_mark.line + 1}: {message}")
 
 

@@ -53,11 +53,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, Union
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -72,7 +72,7 @@ _NAME_RE = re.compile(r"^dctl(\d+)[a-z]-")
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _seq = iter(_B36[10:])  # one letter per cluster in this process: main and jump clusters coexist
 
-Command = Union[str, Sequence[str]]
+Command = str | Sequence[str]
 
 
 class ClusterError(RuntimeError):

@@ -7,7 +7,8 @@ below the marked section.
 from __future__ import annotations
 
 import os
-from typing import Iterator, NoReturn, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 import pytest
 

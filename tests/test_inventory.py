@@ -533,7 +533,8 @@ def test_set_overrides_values_like_the_file_would():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("job.train.epochs=zero", "--set job.train.epochs=zero: job.train: 'epochs' must be a positive integer, got 'zero'"),
+    ("job.train.epochs=zero",
+     "--set job.train.epochs=zero: job.train: 'epochs' must be a positive integer, got 'zero'"),
     ("job.train.epoch=5", "--set job.train.epoch=5: job.train: unknown key 'epoch' (did you mean 'epochs'?)"),
     ("hosts.node9.slots=2", "--set hosts.node9.slots=2: no host named 'node9' in the inventory"),
     ("epochs", "--set epochs: expected KEY=VALUE with a dotted key (e.g. --set job.train.epochs=5)"),

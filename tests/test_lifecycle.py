@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -29,10 +30,10 @@ def trainer_pid(cluster, host: str, run_id: str, rank: int) -> int | None:
     """The trainer process (not its sh wrapper) of one rank."""
     for pid in cluster.host(host).pids_with_env(f"DISTCTL_RUN_ID={run_id}"):
         try:
-            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"trainer" in argv and f"RANK={rank}".encode() in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+        if b"trainer" in argv and f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
             return pid
     return None
 
@@ -165,7 +166,7 @@ def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, small_mni
     resumed = distctl("up", str(inv), "--resume", cwd=cut_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert last_run_id(cut_dir) == run_id
-    acc = lambda out: float(re.findall(r"\] done rank=0 .*test_accuracy=([0-9.]+)", out)[-1])
+    acc = lambda out: float(re.findall(r"\] done rank=0 .*test_accuracy=([0-9.]+)", out)[-1])  # noqa: E731
     assert acc(resumed.stdout) == pytest.approx(acc(whole.stdout), abs=0.02)
     assert digests(resumed.stdout)[0] == digests(resumed.stdout)[1]
 

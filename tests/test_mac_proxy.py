@@ -74,7 +74,7 @@ def test_quickstart_trains_to_the_end_without_setsid_or_ip(mac_like, tmp_path):
     assert status.stdout.splitlines()[1:] == ["  [local r0] exited 0", "  [local r1] exited 0"]
     logs = distctl(mac_like, tmp_path, "logs", "--tail", "1", timeout=120)
     assert logs.returncode == 0, logs.stderr
-    assert sorted(logs.stdout.splitlines()) == sorted(l for l in done.stdout.splitlines() if "] done rank=" in l)
+    assert sorted(logs.stdout.splitlines()) == sorted(ln for ln in done.stdout.splitlines() if "] done rank=" in ln)
 
 
 SLEEPER = """

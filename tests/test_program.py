@@ -181,7 +181,8 @@ def test_a_setup_failing_on_one_host_launches_nothing_anywhere(cluster, tmp_path
 def test_a_user_programs_exit_code_is_reported_as_it_is(cluster, tmp_path):
     code = tmp_path / "project"
     code.mkdir()
-    (code / "prog.py").write_text("import os, sys\nprint('bye', flush=True)\nsys.exit(4 if os.environ['RANK'] == '1' else 0)\n")
+    (code / "prog.py").write_text("import os, sys\nprint('bye', flush=True)\n"
+                                  "sys.exit(4 if os.environ['RANK'] == '1' else 0)\n")
     inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], code="project",
                           command=["python", "prog.py"], wait_for_rank0=False)
     done = distctl("up", str(inv), cwd=tmp_path)
@@ -253,8 +254,8 @@ def test_rank_0_exiting_before_it_listens_is_named(cluster, tmp_path):
 
 
 def test_detach_status_stop_and_secrets_work_for_a_user_program(cluster, tmp_path, monkeypatch):
-    source = ("import os, time\nprint('token', os.environ['TOKEN'], 'data', sorted(os.listdir(os.environ['DISTCTL_DATA'])),"
-              " flush=True)\ntime.sleep(300)\n")
+    source = ("import os, time\nprint('token', os.environ['TOKEN'], 'data', "
+              "sorted(os.listdir(os.environ['DISTCTL_DATA'])), flush=True)\ntime.sleep(300)\n")
     data = tmp_path / "ds"
     data.mkdir()
     (data / "shard0.bin").write_bytes(b"x" * 100)

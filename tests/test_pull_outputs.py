@@ -64,7 +64,7 @@ def run(cluster):
 
 def tree(root: Path) -> dict[str, bytes]:
     out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             path = Path(dirpath, name)
             out[str(path.relative_to(root))] = path.read_bytes()

@@ -30,8 +30,9 @@ def test_shipped_inventory_trains_offline_and_says_it_fell_back(tmp_path):
     notices = [line for line in done.stderr.splitlines() if "generated digits" in line]
     assert notices[0] == ("distctl: local: MNIST could not be had: training on generated digits, not MNIST "
                           "(job.fallback: generated; set job.data to push your copy of MNIST)")
-    assert notices[1:] == ["distctl: run %s finished: 2 rank(s) exited 0 (on generated digits, not MNIST: "
-                           "MNIST could not be had)" % re.search(r"run (\S+) started", done.stderr)[1]]
+    run_id = re.search(r"run (\S+) started", done.stderr)[1]
+    assert notices[1:] == [f"distctl: run {run_id} finished: 2 rank(s) exited 0 (on generated digits, not MNIST: "
+                           "MNIST could not be had)"]
     found = digests(done.stdout)
     assert sorted(found) == [0, 1] and len(set(found.values())) == 1
     accuracy = [float(a) for a in re.findall(r"\[local r0\] epoch=\d+ .*test_accuracy=([0-9.]+)", done.stdout)]

@@ -388,7 +388,8 @@ def test_jump_host_keys_are_checked_too(jump_cluster, tmp_path):
     known.write_text(entry(jump_cluster, "node5") + f"{bastion_name} {forged}\n")
     changed = distctl("check", "--accept-new-host-keys", str(inv), cwd=tmp_path)
     assert changed.returncode == 4, changed.stderr
-    assert error_lines(changed)[1].startswith(f"  node5: jump host key for {bastion_name} CHANGED: got ssh-ed25519 {fp}")
+    assert error_lines(changed)[1].startswith(
+        f"  node5: jump host key for {bastion_name} CHANGED: got ssh-ed25519 {fp}")
 
     known.write_text(entry(jump_cluster, "node5"))
     accepted = distctl("check", "--accept-new-host-keys", str(inv), cwd=tmp_path)
@@ -488,7 +489,7 @@ data = {"argv": sys.argv, "env": {n: os.environ.get(n) for n in names + ["%s"] i
 with open(out + ".tmp", "w") as f:
     json.dump(data, f)
 os.rename(out + ".tmp", out)
-""" % RUN_MARKER
+""" % RUN_MARKER  # noqa: UP031 - the script's own braces would need doubling in an f-string
 
 CANARY = f"/tmp/distctl-canary-{os.getpid()}"  # what any injected `touch` below would create
 REL_CANARY = "DISTCTL_CANARY"  # the same, relative to whatever directory the shell is in

@@ -125,8 +125,9 @@ CASES = [
     Case("ipv6-hostname", "Host v6\n  HostName ::1\n  Port 2222\n", "v6"),
 ]
 
-FIELDS = ("hostname", "user", "port", "identityfile", "identitiesonly", "identityagent", "proxycommand", "userknownhostsfile",
-          "globalknownhostsfile", "hostkeyalias", "connecttimeout", "stricthostkeychecking", "hashknownhosts")
+FIELDS = ("hostname", "user", "port", "identityfile", "identitiesonly", "identityagent", "proxycommand",
+          "userknownhostsfile", "globalknownhostsfile", "hostkeyalias", "connecttimeout", "stricthostkeychecking",
+          "hashknownhosts")
 
 
 def materialize(case: Case, root: Path) -> tuple[str, str | None]:
@@ -244,7 +245,8 @@ def test_the_fallback_differs_from_openssh_only_where_known(case, tmp_path, monk
     theirs = openssh(config, case.alias, case.user, case.port, identity)
     monkeypatch.setattr(sshconfig, "SSH", "no-such-ssh-binary-for-distctl-tests")
     monkeypatch.setattr(sshconfig, "warn_once", lambda message: None)
-    monkeypatch.setattr("sys.stdin", open(os.devnull))  # paramiko's Match exec (invoke) reads stdin
+    # paramiko's Match exec (invoke) reads stdin; left open for the test's length
+    monkeypatch.setattr("sys.stdin", open(os.devnull))  # noqa: SIM115
     mine = as_dict(sshconfig.resolve(case.alias, config, case.user, case.port, identity))
     assert (differences(mine, theirs) != []) == (case.id in FALLBACK_DIFFERS)
 

@@ -103,7 +103,8 @@ def test_unknown_fields_are_ignored_everywhere(state_dir):
                        "ranks": [{"rank": 0, "local_rank": 0, "restarts": 2}]}]}
     write(state_dir / "runs" / "r.json", data)
     loaded = state.load_run(state_dir / "runs" / "r.json")
-    assert loaded.ssh == Ssh(known_hosts=("~/.ssh/known_hosts",), connect_timeout=10.0) and loaded.hosts[0].host.name == "node1"
+    assert loaded.ssh == Ssh(known_hosts=("~/.ssh/known_hosts",), connect_timeout=10.0)
+    assert loaded.hosts[0].host.name == "node1"
     assert loaded.hosts[0].ranks == (RankState(0, 0),)
 
 
@@ -148,7 +149,8 @@ def test_a_newer_major_format_is_refused_in_one_line(tmp_path):
 ])
 def test_a_damaged_file_is_a_one_line_error(tmp_path, data, why):
     write(tmp_path / "r.json", data)
-    assert fail(lambda: state.load_run(tmp_path / "r.json")).startswith(f"run file {tmp_path / 'r.json'} is damaged: {why}")
+    assert fail(lambda: state.load_run(tmp_path / "r.json")).startswith(
+        f"run file {tmp_path / 'r.json'} is damaged: {why}")
 
 
 def test_relative_key_and_config_paths_are_stored_absolute(state_dir, tmp_path, monkeypatch):

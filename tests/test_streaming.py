@@ -33,7 +33,7 @@ print("END %.3f" % time.time(), flush=True)
 
 
 def expected(rank: int) -> list[str]:
-    return ["r%d n%06d %s ü" % (rank, i, "x" * (i % 61)) for i in range(LINES)]
+    return [f"r{rank} n{i:06d} {'x' * (i % 61)} ü" for i in range(LINES)]
 
 
 def test_fast_printing_ranks_reach_the_workstation_line_for_line_and_up_ends_with_them(cluster, tmp_path):

@@ -75,7 +75,7 @@ class Rank:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"rank still running at the deadline; stdout={self.out} stderr={self.err}")
+            raise AssertionError(f"rank still running at the deadline; stdout={self.out} stderr={self.err}") from None
         for pump in self._pumps:
             pump.join(timeout=10)
         return code

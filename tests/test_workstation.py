@@ -221,7 +221,8 @@ def test_host_keys_known_only_from_the_global_known_hosts_file(cluster, tmp_path
     empty, global_known = tmp_path / "known_hosts", tmp_path / "ssh_known_hosts"
     empty.write_text("")
     key = " ".join((cluster.tmpdir / "node1" / "ssh_host_ed25519_key.pub").read_text().split()[:2])
-    global_known.write_text(f"[{node1.address}]:{node1.port} {key}\n" if node1.port != 22 else f"{node1.address} {key}\n")
+    global_known.write_text(f"[{node1.address}]:{node1.port} {key}\n" if node1.port != 22
+                            else f"{node1.address} {key}\n")
     config = tmp_path / "ssh_config"
     config.write_text(_client_settings(cluster, str(empty)).replace("GlobalKnownHostsFile /dev/null",
                                                                     f"GlobalKnownHostsFile {global_known}"))

@@ -58,7 +58,7 @@ def data_lock(folder):
     """Exclusive lock on ``folder/.distctl-data.lock``; released when the holder exits or dies."""
     try:
         os.makedirs(folder, exist_ok=True)
-        handle = open(os.path.join(folder, LOCK_NAME), "a+")
+        handle = open(os.path.join(folder, LOCK_NAME), "a+")  # noqa: SIM115 - the `with` below closes it
     except OSError as exc:
         raise DataError(f"cannot use data folder {folder}: {exc.strerror or exc}") from exc
     with handle:
