@@ -12,6 +12,7 @@ once. A host that cannot be reached is reported and the others still run.
 from __future__ import annotations
 
 import selectors
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ def run_everywhere(hosts: list[Host], conns: dict[str, Connection], argv: Sequen
                     data = b""
                 for line in followed.feed(data):
                     on_line(followed.host, line)
+                sys.stdout.flush()  # rank_line leaves flushing to its caller: once per chunk
                 if not data:
                     sel.unregister(key.fileobj)
                     code = followed.stream.exit_code()

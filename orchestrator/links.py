@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from orchestrator.errors import DistctlError
 from orchestrator.remote import Connection, connect

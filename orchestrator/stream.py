@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import codecs
 import selectors
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
+from collections.abc import Callable
 
 from orchestrator.remote import Stream
 
@@ -46,7 +48,7 @@ class Links(Protocol):
 
 def follow(streams: list[Followed], on_line: Callable[[Followed, str], None],
            tick: Callable[[], None] | None = None, tick_every: float = 0.25,
-           links: Links | None = None) -> None:
+           links: Links | None = None, flush: Callable[[], None] | None = None) -> None:
     """Read every stream to its end, calling `tick()` periodically. With `links`, a stream
     that ends or goes quiet is handed to it, and the streams it reopens are followed on."""
     sel = selectors.DefaultSelector()
@@ -80,6 +82,7 @@ def follow(streams: list[Followed], on_line: Callable[[Followed, str], None],
                 heard[id(f)] = time.monotonic()
                 for line in f.feed(data):
                     on_line(f, line)
+                (flush or sys.stdout.flush)()  # once per chunk read, not per line
                 if not data:
                     drop(f)
             if periodic and time.monotonic() >= next_tick:

@@ -8,7 +8,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from orchestrator import shell
 from orchestrator.errors import DistctlError, ExitCode, HostError
@@ -58,12 +58,14 @@ class RankEvents:
     def line(self, f: Followed, text: str) -> None:
         head, _, rest = text.partition(" ")
         if head == "exit":
-            rank, code, at = (rest.split(" ") + ["-", "-"])[:3]
-            self.on_exit(f.host, int(rank), int(code) if code.lstrip("-").isdigit() else None,
+            which, code, at = (rest.split(" ") + ["-", "-"])[:3]
+            self.on_exit(f.host, int(which), int(code) if code.lstrip("-").isdigit() else None,
                          float(at) if at.replace(".", "", 1).isdigit() else None)
         elif head.isdigit():
             rank = int(head)
-            self.tails.setdefault(rank, deque(maxlen=20)).append(rest)
+            if rank not in self.tails:  # not setdefault: that builds a deque for every line
+                self.tails[rank] = deque(maxlen=20)
+            self.tails[rank].append(rest)
             self.on_line(f.host, rank, rest)
 
 

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def project(cluster, tmp_path, **job):
 def setup_sleeping(cluster, host: str) -> bool:
     for pid in cluster.host(host).processes():
         try:
-            if open(f"/proc/{pid}/cmdline", "rb").read() == b"sleep\x0060\x00":
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0060\x00":
                 return True
         except OSError:
             pass
@@ -57,7 +58,7 @@ def test_ctrl_c_while_waiting_for_rank_0_leaves_nothing_running(cluster, tmp_pat
     proc = start_distctl("up", str(inv), cwd=tmp_path)
     wait_for(lambda: cluster.host("node1").pids_with_env("RANK=0"), 60, "rank 0 to start")
     run_id = next(iter({e.split("=", 1)[1] for pid in cluster.host("node1").pids_with_env("RANK=0")
-                        for e in open(f"/proc/{pid}/environ", "rb").read().decode().split("\0")
+                        for e in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
                         if e.startswith("DISTCTL_RUN_ID=")}))
     _, err = interrupt(proc)
     assert f"interrupted while starting run {run_id}: stopped what had started; nothing runs" in err

@@ -75,7 +75,7 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"distctl did not end: {err[-2000:]}")
+        raise AssertionError(f"distctl did not end: {err[-2000:]}") from None
     assert proc.returncode == 0, err
     return out, err
 
@@ -142,7 +142,7 @@ def test_a_host_unreachable_past_the_bound_is_reported_as_unknown_not_failed(iso
         subprocess.run(["ip", "route", "del", "unreachable", f"{node2.address}/32"], check=True)
     assert proc.returncode == 3, err
     run_id = re.search(r"run (\S+) started", err)[1]
-    assert (f"node2 unreachable (rank(s) 1): run state unknown") in err
+    assert ("node2 unreachable (rank(s) 1): run state unknown") in err
     assert f"Re-attach: distctl logs -f {run_id}" in err
     assert "failed" not in err.splitlines()[-1]
     # the run itself went on: node2's rank finished its work

@@ -52,7 +52,7 @@ class RankLog:
         except OSError:
             return b""
 
-    def start_at_tail(self, tail: int, out: BinaryIO) -> None:
+    def start_at_tail(self, tail: int, out: Counted) -> None:
         """Seek to the end of the last complete line; print the `tail` lines before it."""
         complete = self.read().split(b"\n")[:-1]
         self.offset = sum(len(line) + 1 for line in complete)
@@ -63,7 +63,7 @@ class RankLog:
         for line in shown:
             self.write(line, out)
 
-    def pump(self, out: BinaryIO, final: bool = False) -> None:
+    def pump(self, out: Counted, final: bool = False) -> None:
         data = self.read()
         self.offset += len(data)
         lines = (self.partial + data).split(b"\n")
@@ -77,7 +77,7 @@ class RankLog:
             else:
                 self.write(line, out)
 
-    def write(self, line: bytes, out: BinaryIO) -> None:
+    def write(self, line: bytes, out: Counted) -> None:
         out.write(b"%d %s\n" % (self.rank, line))
 
     def alive(self) -> bool:
