@@ -102,11 +102,12 @@ def up(obj, inventory: str, dry_run: bool, detach: bool, resume: bool, accept_ne
 @INVENTORY
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
+@click.option("--show-plan", is_flag=True, help="Also print every command `up` would run.")
 @SET
 @_fanout
 @click.pass_obj
 def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overrides: tuple[str, ...],
-          fanout: int) -> None:
+          show_plan: bool, fanout: int) -> None:
     """Connect, discover and preflight without starting anything.
 
     Exits 0 only if `distctl up` would start.
@@ -116,7 +117,7 @@ def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overri
       distctl check inventory.yaml
     """
     commands.check(commands.load(inventory, overrides), commands.Options(fanout, accept_new_host_keys), obj["ui"],
-                   as_json)
+                   as_json, show_plan)
 
 
 @cli.command()

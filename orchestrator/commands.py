@@ -66,10 +66,11 @@ def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = Fals
     return conns, facts, plan
 
 
-def check(inv: Inventory, opts: Options, ui, as_json: bool) -> None:
-    """Read-only: connect, discover, preflight; print the resolved plan."""
+def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = False) -> None:
+    """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request)."""
     inv = _with_options(inv, opts)
-    conns, facts, plan = _resolve(inv, opts, ui, new_run_id(inv.job.name))
+    # The plan needs a run id; this one names no run (check starts none).
+    conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.name}-<run id>")
     launcher.close_all(conns)
     if as_json:
         ui.out(plan_json(plan, facts))
@@ -81,9 +82,11 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool) -> None:
         if not hp.host.is_local:
             ui.out(f"{hp.host.name}: ssh {resolve_host(hp.host, inv.ssh).describe()}")
     ui.out(f"rank 0 address: {plan.master_addr} (init method {plan.init_method})")
-    ui.out("")
-    ui.out(render_plan(plan))
-    ui.info("check passed: 'distctl up' would start")
+    if show_plan or ui.verbose:
+        ui.out("")
+        ui.out(render_plan(plan))
+    ui.info("check passed: 'distctl up' would start" + ("" if show_plan or ui.verbose else
+                                                         " (the commands it would run: --show-plan)"))
 
 
 def _state_of(plan: Plan, inv: Inventory) -> RunState:
