@@ -25,7 +25,9 @@ from orchestrator.state import HostState, RunState
 from orchestrator.stream import Followed
 
 HEARTBEAT_S = 2.0  # hostside/follow.py writes `hb` after this long without output
-STALL_S = 5 * HEARTBEAT_S  # no byte for this long: the link is stalled
+# No byte for this long: the link is stalled. Generous: 16 ranks importing torch on 2 cores kept a
+# follower off the CPU for over 10 s here, and a false alarm costs a channel, not a line.
+STALL_S = 10 * HEARTBEAT_S
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 10.0
 
@@ -53,7 +55,6 @@ class HostLinks:
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = False
-        self._stalled: set[str] = set()
 
     # -------------------------------------------------------------- the stream's side
 
@@ -89,10 +90,7 @@ class HostLinks:
             return bool(self._pending) or not self._new.empty()
 
     def stalled(self, f: Followed, quiet_s: float) -> bool:
-        if quiet_s <= STALL_S:
-            return False
-        self._stalled.add(f.host)  # its connection is no good either: reconnect from scratch
-        return True
+        return quiet_s > STALL_S
 
     def closed(self, f: Followed) -> None:
         hs = self.hosts[f.host]
@@ -116,11 +114,9 @@ class HostLinks:
 
     def _reconnect(self, hs: HostState, old: Followed) -> None:
         name = hs.host.name
-        conn: Connection | None = self.conns.get(name)  # a killed follower leaves the connection fine
-        if name in self._stalled:  # closing a stalled transport may block: not on this thread
-            self._stalled.discard(name)
-            threading.Thread(target=_close_quietly, args=(conn,), daemon=True).start()
-            conn = None
+        # A killed follower, or one starved of CPU, leaves the connection fine: try it first (a
+        # channel open is bounded, remote.CHANNEL_OPEN_TIMEOUT_S), then a new connection.
+        conn: Connection | None = self.conns.get(name)
         threading.Thread(target=_close_stream, args=(old,), daemon=True).start()
         deadline = time.monotonic() + self.reconnect_timeout
         delay, problem = FIRST_RETRY_S, ""

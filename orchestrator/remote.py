@@ -116,7 +116,7 @@ class _ChannelStream:
         self._chan.close()
 
 
-CHANNEL_OPEN_TIMEOUT_S = 30.0
+CHANNEL_OPEN_TIMEOUT_S = 10.0
 
 
 class SshConnection:
