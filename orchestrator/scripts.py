@@ -130,8 +130,12 @@ def push_script(target: str) -> str:
     q = shell.join([target])
     done = shell.join([target + ".complete"])
     tmp = shell.join([target + ".tmp"]) + ".$$"
+    parent = shell.join([target.rsplit("/", 1)[0] or "/"])
+    # tar reports a full disk as "Wrote only N of M bytes": name the cause, and free the space.
+    full = (f"df -Pk {parent} 2>/dev/null | awk 'NR==2 && $4 < 1024 "
+            "{print \"No space left on device (\" $4 \" KiB free on \" $6 \")\"}' >&2")
     return shell.lines(
         f"[ -f {done} ] && exit 0",
-        f"umask 022 && rm -rf {tmp} && mkdir -p {tmp} && tar -xf - -C {tmp} || exit 1",
+        f"umask 022 && rm -rf {tmp} && mkdir -p {tmp} && tar -xf - -C {tmp} || {{ {full}; rm -rf {tmp}; exit 1; }}",
         f"rm -rf {q} && mv {tmp} {q} && touch {done}",
     )

@@ -131,3 +131,32 @@ def test_resume_of_a_finished_run_is_refused_and_a_dry_run_shows_the_run_it_woul
     assert dry.returncode == 2 and f"run {run_id} of {inv} finished: nothing to resume" in dry.stderr
     resumed = distctl("up", str(inv), "--resume", cwd=tmp_path)
     assert resumed.returncode == 2, resumed.stderr
+
+
+def test_a_full_disk_during_the_push_names_host_step_and_cause_and_launches_nothing(isolated, tmp_path):
+    """node2's workdir is a 1 MB tmpfs: the data push fails there (exit 9, the OS's reason shown);
+    once there is room again, the same `up` pushes afresh (no half-written folder is taken for done)."""
+    node2 = isolated.host("node2")
+    full = f"{node2.workdir}/small-{os.getpid()}"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "shard.bin").write_bytes(os.urandom(3 << 20))
+    inv = project(isolated, tmp_path, data=str(data), wait_for_rank0=False, env={"HOLD": "0"})
+    text = inv.read_text().replace(f"workdir: {node2.workdir}\n", f"workdir: {full}\n")
+    inv.write_text(text)
+    node2.run(["mkdir", "-p", full], check=True)
+    node2.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", full], check=True)
+    try:
+        done = distctl("up", str(inv), cwd=tmp_path)
+        assert done.returncode == 9, done.stderr
+        assert "push failed on 1 host(s):" in done.stderr
+        assert "node2: push of data failed (exit " in done.stderr and "No space left on device" in done.stderr
+        assert "up rank" not in done.stdout
+        assert node2.run(f"ls {full}/runs/*/rank*.pid 2>/dev/null | wc -l").stdout.strip() == "0"
+    finally:
+        node2.run(["umount", full], check=True)
+    again = distctl("up", str(inv), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "[node2 r1] up rank 1" in again.stdout
+    listing = node2.run(f"ls {full}/data/*/", check=True).stdout
+    assert listing.split() == ["shard.bin"]
