@@ -58,7 +58,8 @@ def up_timeline(inv: str, cwd: Path, marks: list[dict[str, float]]):
         start = time.perf_counter()
         proc = subprocess.Popen([*DISTCTL, "-v", "up", inv, "--detach"], cwd=cwd, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)})
+                                env={"DISTCTL_STATE_DIR": str(cwd / ".distctl-state"), **os.environ,
+                                     "NO_COLOR": "1", "PYTHONPATH": str(ROOT)})  # as common.distctl: stop finds it
         seen, lines = {}, []
         for line in proc.stderr:
             lines.append(line)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import errno
+import json
 import hashlib
 import math
 import os
 import shlex
 import socket
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -125,6 +127,9 @@ class SshConnection:
     def __init__(self, name: str, fabric_connection):
         self.name = name
         self._conn = fabric_connection
+        self._session: _Session | None = None
+        self._no_session = False
+        self._session_lock = threading.Lock()
         transport = fabric_connection.client.get_transport()
         try:
             self.peer = transport.getpeername()[0]
@@ -139,6 +144,29 @@ class SshConnection:
             raise HostError(self.name, f"connection lost: {exc}") from None
 
     def run(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
+        """Through the host's command session when it has one (no login shell per command),
+        else on a channel of its own."""
+        with self._session_lock:
+            session = self._session_or_none()
+            if session is not None:
+                try:
+                    return session.run(command, stdin, timeout)
+                except BaseException:
+                    # Mid-answer the session is out of step (Ctrl-C, a lost link): never reuse it.
+                    self._session = None
+                    session.close()
+                    raise
+        return self._run_channel(command, stdin, timeout)
+
+    def _session_or_none(self) -> _Session | None:
+        if self._session is None and not self._no_session:
+            try:
+                self._session = _Session.start(self, self._channel())
+            except HostError:
+                self._no_session = True  # no python3 there, or it would not start: plain channels
+        return self._session
+
+    def _run_channel(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
         chan = self._channel()
         try:
             chan.settimeout(timeout)
@@ -166,7 +194,85 @@ class SshConnection:
         return _ChannelStream(chan)
 
     def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
         self._conn.close()
+
+
+class _Session:
+    """The host side is orchestrator/hostside/session.py: one JSON header line each way,
+    then the bytes it announces."""
+
+    READY_TIMEOUT_S = 20.0
+
+    def __init__(self, name: str, chan):
+        self.name = name
+        self._chan = chan
+        self._buffer = bytearray()
+
+    @classmethod
+    def start(cls, conn: SshConnection, chan) -> _Session:
+        from orchestrator.hostside import source
+
+        session = cls(conn.name, chan)
+        try:
+            chan.settimeout(cls.READY_TIMEOUT_S)
+            chan.exec_command("exec python3 -c " + shlex.quote(source("session")))
+            if session._line() != b"ready":
+                raise HostError(conn.name, "command session did not start")
+        except (OSError, EOFError, ValueError):
+            session.close()
+            raise HostError(conn.name, "command session did not start") from None
+        except HostError:
+            session.close()
+            raise
+        return session
+
+    def run(self, command: str, stdin: bytes, timeout: float | None) -> Result:
+        request = {"cmd": command, "stdin": len(stdin), "timeout": timeout}
+        # The host enforces the timeout; the workstation waits a little longer for its answer.
+        self._chan.settimeout(None if timeout is None else timeout + 30)
+        try:
+            self._chan.sendall(json.dumps(request).encode() + b"\n")
+            if stdin:
+                self._chan.sendall(memoryview(stdin))  # a view: see _run_channel
+            answer = json.loads(self._line())
+            out = self._exact(int(answer["out"]))
+            err = self._exact(int(answer["err"]))
+        except TimeoutError:
+            raise HostError(self.name, f"command timed out after {timeout:g} s") from None
+        except (OSError, EOFError, ValueError, KeyError) as exc:
+            raise HostError(self.name, f"connection lost: {exc or 'session ended'}") from None
+        if answer["exit"] == 124 and err.endswith(b"timed out\n"):
+            raise HostError(self.name, f"command timed out after {timeout:g} s")
+        return Result(int(answer["exit"]), _text(out), _text(err))
+
+    def _line(self) -> bytes:
+        while b"\n" not in self._buffer:
+            self._fill()
+        at = self._buffer.index(b"\n")
+        line = bytes(self._buffer[:at])
+        del self._buffer[:at + 1]
+        return line
+
+    def _exact(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            self._fill()
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    def _fill(self) -> None:
+        chunk = self._chan.recv(65536)
+        if not chunk:
+            raise EOFError
+        self._buffer += chunk
+
+    def close(self) -> None:
+        try:
+            self._chan.close()
+        except Exception:
+            pass
 
 
 def _read_all(recv) -> bytes:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import glob
 import os
 import queue
@@ -382,3 +383,28 @@ def test_a_quiet_follower_sends_heartbeats(tmp_path, group):
     finally:
         follower.kill()
         follower.wait()
+
+
+def test_the_session_runs_commands_one_after_another_with_stdin_exit_codes_and_timeouts():
+    """hostside/session.py: what SshConnection.run sends when a host has python3."""
+    proc = subprocess.Popen([sys.executable, "-c", hostside.source("session")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    assert proc.stdin and proc.stdout
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+
+        def ask(cmd: str, data: bytes = b"", timeout: float | None = None) -> tuple[int, bytes, bytes]:
+            assert proc.stdin and proc.stdout
+            proc.stdin.write(json.dumps({"cmd": cmd, "stdin": len(data), "timeout": timeout}).encode() + b"\n" + data)
+            proc.stdin.flush()
+            answer = json.loads(proc.stdout.readline())
+            return answer["exit"], proc.stdout.read(answer["out"]), proc.stdout.read(answer["err"])
+
+        assert ask("cat; echo oops >&2; exit 3", b"a\nb\x00c") == (3, b"a\nb\x00c", b"oops\n")
+        assert ask("kill -TERM $$") == (143, b"", b"")  # as a shell reports a signal
+        code, _, err = ask("echo started; sleep 30", timeout=0.5)
+        assert (code, err.endswith(b"timed out\n")) == (124, True)
+        assert ask("echo still here") == (0, b"still here\n", b"")  # the session survived all of it
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0  # end of stdin ends it

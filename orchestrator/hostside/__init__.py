@@ -12,6 +12,7 @@ use double quotes only (a single quote would print as '"'"').
     detach     start a command in a new session, print its process group id
     store_peers  this host's connections to rank 0's rendezvous store (the join watchdog)
     outputs    list job.outputs with sizes and digests, and send the chosen files
+    session    a command server: many commands over one channel, one login shell
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs")
+PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session")
 
 
 @functools.lru_cache(maxsize=None)
