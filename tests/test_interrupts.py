@@ -83,6 +83,10 @@ def test_a_second_up_names_the_run_still_running_and_how_to_stop_it(cluster, tmp
     assert started.returncode == 0, started.stderr
     run_id = re.search(r"run (\S+) started", started.stderr)[1]
     try:
+        follower = start_distctl("logs", "-f", run_id, cwd=tmp_path)
+        assert follower.stdout is not None and " up rank " in follower.stdout.readline()  # it follows
+        _, err = interrupt(follower)  # Ctrl-C on `logs -f`: 130, and the run goes on
+        assert f"stopped following; run {run_id} goes on" in err
         again = distctl("up", str(inv), cwd=tmp_path)
         assert again.returncode == 5, again.stderr
         assert (f"run {run_id} of {inv} may still be running (its port") in again.stderr
