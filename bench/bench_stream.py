@@ -20,6 +20,7 @@ import argparse
 import atexit
 import cProfile
 import os
+import re
 import pstats
 import shutil
 import statistics
@@ -57,13 +58,14 @@ def main() -> None:
         host = cluster.hosts[0]
         inv = write_inventory(work / "inv.yaml", cluster, [host.name], code="prog",
                               command=["python", "spew.py", str(args.lines)], wait_for_rank0=False)
-        distctl("up", str(inv), cwd=work)  # untimed: the run whose log is replayed
-        run_id = (work / ".distctl" / "last").read_text().strip()
+        up = distctl("up", str(inv), cwd=work)  # untimed: the run whose log is replayed
+        run_id = re.search(r"run (\S+) started", up.stderr)[1]
         log = f"{host.workdir}/runs/{run_id}/rank0.log"
         size = int(host.run(["stat", "-c", "%s", log], check=True).stdout)
         outputs = {"ssh host cat": work / "cat.out", "ssh host follower": work / "follower.out",
                    "distctl logs": work / "logs.out"}
-        env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
+        env = {"DISTCTL_STATE_DIR": str(work / ".distctl-state"), **os.environ, "NO_COLOR": "1",
+               "PYTHONPATH": str(ROOT)}  # the run records common.distctl wrote
 
         def to_file(argv: list[str], path: Path):
             def run():
