@@ -130,15 +130,16 @@ def setup_runs(cluster, host: str) -> int:
     return int(out.strip() or 0)
 
 
+def setup_inventory(cluster, tmp_path, setup: str):
+    """Two hosts running PROGRAM (torch-free, no rendezvous) after `setup`."""
+    return write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], code=_project(tmp_path, PROGRAM),
+                           command="python prog.py", setup=setup, wait_for_rank0=False)
+
+
 def test_setup_runs_once_per_host_is_skipped_when_unchanged_and_reruns_after_a_change(cluster, tmp_path):
+    # the count file sits in the host's workdir (<workdir>/setup/<key>/../../)
+    inv = setup_inventory(cluster, tmp_path, "echo ran >> ../../setup-count\necho setting up on $(hostname)\n")
     code = tmp_path / "project"
-    code.mkdir()
-    (code / "prog.py").write_text(PROGRAM)
-    # setup makes a file the program's python lives beside, like a venv; the count file sits in
-    # the host's workdir (<workdir>/setup/<key>/../../)
-    setup = "echo ran >> ../../setup-count\necho setting up on $(hostname)\n"
-    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], code="project",
-                          command="python prog.py", setup=setup, wait_for_rank0=False)
     first = distctl("up", str(inv), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "[node2 setup] setting up on node2" in first.stdout
@@ -158,12 +159,8 @@ def test_setup_runs_once_per_host_is_skipped_when_unchanged_and_reruns_after_a_c
 
 
 def test_a_setup_failing_on_one_host_launches_nothing_anywhere(cluster, tmp_path):
-    code = tmp_path / "project"
-    code.mkdir()
-    (code / "prog.py").write_text(PROGRAM)
-    setup = 'echo "preparing $(hostname)"\nif [ "$(hostname)" = node2 ]; then echo "no wheel for you" >&2; exit 3; fi\n'
-    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], code="project",
-                          command="python prog.py", setup=setup, wait_for_rank0=False)
+    inv = setup_inventory(cluster, tmp_path, 'echo "preparing $(hostname)"\n'
+                          'if [ "$(hostname)" = node2 ]; then echo "no wheel for you" >&2; exit 3; fi\n')
     pid_files = "ls {}/runs/*/rank*.pid 2>/dev/null | wc -l"
     before = {n: cluster.host(n).run(pid_files.format(cluster.host(n).workdir), check=True).stdout
               for n in ("node1", "node2")}
