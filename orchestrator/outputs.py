@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import shell
 from orchestrator.destinations import (HostListing, Placement, RemoteFile, is_unchanged, local_parent, place,
                                        shown)
 from orchestrator.errors import HostError
-from orchestrator.hostside import source
+from orchestrator.scripts import program
 from orchestrator.remote import Connection, Stream
 
 BATCH_ARG_BYTES = 64 * 1024  # the paths asked for in one `send` command line
@@ -44,10 +43,6 @@ class PullReport:
 
 
 # ---------------------------------------------------------------- listing
-
-
-def _hostside_command(python: str, *args: str) -> str:
-    return shell.join([python, "-c", source("outputs"), *args])
 
 
 def _checked(value, kind: type[Any]):
@@ -73,7 +68,7 @@ def parse_listing(host: str, text: str) -> HostListing:
 
 def list_host(conn: Connection, python: str, workdir: str, patterns: list[str]) -> HostListing:
     """What the host's working folder holds matching `patterns` (sizes and sha256 included)."""
-    result = conn.run(_hostside_command(python, "list", workdir, *patterns), timeout=3600)
+    result = conn.run(program(python, "outputs", "list", workdir, *patterns), timeout=3600)
     if result.exit_code == 3:
         return HostListing(conn.name, (), (), tuple(patterns))  # no working folder: nothing made yet
     if result.exit_code != 0:
@@ -181,7 +176,7 @@ def fetch_host(conn: Connection, python: str, workdir: str, placements: list[Pla
     for batch in _batches(placements):
         paths = json.dumps([p.file.path for p in batch])
         try:
-            stream = conn.open_stream(_hostside_command(python, "send", workdir, paths) + " 2>/dev/null")
+            stream = conn.open_stream(program(python, "outputs", "send", workdir, paths) + " 2>/dev/null")
         except HostError as exc:
             report.errors.append((conn.name, exc.cause))
             return

@@ -80,11 +80,6 @@ class HostPlan:
     setup_dir: str | None = None  # where job.setup ran (its venv lives there)
     python: str = "python3"  # the host's `python`, a relative path resolved
 
-    @property
-    def workdir_of_run(self) -> str:
-        """The ranks' working directory: this run's own copy of the code."""
-        return f"{self.rundir}/work"
-
 
 @dataclass(frozen=True)
 class Plan:

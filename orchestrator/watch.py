@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
-from orchestrator import shell
+from orchestrator.scripts import program
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.lifecycle import stop_host
 from orchestrator.links import HostLinks
@@ -145,10 +145,8 @@ def unjoined_hosts(state: RunState, conns: dict[str, Connection], exited: set[in
     rank that joined through env:// holds one. Where no host holds any (a program that brings
     its own rendezvous, or none) or a host cannot tell, nobody is judged: a healthy run is
     never torn down for a rendezvous distctl cannot see."""
-    from orchestrator.hostside import source
-
     def count(hs) -> int | None:
-        command = shell.join([hs.host.python, "-c", source("store_peers"), state.master, state.port])
+        command = program(hs.host.python, "store_peers", state.master, state.port)
         try:
             out = conns[hs.host.name].run(command, timeout=30).stdout
         except HostError:
