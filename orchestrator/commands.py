@@ -23,8 +23,7 @@ from orchestrator.state import HostState, RankState, RunState, save_run
 from orchestrator.watch import (FAILURE_GRACE, RankEvents, raise_for, root_causes, stop_everywhere,
                                 watch_run)
 from orchestrator.links import HostLinks
-from orchestrator.scripts import follow_script
-from orchestrator.stream import Followed, follow
+from orchestrator.stream import follow
 
 
 @dataclass(frozen=True)
@@ -355,9 +354,7 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
     events = RankEvents(ui.rank_line)
     followers: list = []
     try:
-        followers = [Followed(hs.host.name, conns[name].open_stream(
-            follow_script(hs.host.python, hs.rundir, {r.rank: 0 for r in hs.ranks if r.rank in reached},
-                          follow_live, tail))) for name, hs in links.hosts.items()]
+        followers = links.open_all(follow_live, tail)
         # Replaying (no -f) reads what is there: a dropped link is only healed while following.
         follow(followers, lambda f, text: links.line(f, text, events.line), links=links if follow_live else None)
     except KeyboardInterrupt:

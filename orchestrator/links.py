@@ -38,8 +38,7 @@ class HostLinks:
     stop use the live one."""
 
     def __init__(self, state: RunState, conns: dict[str, Connection], ui, reconnect_timeout: float,
-                 ranks: set[int] | None = None, from_lines: dict[int, int] | None = None,
-                 connect_host: Callable[[HostState], Connection] | None = None):
+                 ranks: set[int] | None = None, from_lines: dict[int, int] | None = None):
         self.state = state
         self.conns = conns
         self.ui = ui
@@ -50,7 +49,6 @@ class HostLinks:
         self.seen = {rank: (from_lines or {}).get(rank, 0) for rank in self.wanted}
         self.ended: set[int] = set()
         self.unreachable: dict[str, str] = {}  # host -> why, once given up on
-        self._connect = connect_host or (lambda hs: connect(hs.host, state.ssh))
         self._new: queue.Queue[Followed] = queue.Queue()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -58,8 +56,11 @@ class HostLinks:
 
     # -------------------------------------------------------------- the stream's side
 
-    def open_all(self) -> list[Followed]:
-        return [self._open(hs, self.conns[name]) for name, hs in self.hosts.items()]
+    def open_all(self, live: bool = True, tail: int | None = None) -> list[Followed]:
+        """A follower per host; `tail` starts each log at its last N lines (the follower says
+        where that is, so a reopened one still skips exactly what was shown). Not `live`:
+        replay what is there and end."""
+        return [self._open(hs, self.conns[name], live, tail) for name, hs in self.hosts.items()]
 
     def line(self, f: Followed, text: str, on_line: Callable[[Followed, str], None]) -> None:
         """Count what reached the workstation, so a reopened follower skips exactly that."""
@@ -108,9 +109,9 @@ class HostLinks:
 
     # -------------------------------------------------------------- reconnecting
 
-    def _open(self, hs: HostState, conn: Connection) -> Followed:
+    def _open(self, hs: HostState, conn: Connection, live: bool = True, tail: int | None = None) -> Followed:
         skip = {r.rank: self.seen[r.rank] for r in hs.ranks if r.rank in self.wanted and r.rank not in self.ended}
-        return Followed(hs.host.name, conn.open_stream(follow_script(hs.host.python, hs.rundir, skip)))
+        return Followed(hs.host.name, conn.open_stream(follow_script(hs.host.python, hs.rundir, skip, live, tail)))
 
     def _reconnect(self, hs: HostState, old: Followed) -> None:
         name = hs.host.name
@@ -123,7 +124,7 @@ class HostLinks:
         while not self._stopping:
             try:
                 if conn is None:
-                    conn = self._connect(hs)
+                    conn = connect(hs.host, self.state.ssh)
                 self._new.put(self._open(hs, conn))
                 self.conns[name] = conn
                 self.ui.info(f"{name}: reconnected")
