@@ -12,7 +12,7 @@ from pathlib import Path
 from orchestrator import launcher, shell
 from orchestrator import render
 from orchestrator import state as runs_state
-from orchestrator.errors import DistctlError, ExitCode, HostError
+from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
@@ -209,8 +209,8 @@ def _resumable_run_of(inv: Inventory) -> RunState:
 
 
 def _still_running(inv: Inventory, exc: DistctlError, resume: bool) -> DistctlError:
-    """`port ... is not free` while this inventory's last run is recorded as running: say so."""
-    if resume or "is not free" not in str(exc):
+    """A taken port while this inventory's last run is recorded as running: say which run holds it."""
+    if resume or not isinstance(exc, PortTakenError):
         return exc
     try:
         last = runs_state.last_run_of(inv.path)

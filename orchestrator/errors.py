@@ -56,6 +56,12 @@ class HostKeyError(HostError):
     exit_code = ExitCode.HOST_KEY
 
 
+class PortTakenError(HostError):
+    """The rendezvous port is not free on rank 0's host (an earlier run may hold it)."""
+
+    exit_code = ExitCode.PREFLIGHT
+
+
 class RemoteCommandError(HostError):
     """A remote command exited non-zero (like Invoke's UnexpectedExit)."""
 

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from orchestrator import facts as facts_mod
 from orchestrator import shell
-from orchestrator.errors import ExitCode, GroupError, HostError, RemoteCommandError
+from orchestrator.errors import ExitCode, GroupError, HostError, PortTakenError, RemoteCommandError
 from orchestrator.facts import HostFacts
 from orchestrator.inventory import Host, Inventory, Ssh
 from orchestrator.plan import Network, Plan, StepKind
@@ -217,8 +217,8 @@ def preflight_port(inv: Inventory, conns: dict[str, Connection], address: str, f
         first = _read_line(stream, timeout=30)
         if not first.startswith("listening"):
             detail = first.partition(" ")[2] or first or "listener did not start"
-            raise HostError(rank0.name, f"port {port} on {address} is not free ({detail}); "
-                            "set job.port to a free port", ExitCode.PREFLIGHT)
+            raise PortTakenError(rank0.name, f"port {port} on {address} is not free ({detail}); "
+                                 "set job.port to a free port")
 
         def dial(h: Host) -> None:
             result = conns[h.name].run(program(tool_python(h), "port_check", "connect", address, port), timeout=30)
