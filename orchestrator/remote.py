@@ -243,7 +243,7 @@ class _Session:
             raise HostError(self.name, f"command timed out after {timeout:g} s") from None
         except (OSError, EOFError, ValueError, KeyError) as exc:
             raise HostError(self.name, f"connection lost: {exc or 'session ended'}") from None
-        if answer["exit"] == 124 and err.endswith(b"timed out\n"):
+        if answer.get("timed_out"):  # told apart from a command that exits 124 itself
             raise HostError(self.name, f"command timed out after {timeout:g} s")
         return Result(int(answer["exit"]), _text(out), _text(err))
 

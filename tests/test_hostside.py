@@ -398,6 +398,7 @@ def test_the_session_runs_commands_one_after_another_with_stdin_exit_codes_and_t
             proc.stdin.write(json.dumps({"cmd": cmd, "stdin": len(data), "timeout": timeout}).encode() + b"\n" + data)
             proc.stdin.flush()
             answer = json.loads(proc.stdout.readline())
+            assert answer["timed_out"] is (timeout is not None and answer["exit"] == 124)
             return answer["exit"], proc.stdout.read(answer["out"]), proc.stdout.read(answer["err"])
 
         assert ask("cat; echo oops >&2; exit 3", b"a\nb\x00c") == (3, b"a\nb\x00c", b"oops\n")
@@ -405,6 +406,7 @@ def test_the_session_runs_commands_one_after_another_with_stdin_exit_codes_and_t
         code, _, err = ask("echo started; sleep 30", timeout=0.5)
         assert (code, err.endswith(b"timed out\n")) == (124, True)
         assert ask("echo still here") == (0, b"still here\n", b"")  # the session survived all of it
+        assert ask("exit 124") == (124, b"", b"")  # a command's own 124 is not a timeout
     finally:
         proc.stdin.close()
         assert proc.wait(timeout=10) == 0  # end of stdin ends it

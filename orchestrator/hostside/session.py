@@ -9,8 +9,8 @@ the same environment) and sends its commands here instead.
 
 Protocol, on stdin and stdout: the server first writes `ready`. Each request is one JSON line
 {"cmd": TEXT, "stdin": N, "timeout": SECONDS or null} followed by N bytes for the command's
-stdin; the answer is one JSON line {"exit": CODE, "out": N1, "err": N2} followed by N1 bytes
-of stdout and N2 bytes of stderr. A command runs as `/bin/sh -c TEXT` in its own process
+stdin; the answer is one JSON line {"exit": CODE, "out": N1, "err": N2, "timed_out": BOOL}
+followed by N1 bytes of stdout and N2 bytes of stderr. A command runs as `/bin/sh -c TEXT` in its own process
 group; one that outlives its timeout has that group killed and exits 124 (as timeout(1)).
 A signal ends it with 128 + the signal, as a shell reports it. End of stdin ends the server.
 """
@@ -46,9 +46,9 @@ def run(cmd, data, timeout):
         except OSError:
             pass
         out, err = proc.communicate()
-        return TIMED_OUT, out, err + b"timed out\n"
+        return TIMED_OUT, out, err + b"timed out\n", True
     code = proc.returncode
-    return (128 - code if code < 0 else code), out, err
+    return (128 - code if code < 0 else code), out, err, False
 
 
 def main(argv):
@@ -64,8 +64,8 @@ def main(argv):
             data = read_exact(inp, int(request["stdin"]))
         except EOFError:
             return 0
-        code, stdout, stderr = run(request["cmd"], data, request.get("timeout"))
-        answer = {"exit": code, "out": len(stdout), "err": len(stderr)}
+        code, stdout, stderr, timed_out = run(request["cmd"], data, request.get("timeout"))
+        answer = {"exit": code, "out": len(stdout), "err": len(stderr), "timed_out": timed_out}
         out.write(json.dumps(answer).encode("utf-8") + b"\n")
         out.write(stdout)
         out.write(stderr)
