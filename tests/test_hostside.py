@@ -316,6 +316,15 @@ def launch(rundir: Path, code: str) -> dict[int, int]:
     return pgids
 
 
+def kill_groups(pgids: dict[int, int]) -> None:
+    """What a test launched, gone whatever the test saw."""
+    for pgid in pgids.values():
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def exit_of(rundir: Path, rank: int) -> str:
     """The exit code the rank's wrapper records, once it is there."""
     path = rundir / f"rank{rank}.exit"
@@ -341,11 +350,7 @@ def test_a_stopped_rank_outlives_its_wrapper_and_its_code_is_kept(tmp_path):
         assert exit_of(tmp_path, 1) == "143\n"
         assert not (tmp_path / "rank0.exit").exists()
     finally:
-        for pgid in pgids.values():
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_groups(pgids)
 
 
 # ------------------------------------------------------------------ status and stop, by process group
@@ -366,11 +371,7 @@ def test_status_and_stop_find_ranks_by_their_process_groups_with_this_machines_s
         assert (stop.returncode, stop.stdout, stop.stderr) == (0, "left=0\n", "")
         assert [exit_of(tmp_path, r) for r in (0, 1)] == ["143\n"] * 2  # TERM reached each rank
     finally:
-        for pgid in pgids.values():
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_groups(pgids)
 
 
 def test_a_quiet_follower_sends_heartbeats(tmp_path, group):
