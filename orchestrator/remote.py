@@ -212,12 +212,12 @@ class _Session:
 
     @classmethod
     def start(cls, conn: SshConnection, chan) -> _Session:
-        from orchestrator.hostside import source
+        from orchestrator.scripts import program
 
         session = cls(conn.name, chan)
         try:
             chan.settimeout(cls.READY_TIMEOUT_S)
-            chan.exec_command("exec python3 -c " + shlex.quote(source("session")))
+            chan.exec_command("exec " + program("python3", "session"))
             if session._line() != b"ready":
                 raise HostError(conn.name, "command session did not start")
         except (OSError, EOFError, ValueError):
