@@ -14,7 +14,7 @@ from orchestrator import render
 from orchestrator import state as runs_state
 from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
-from orchestrator.lifecycle import RankStatus, parse_status, status_script
+from orchestrator.lifecycle import parse_agent, RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
 from orchestrator.push import job_artifacts
 from orchestrator.remote import Connection, resolve_host
@@ -93,7 +93,8 @@ def _state_of(plan: Plan, inv: Inventory) -> RunState:
     return RunState(plan.run_id, str(Path(inv.path).resolve()), inv.ssh, plan.world_size, plan.master_addr,
                     plan.port, tuple(HostState(replace(hp.host, python=hp.python), hp.rundir,
                                                tuple(RankState(r.rank, r.local_rank) for r in hp.ranks))
-                                     for hp in plan.hosts), trainer=plan.trainer, outputs=inv.job.outputs)
+                                     for hp in plan.hosts), trainer=plan.trainer, outputs=inv.job.outputs,
+                    max_restarts=plan.max_restarts)
 
 
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
@@ -258,6 +259,7 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
     state = find_run(target)
     conns, down = _connect_reachable(state, opts)
     rows: list[tuple[str, RankStatus, str]] = []
+    agents: list[dict] = []
     try:
         for hs in state.hosts:
             cause = down.get(hs.host.name)
@@ -265,6 +267,7 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
                 try:
                     out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30)
                     rows += [(hs.host.name, s, "") for s in parse_status(out.stdout)]
+                    agents += [a for a in [parse_agent(out.stdout)] if a]
                     continue
                 except HostError as exc:
                     cause = exc.cause
@@ -276,7 +279,7 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
     if as_json:
         ui.out(json.dumps({"run_id": state.run_id, "ranks": [
             {"host": h, "rank": s.rank, "state": s.state, "exit_code": s.code, "detail": d} for h, s, d in rows],
-            "first_failure": failure}, indent=2))
+            "first_failure": failure, "restarts": _restarts_json(state, agents)}, indent=2))
         return
     shown = [(h, s.rank, f"exited {s.code}" if s.state == "exited" else s.state, d) for h, s, d in rows]
     if ui.interactive:
@@ -286,10 +289,35 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
         ui.out(f"run {state.run_id}")
         for host, rank, text, detail in shown:
             ui.out(f"  {ui.prefix(host, rank)} {text}{'  (' + detail + ')' if detail else ''}")
+    for line in _restarts_text(state, agents):
+        ui.out(line)
     if failure:
         ui.out(f"first failure: rank {failure['rank']} on {failure['host']} exited with code {failure['exit_code']}; "
                "last lines of its log:")
         ui.out("".join(f"    {ui.shown(line)}\n" for line in failure["log_tail"]).rstrip("\n"))
+
+
+def _restarts_json(state: RunState, agents: list[dict]) -> dict | None:
+    """The restart agents' view (the newest attempt any host knows of), for status."""
+    if not state.max_restarts:
+        return None
+    newest = max(agents, key=lambda a: int(a.get("attempt") or 0), default={})
+    return {"attempt": int(newest.get("attempt") or 0), "max_restarts": state.max_restarts,
+            "restarts": list(newest.get("restarts") or []), "dropped": list(newest.get("dropped") or []),
+            "outcome": newest.get("outcome")}
+
+
+def _restarts_text(state: RunState, agents: list[dict]) -> list[str]:
+    info = _restarts_json(state, agents)
+    if info is None:
+        return []
+    lines = [f"attempt {info['attempt']} (restarts used {info['attempt']} of {info['max_restarts']})"]
+    lines += [f"  restart {i}/{info['max_restarts']} after {why}" for i, why in enumerate(info["restarts"], 1)]
+    if info["dropped"]:
+        lines.append(f"  dropped: {', '.join(info['dropped'])}")
+    if info["outcome"] and info["outcome"] not in ("finished", "stopped"):
+        lines.append(f"  agents: {info['outcome']}")
+    return lines
 
 
 def _first_failure(state: RunState, conns: dict[str, Connection], rows) -> dict | None:

@@ -87,6 +87,19 @@ class Job:
     setup: str | None = None  # shell script run once per host before launch
     outputs: tuple[str, ...] = ()  # globs under the run's working directory, for `pull`
     wait_for_rank0: bool = True  # start the other ranks once rank 0 listens on job.port
+    max_restarts: int = 0  # restarts of every rank after a failure (hostside/agent.py); 0: none
+    min_hosts: int | None = None  # drop a lost host while this many remain; None: every host
+    lost_host_timeout: float = 180.0  # a silent host is a link fault until then, then lost
+
+    @property
+    def restarts(self) -> bool:
+        """A per-host agent watches the ranks and restarts them (job.max_restarts > 0)."""
+        return self.max_restarts > 0
+
+    @property
+    def control_port(self) -> int:
+        """Where the agents reach the coordinator on rank 0's host."""
+        return self.port + 1
 
     @property
     def is_trainer(self) -> bool:
@@ -163,7 +176,8 @@ def _env_value(ctx: y.Ctx, node: yaml.Node, where: str, name: str, environ: dict
 HOST_KEYS = ("name", "address", "connection", "user", "port", "identity_file", "python",
              "workdir", "slots", "env")
 JOB_KEYS = ("name", "port", "backend", "data", "dataset", "fallback", "join_timeout", "env", "train",
-            "code", "command", "setup", "outputs", "wait_for_rank0")
+            "code", "command", "setup", "outputs", "wait_for_rank0", "max_restarts", "min_hosts",
+            "lost_host_timeout")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "seed", "timeout")
 SSH_KEYS = ("known_hosts", "accept_new_host_keys", "config", "connect_timeout", "reconnect_timeout")
 TOP_KEYS = ("defaults", "hosts", "job", "ssh")
@@ -273,6 +287,9 @@ def _job(ctx: y.Ctx, node: yaml.Node | None, environ: dict[str, str]) -> Job:
         "dataset": ("one of mnist, generated", y.choice(DATASETS)),
         "fallback": ("one of none, generated", y.choice(FALLBACKS)),
         "join_timeout": ("a positive number of seconds", y.positive_number),
+        "max_restarts": ("a whole number from 0 to 1000", y.int_in(0, 1000)),
+        "min_hosts": ("a positive whole number", y.int_in(1, 100_000)),
+        "lost_host_timeout": ("a positive number of seconds", y.positive_number),
     }
     values: dict[str, Any] = {}
     for key, n in keys.items():
@@ -294,6 +311,12 @@ def _job(ctx: y.Ctx, node: yaml.Node | None, environ: dict[str, str]) -> Job:
         newer = keys["command"] if str(keys["command"].start_mark.name).startswith("--set ") else keys["train"]
         raise ctx.fail(newer, "job", "'train' configures the bundled trainer, but 'command' runs "
                        "your own program; remove one of them (pass your program's options in 'command')")
+    if "min_hosts" in values and not values.get("max_restarts"):
+        raise ctx.fail(keys["min_hosts"], "job", "'min_hosts' needs 'max_restarts' of 1 or more: "
+                       "dropping a lost host restarts the job on the others, and counts as a restart")
+    if values.get("max_restarts") and values.get("port") == 65535:
+        raise ctx.fail(keys["port"], "job", "with 'max_restarts', port + 1 is the agents' control port: "
+                       "choose a port below 65535")
     for folder in ("data", "code"):
         if folder in values:
             values[folder] = _folder(ctx, keys[folder], folder, values[folder])
@@ -427,8 +450,12 @@ def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, 
         top = y.mapping(ctx, root, "", TOP_KEYS)
         defaults = _defaults(ctx, top.get("defaults"), environ)
         hosts = _hosts(ctx, top.get("hosts"), defaults, environ)
-        return Inventory(path=path, hosts=hosts, job=_job(ctx, top.get("job"), environ),
-                         ssh=_ssh(ctx, top.get("ssh")), overrides=tuple(overrides))
+        job = _job(ctx, top.get("job"), environ)
+        if job.min_hosts is not None and job.min_hosts > len(hosts):
+            node = y.mapping(ctx, top["job"], "job", JOB_KEYS)["min_hosts"]
+            raise ctx.fail(node, "job", f"'min_hosts' is {job.min_hosts} but the inventory has "
+                           f"{len(hosts)} host(s)")
+        return Inventory(path=path, hosts=hosts, job=job, ssh=_ssh(ctx, top.get("ssh")), overrides=tuple(overrides))
     except yaml.YAMLError as exc:
         raise y.yaml_error(exc, path, text) from None
     except RecursionError:  # MAX_DEPTH should make this unreachable; a traceback would be worse

@@ -208,9 +208,15 @@ def tool_python(host: Host) -> str:
 
 
 def preflight_port(inv: Inventory, conns: dict[str, Connection], address: str, fanout: int) -> None:
-    """The rendezvous port is free on rank 0's host and reachable from every worker."""
+    """The rendezvous port (and with job.max_restarts the agents' control port, the next one)
+    is free on rank 0's host and reachable from every worker."""
+    for port in (inv.job.port, *((inv.job.control_port,) if inv.job.restarts else ())):
+        _check_port(inv, conns, address, port, fanout)
+
+
+def _check_port(inv: Inventory, conns: dict[str, Connection], address: str, port: int, fanout: int) -> None:
     rank0, workers = inv.hosts[0], inv.hosts[1:]
-    port = inv.job.port
+    what = "job.port" if port == inv.job.port else "job.port + 1 (the restart agents' control port)"
     stream = conns[rank0.name].open_stream(program(tool_python(rank0), "port_check", "listen", address, port,
                                                    len(workers)))
     try:
@@ -218,7 +224,7 @@ def preflight_port(inv: Inventory, conns: dict[str, Connection], address: str, f
         if not first.startswith("listening"):
             detail = first.partition(" ")[2] or first or "listener did not start"
             raise PortTakenError(rank0.name, f"port {port} on {address} is not free ({detail}); "
-                                 "set job.port to a free port")
+                                 f"set job.port to a free port" + ("" if port == inv.job.port else f" ({what})"))
 
         def dial(h: Host) -> None:
             result = conns[h.name].run(program(tool_python(h), "port_check", "connect", address, port), timeout=30)

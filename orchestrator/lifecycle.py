@@ -26,11 +26,23 @@ def _sweep(run_id: str, action: str) -> str:
             f"if tr '\\000' '\\n' 2>/dev/null <\"$e\" | grep -qxF {marker}; then {action}; fi; done")
 
 
+HALT_AGENT = ("touch stopping; if [ -f agent.pid ]; then kill -KILL -\"$(cat agent.pid)\" 2>/dev/null; "
+              "kill -KILL \"$(cat agent.pid)\" 2>/dev/null; fi; true")
+
+
+def halt_script(rundir: str) -> str:
+    """No restart from now on: the `stopping` file, then the restart agent killed (ranks untouched).
+    `stop` runs this on every host before it signals any rank: otherwise a rank stopped on one
+    host looks like a failure to an agent on another, which would restart the run."""
+    return shell.lines(f"cd {shell.join([rundir])} 2>/dev/null || exit 0", HALT_AGENT, "echo halted")
+
+
 def stop_script(rundir: str, run_id: str, grace: float) -> str:
     """TERM each rank group, KILL after `grace` seconds, sweep, and report what is left."""
     ticks = max(0, int(grace * 10))
     return shell.lines(
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo left=0; exit 0; }}",
+        HALT_AGENT,
         # `kill -SIG -PGID`, never `kill -SIG -- -PGID`: dash's kill (Debian's sh) reads `--`
         # as a process id ("Illegal number: -"), and the group would go unsignalled.
         "pgids=$(cat rank*.pid 2>/dev/null)",
@@ -59,7 +71,22 @@ def status_script(rundir: str, ranks: list[int]) -> str:
         '  elif [ -f rank$r.pid ] && kill -0 -"$(cat rank$r.pid)" 2>/dev/null; then echo "rank=$r state=running";',
         '  elif [ -f rank$r.pid ]; then echo "rank=$r state=killed"; else echo "rank=$r state=not-started"; fi',
         "done",
+        '[ -f agent.state ] && echo "agent $(cat agent.state)"; true',
     )
+
+
+def parse_agent(output: str) -> dict | None:
+    """The restart agent's agent.state from status_script's output (None: no agent)."""
+    import json
+
+    for line in output.splitlines():
+        if line.startswith("agent {"):
+            try:
+                data = json.loads(line[6:])
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,10 @@ def parse_left(output: str) -> int:
         if line.startswith("left="):
             return int(line[5:] or 0)
     return -1
+
+
+def halt_host(conn: Connection, rundir: str) -> None:
+    conn.run(halt_script(rundir), timeout=30)
 
 
 def stop_host(conn: Connection, rundir: str, run_id: str, grace: float) -> int:

@@ -53,6 +53,7 @@ class HostLinks:
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = False
+        self.abandoned: set[str] = set()  # hosts dropped from the run by its restart agent
 
     # -------------------------------------------------------------- the stream's side
 
@@ -91,11 +92,16 @@ class HostLinks:
             return bool(self._pending) or not self._new.empty()
 
     def stalled(self, f: Followed, quiet_s: float) -> bool:
-        return quiet_s > STALL_S
+        return quiet_s > STALL_S or f.host in self.abandoned
+
+    def abandon(self, host: str) -> None:
+        """The run went on without `host` (its agent dropped it): stop following it."""
+        self.abandoned.add(host)
 
     def closed(self, f: Followed) -> None:
         hs = self.hosts[f.host]
-        if all(r.rank in self.ended for r in hs.ranks if r.rank in self.wanted) or self._stopping:
+        if (all(r.rank in self.ended for r in hs.ranks if r.rank in self.wanted) or self._stopping
+                or f.host in self.abandoned):
             threading.Thread(target=f.stream.close, daemon=True).start()
             return
         with self._lock:
@@ -121,7 +127,7 @@ class HostLinks:
         threading.Thread(target=_close_stream, args=(old,), daemon=True).start()
         deadline = time.monotonic() + self.reconnect_timeout
         delay, problem = FIRST_RETRY_S, ""
-        while not self._stopping:
+        while not self._stopping and name not in self.abandoned:
             try:
                 if conn is None:
                     conn = connect(hs.host, self.state.ssh)
@@ -133,6 +139,8 @@ class HostLinks:
                 problem = getattr(exc, "cause", str(exc))
                 threading.Thread(target=_close_quietly, args=(conn,), daemon=True).start()
                 conn = None
+            if name in self.abandoned:
+                break
             if time.monotonic() + delay > deadline:
                 self.unreachable[name] = problem or "no answer"
                 self.ui.warn(f"{name}: unreachable for {self.reconnect_timeout:g} s ({problem}); run state "

@@ -95,6 +95,7 @@ class Plan:
     notes: tuple[str, ...] = ()
     trainer: bool = True  # the bundled trainer runs: its exit codes and log lines mean something
     setup: str | None = None
+    max_restarts: int = 0  # > 0: an agent per host restarts the ranks (hostside/agent.py)
 
     def host_plan(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.host.name == name)
@@ -144,7 +145,7 @@ def host_env(run_id: str, inv: Inventory, host: Host, iface: str, master: str, w
         ("ROLE_WORLD_SIZE", str(world)),
         ("TORCHELASTIC_RUN_ID", run_id),
         ("TORCHELASTIC_RESTART_COUNT", "0"),
-        ("TORCHELASTIC_MAX_RESTARTS", "0"),
+        ("TORCHELASTIC_MAX_RESTARTS", str(inv.job.max_restarts)),
         ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),  # torchrun's: a failed NCCL collective ends the rank
         ("PYTHONUNBUFFERED", "1"),  # lines reach the log (and `distctl logs`) as they are printed
         # gloo needs one concrete interface; without it gloo advertises whatever the
@@ -241,12 +242,39 @@ def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
                   for h in inv.hosts if h.slots is None and facts is None)
     notes += tuple(f"--set {o} (on top of {os.path.basename(inv.path)})" for o in inv.overrides)
     return Plan(run_id, master, inv.job.port, world, tuple(host_plans), artifacts,
-                _steps(host_plans, artifacts, inv, master), inv.job.join_timeout, resume, notes,
-                inv.job.is_trainer, inv.job.setup)
+                _steps(host_plans, artifacts, inv, master, run_id), inv.job.join_timeout, resume, notes,
+                inv.job.is_trainer, inv.job.setup, inv.job.max_restarts)
+
+
+RESTART_GRACE_S = 5.0  # a restart gives ranks this long after SIGTERM, then SIGKILL
+TRAINER_FINAL = (2, 3)  # the trainer's usage and divergence codes: a restart would fail the same way
+TRAINER_PEER_LOST = (4,)
+
+
+def agent_config(inv: Inventory, run_id: str, host_plans: list[HostPlan], index: int, master: str) -> dict:
+    """What hostside/agent.py needs on host `index`: every host's ranks (to renumber them when
+    one is dropped), this host's wrappers, the coordinator's address, and the restart rules."""
+    from orchestrator.scripts import rank_wrapper
+
+    hp = host_plans[index]
+    job = inv.job
+    return {
+        "run": run_id, "me": index,
+        "hosts": [{"name": h.host.name, "ranks": [r.rank for r in h.ranks]} for h in host_plans],
+        "ranks": [{"rank": r.rank, "wrapper": rank_wrapper(r, len(hp.ranks), True), "argv": list(r.argv)}
+                  for r in hp.ranks],
+        "coord": [master, job.control_port], "master": [master, job.port],
+        "max_restarts": job.max_restarts, "min_hosts": job.min_hosts or len(host_plans),
+        "lost_after": job.lost_host_timeout, "grace": RESTART_GRACE_S,
+        "final_codes": list(TRAINER_FINAL) if job.is_trainer else [],
+        "peer_lost": list(TRAINER_PEER_LOST) if job.is_trainer else [],
+        "restart_args": ["--resume"] if job.is_trainer else [],
+        "wait_port": job.wait_for_rank0,  # rank 0's host first, and its port open, before the others
+    }
 
 
 def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inventory,
-           master: str) -> tuple[Step, ...]:
+           master: str, run_id: str) -> tuple[Step, ...]:
     steps: list[Step] = []
     for hp in host_plans:
         dirs = [a.remote_dir(hp.workdir) for a in artifacts]
@@ -256,8 +284,10 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
                   for a in artifacts]
     steps += [Step(StepKind.SETUP, hp.host.name, setup_script(hp.setup_dir, hp.code_dir, inv.job.setup, hp.python))
               for hp in host_plans if hp.setup_dir and inv.job.setup]
-    launches = [Step(StepKind.LAUNCH, hp.host.name, launch_script(hp.rundir, hp.ranks, hp.code_dir, hp.python))
-                for hp in host_plans]
+    launches = [Step(StepKind.LAUNCH, hp.host.name, launch_script(
+                    hp.rundir, hp.ranks, hp.code_dir, hp.python,
+                    agent_config(inv, run_id, host_plans, i, master) if inv.job.restarts else None))
+                for i, hp in enumerate(host_plans)]
     first = host_plans[0]
     if inv.job.wait_for_rank0:
         # Rank 0 first: it hosts the rendezvous store on MASTER_PORT (torchrun's env contract

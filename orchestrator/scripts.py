@@ -5,6 +5,7 @@ here touches the network."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,8 @@ if TYPE_CHECKING:
     from orchestrator.plan import RankPlan
 
 
-def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python: str) -> str:
+def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python: str,
+                  agent: dict | None = None) -> str:
     """Start each rank in its own session and process group, detached from SSH.
 
     Ranks run in `work/`, this run's own copy of the pushed code (made once; a resumed run
@@ -22,29 +24,47 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
     The wrapper traps TERM so that it outlives the program's graceful stop and records the
     exit code; what `distctl_detach` prints is the process group id `stop` signals. More
     than one rank on a host gets OMP_NUM_THREADS=1 unless it is set, as torchrun does.
+    With `agent` (job.max_restarts), the host's agent starts after its ranks and adopts
+    them; it restarts them with the same wrappers (see hostside/agent.py).
     """
     # Logs and checkpoints may hold what a rank prints, secrets included: owner-only files.
     code = shell.join([code_dir + "/."])
     commands = [f"cd {shell.join([rundir])} || exit 1", "umask 077",
                 f"[ -d work ] || {{ rm -rf work.tmp && cp -R {code} work.tmp && mv work.tmp work; }} || exit 1",
                 detach_function(python)]
-    threads = '[ -n "${OMP_NUM_THREADS+x}" ] || export OMP_NUM_THREADS=1; ' if len(ranks) > 1 else ""
+    if agent is not None:
+        commands.append("rm -f stopping agent.state agent.events rank*.env")
     for r in ranks:
-        log, code = f"rank{r.rank}.log", f"rank{r.rank}.exit"
-        # Not `env RANK=0 python ...`: env would take a program path holding "=" for a variable.
-        own = " ".join(f"{v.name}={shell.join([v.value])}" for v in r.env)
-        wrapper = (f"trap : TERM INT HUP; . ./env; {f'export {own}; ' if own else ''}{threads}"
-                   f"(cd work && exec \"$@\") >>{log} 2>&1 </dev/null; "
-                   f"echo $? >{code}.tmp; mv {code}.tmp {code}")
+        log, exit_file = f"rank{r.rank}.log", f"rank{r.rank}.exit"
         commands += [
-            f"rm -f {code}",
+            f"rm -f {exit_file}",
             # A resumed run appends to its logs: mark where the new attempt starts.
             f"[ -s {log} ] && echo \"--- distctl: resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---\" >>{log}",
-            f"pgid=$({DETACH} sh -c {shell.join([wrapper])} distctl-rank{r.rank} {shell.join(r.argv)}) || exit 1",
+            f"pgid=$({DETACH} sh -c {shell.join([rank_wrapper(r, len(ranks), agent is not None)])} "
+            f"distctl-rank{r.rank} {shell.join(r.argv)}) || exit 1",
             f"echo \"$pgid\" >rank{r.rank}.pid",
             f"echo launched rank={r.rank} pgid=$pgid",
         ]
+    if agent is not None:
+        # The agent gets the run's environment (its marker included, so `stop` sweeps it too).
+        start = program(python, "agent", json.dumps(agent, separators=(",", ":"), sort_keys=True))
+        commands += [f"pgid=$({DETACH} sh -c '. ./env; exec \"$@\"' distctl-agent {start}) || exit 1",
+                     "echo \"$pgid\" >agent.pid", "echo launched agent pgid=$pgid"]
     return shell.lines(*commands)
+
+
+def rank_wrapper(r: RankPlan, ranks_here: int, restarts: bool = False) -> str:
+    """The shell around one rank's program (its argv follows as "$@"): the run's environment,
+    the rank's own variables, its log, and its exit code in rankR.exit. Under an agent, the
+    exports of the current attempt (rankR.env: a restart's rank, world size and count) win."""
+    log, exit_file = f"rank{r.rank}.log", f"rank{r.rank}.exit"
+    # Not `env RANK=0 python ...`: env would take a program path holding "=" for a variable.
+    own = " ".join(f"{v.name}={shell.join([v.value])}" for v in r.env)
+    threads = '[ -n "${OMP_NUM_THREADS+x}" ] || export OMP_NUM_THREADS=1; ' if ranks_here > 1 else ""
+    attempt = f"[ ! -f rank{r.rank}.env ] || . ./rank{r.rank}.env; " if restarts else ""
+    return (f"trap : TERM INT HUP; . ./env; {f'export {own}; ' if own else ''}{attempt}{threads}"
+            f"(cd work && exec \"$@\") >>{log} 2>&1 </dev/null; "
+            f"echo $? >{exit_file}.tmp; mv {exit_file}.tmp {exit_file}")
 
 
 DETACH = "distctl_detach"

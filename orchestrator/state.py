@@ -58,6 +58,7 @@ class RunState:
     cwd: str | None = None  # the directory `up` ran in (save_run fills it)
     started: str | None = None  # ISO 8601 with offset (save_run fills it)
     last_state: str | None = None  # as distctl last saw it: started, running, finished, failed, stopped
+    max_restarts: int = 0  # > 0: each host runs an agent that restarts the ranks (hostside/agent.py)
 
     def host(self, name: str) -> HostState:
         for h in self.hosts:
@@ -174,7 +175,8 @@ def load_run(path: Path) -> RunState:
     world_size = data.get("world_size") or sum(len(h.ranks) for h in host_states)
     return RunState(str(data.get("run_id") or path.stem), data.get("inventory", ""), ssh, world_size,
                     data.get("master", ""), data.get("port", 0), host_states, bool(data.get("trainer", True)),
-                    tuple(data.get("outputs") or ()), data.get("cwd"), data.get("started"), data.get("last_state"))
+                    tuple(data.get("outputs") or ()), data.get("cwd"), data.get("started"), data.get("last_state"),
+                    int(data.get("max_restarts") or 0))
 
 
 _T = TypeVar("_T")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from orchestrator.scripts import program
 from orchestrator.errors import DistctlError, ExitCode, HostError
-from orchestrator.lifecycle import stop_host
+from orchestrator.lifecycle import halt_host, stop_host
 from orchestrator.links import HostLinks
 from orchestrator.remote import Connection
 from orchestrator.state import RunState
@@ -31,7 +31,20 @@ class Outcome:
 
 def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float,
                     fanout: int = 64) -> dict[str, str]:
-    """Stop the run on every host in parallel; per-host problems are returned, not raised."""
+    """Stop the run on every host in parallel; per-host problems are returned, not raised.
+    With restart agents, every agent is halted first, on every host (lifecycle.halt_script)."""
+    def halt(hs) -> None:
+        conn = conns.get(hs.host.name)
+        if conn is not None:
+            try:
+                halt_host(conn, hs.rundir)
+            except HostError:
+                pass  # the stop itself halts it again, and reports the host
+
+    if state.max_restarts:
+        with ThreadPoolExecutor(max_workers=max(1, min(fanout, len(state.hosts)))) as pool:
+            list(pool.map(halt, state.hosts))
+
     def one(hs) -> str:
         conn = conns.get(hs.host.name)
         if conn is None:
@@ -53,11 +66,14 @@ class RankEvents:
 
     on_line: Callable[[str, int, str], None]
     on_exit: Callable[[str, int, int | None, float | None], None] = lambda host, rank, code, at: None
+    on_event: Callable[[str, str], None] = lambda host, text: None  # the restart agent's decisions
     tails: dict[int, deque] = field(default_factory=dict)
 
     def line(self, f: Followed, text: str) -> None:
         head, _, rest = text.partition(" ")
-        if head == "exit":
+        if head == "ev":
+            self.on_event(f.host, rest)
+        elif head == "exit":
             which, code, at = (rest.split(" ") + ["-", "-"])[:3]
             self.on_exit(f.host, int(which), int(code) if code.lstrip("-").isdigit() else None,
                          float(at) if at.replace(".", "", 1).isdigit() else None)
@@ -83,6 +99,7 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
     fallback_told: set[str] = set()
     deadline = time.monotonic() + join_timeout
     hang: list[str] = []
+    agent = AgentNews()
 
     def on_line(host: str, rank: int, line: str) -> None:
         ui.rank_line(host, rank, line)
@@ -95,7 +112,27 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
             ui.warn(f"{host}: MNIST could not be had: training on generated digits, not MNIST "
                     "(job.fallback: generated; set job.data to push your copy of MNIST)")
 
+    def on_event(host: str, text: str) -> None:
+        if text in agent.seen:
+            return  # every host relays the same decision
+        agent.seen.add(text)
+        kind, _, rest = text.partition(" ")
+        if kind == "restart":
+            ui.warn(text)
+        elif kind == "dropped" and rest in links.hosts and rest not in agent.dropped:
+            agent.dropped.append(rest)
+            links.abandon(rest)
+            for r in [r for r, h in host_of.items() if h == rest]:
+                del host_of[r]
+                exits.pop(r, None)
+            ui.warn(f"{rest}: dropped from the run; it goes on without it")
+        elif kind == "end":
+            outcome, _, why = rest.partition(": ")
+            agent.end = (outcome, why)
+
     def on_exit(host: str, rank: int, code: int | None, at: float | None) -> None:
+        if host in agent.dropped:
+            return
         exits[rank] = code
         if at is not None:
             exit_times[rank] = at
@@ -112,8 +149,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
     judged: list[bool] = []
 
     def tick() -> None:
-        if time.monotonic() <= deadline or first_failure or hang or judged:
-            return
+        if time.monotonic() <= deadline or first_failure or hang or judged or agent.seen:
+            return  # (after a restart the agents judge: the rendezvous may be under way again)
         if not state.trainer:
             judged.append(True)
             hang.extend(unjoined_hosts(state, conns, set(exits)))
@@ -126,7 +163,7 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
         if hang:
             teardown(f"ranks never joined within job.join_timeout={join_timeout:g}s: {', '.join(hang)}")
 
-    events = RankEvents(on_line, on_exit)
+    events = RankEvents(on_line, on_exit, on_event)
     try:
         follow(followers, lambda f, text: links.line(f, text, events.line), tick, links=links)
     finally:
@@ -135,9 +172,31 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
             f.stream.close()
     outcome = _outcome(state, exits, root_causes(exits, exit_times, state.trainer), hang, events.tails, host_of,
                        links.unreachable)
+    outcome = agent.amend(outcome)
     if fallback_told and outcome.code == ExitCode.OK:  # said again at the end: easy to miss mid-run
         outcome.message += " (on generated digits, not MNIST: MNIST could not be had)"
     return outcome
+
+
+@dataclass
+class AgentNews:
+    """What the restart agents said (hostside/agent.py), relayed by the followers."""
+
+    seen: set[str] = field(default_factory=set)
+    dropped: list[str] = field(default_factory=list)
+    end: tuple[str, str] | None = None  # (outcome, why) when they gave up
+
+    def amend(self, outcome: Outcome) -> Outcome:
+        restarts = sum(1 for text in self.seen if text.startswith("restart "))
+        if outcome.code == ExitCode.OK and (restarts or self.dropped):
+            extra = [f"after {restarts} restart(s)"] if restarts else []
+            extra += [f"without {', '.join(self.dropped)} (dropped)"] if self.dropped else []
+            return Outcome(outcome.code, f"{outcome.message}, {'; '.join(extra)}")
+        if self.end and self.end[0] == "exhausted" and outcome.code == ExitCode.RUN_FAILED:
+            return Outcome(ExitCode.RESTARTS_EXHAUSTED, f"{self.end[1]}\n{outcome.message}")
+        if self.end and self.end[0] == "failed" and outcome.code == ExitCode.RUN_FAILED:
+            return Outcome(outcome.code, f"{self.end[1]}\n{outcome.message}")
+        return outcome
 
 
 def unjoined_hosts(state: RunState, conns: dict[str, Connection], exited: set[int]) -> list[str]:

@@ -58,7 +58,10 @@ def save_checkpoint(directory, state, keep):
         torch.save(dict(state, format=FORMAT), link)
     os.replace(link, os.path.join(directory, LATEST))
     for old in sorted(glob.glob(os.path.join(directory, "ckpt-*.pt")))[:-keep]:
-        os.remove(old)
+        try:
+            os.remove(old)
+        except FileNotFoundError:  # another writer of a shared folder removed it first
+            pass
     return path
 
 

@@ -90,7 +90,8 @@ class Run:
         return Position(state["epoch"], state["step"], *partial)
 
     def shared_checkpoint(self):
-        """Rank 0 reads the newest checkpoint and broadcasts it (the other hosts have no copy)."""
+        """Rank 0 reads the newest checkpoint and broadcasts it: one reader, one truth, even where
+        another host's copy is older (it was added to the run later, or its disk filled)."""
         box = [None]
         if self.rank == 0:
             try:
@@ -138,11 +139,12 @@ class Run:
         return epoch, position.step, self.stop.requested or "another rank", path
 
     def save(self, position, partial):
-        """Rank 0 writes the checkpoint; returns its path (every rank knows it) or 'none'."""
+        """The first rank of every host writes the checkpoint there (replicas are identical, so no
+        single host's loss loses it); returns its path (every rank knows it) or 'none'."""
         directory = self.config.checkpoint_dir
         if not directory:
             return "none"
-        if self.rank == 0:
+        if self.placement.local_rank == 0:
             self.phase = "writing a checkpoint"
             state = {"epoch": position.epochs_done, "step": position.step, "model": self.model.state_dict(),
                      "optimizer": self.optimizer.state_dict(), "rng": checkpoint.capture_rng(),

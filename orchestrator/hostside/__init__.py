@@ -13,6 +13,7 @@ use double quotes only (a single quote would print as '"'"').
     store_peers  this host's connections to rank 0's rendezvous store (the join watchdog)
     outputs    list job.outputs with sizes and digests, and send the chosen files
     session    a command server: many commands over one channel, one login shell
+    agent      restarts the ranks after a failure (job.max_restarts), coordinated by rank 0's host
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session")
+PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session",
+            "agent")
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,6 +9,10 @@ last TAIL lines (-1: no tail). `follow` keeps reading while the process group of
 unfinished last line is flushed and `exit R CODE TIME` follows: CODE from rankR.exit, TIME
 the mtime of that file by the clock of this host; `-` for each when there is none (the
 rank was killed, or never started).
+
+Under a restart agent (agent.pid, job.max_restarts) a rank is done only once the agent is
+gone too: a restart starts it again, and its log goes on. Each line of agent.events (the
+agent's decisions: restarts, dropped hosts, the end) comes out as `ev TEXT`.
 """
 
 from __future__ import annotations
@@ -81,12 +85,7 @@ class RankLog:
         out.write(b"%d %s\n" % (self.rank, line))
 
     def alive(self) -> bool:
-        try:
-            with open("rank%d.pid" % self.rank) as f:
-                os.kill(-int(f.read()), 0)
-            return True
-        except (OSError, ValueError):
-            return False
+        return group_alive("rank%d.pid" % self.rank)
 
     def exit_record(self) -> bytes:
         name = "rank%d.exit" % self.rank
@@ -97,6 +96,34 @@ class RankLog:
         except OSError:
             code, at = "-", "-"
         return b"exit %d %s %s\n" % (self.rank, code.encode(), at.encode())
+
+
+def group_alive(pidfile: str) -> bool:
+    try:
+        with open(pidfile) as f:
+            os.kill(-int(f.read()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+class Events:
+    """agent.events, relayed line by line as `ev TEXT`."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def pump(self, out: Counted) -> None:
+        try:
+            with open("agent.events", "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        complete = data[:data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            out.write(b"ev %s\n" % line)
 
 
 def main(argv: list[str]) -> int:
@@ -110,9 +137,12 @@ def main(argv: list[str]) -> int:
         for log in logs:
             log.start_at_tail(tail, out)
     quiet_since = time.monotonic()
+    events = Events()
     while logs:
-        ended = [log for log in logs if not live or not log.alive()]
+        agent = live and os.path.exists("agent.pid") and group_alive("agent.pid")
+        ended = [log for log in logs if not live or (not agent and not log.alive())]
         before = out.written
+        events.pump(out)
         for log in logs:
             log.pump(out, final=log in ended)
         for log in ended:

@@ -1,0 +1,215 @@
+"""job.max_restarts and job.min_hosts: the per-host restart agents (orchestrator/hostside/agent.py).
+
+The decision is a pure function, tested here case by case; the rest runs on the real cluster:
+torch-free programs for the lifecycle, the bundled trainer where exactness is the point."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+from e2e import digests, distctl, last_run_id, run_pids, start_distctl, kill_tree, wait_for, write_inventory
+from orchestrator.hostside import agent
+
+# Each rank says which attempt it is; rank 1 fails (exit 7) until attempt FAIL_UNTIL.
+FLAKY = """
+import os, sys, time
+rank, attempt = int(os.environ["RANK"]), int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+print("attempt=%d rank=%d world=%s" % (attempt, rank, os.environ["WORLD_SIZE"]), flush=True)
+if rank == 1 and attempt < int(os.environ.get("FAIL_UNTIL", "1")):
+    time.sleep(1)
+    sys.exit(7)
+time.sleep(float(os.environ.get("HOLD", "2")))
+"""
+
+
+# ------------------------------------------------------------------ decide(), pure
+
+def cfg(**over):
+    base = {"hosts": [{"name": "a", "ranks": [0, 1]}, {"name": "b", "ranks": [2]}, {"name": "c", "ranks": [3]}],
+            "max_restarts": 2, "min_hosts": 2, "lost_after": 30.0, "final_codes": [2, 3], "peer_lost": [4]}
+    return {**base, **over}
+
+
+ALL = [0, 1, 2]
+
+
+def test_every_rank_exited_0_is_done_and_a_missing_exit_waits():
+    assert agent.decide(cfg(), 0, ALL, {r: (0, 1.0) for r in range(4)}, {}, False, None) == ("done",)
+    assert agent.decide(cfg(), 0, ALL, {r: (0, 1.0) for r in range(3)}, {}, False, None) == ("wait",)
+
+
+def test_a_stop_wins_over_any_failure():
+    assert agent.decide(cfg(), 0, ALL, {2: (137, 1.0)}, {}, True, 9.0)[:2] == ("end", "stopped")
+
+
+def test_a_failure_waits_to_settle_then_restarts_blaming_the_root_cause_not_the_peer_lost_exit():
+    exits = {0: (4, 1.0), 1: (4, 1.5), 2: (137, 2.0)}
+    assert agent.decide(cfg(), 0, ALL, exits, {}, False, 0.5) == ("wait",)
+    assert agent.decide(cfg(), 0, ALL, exits, {}, False, 5.0) == ("restart", ALL, "b r2 exited 137")
+
+
+def test_restarts_exhausted_and_final_codes_end_the_run():
+    exits = {2: (137, 1.0)}
+    assert agent.decide(cfg(), 2, ALL, exits, {}, False, 5.0) == (
+        "end", "exhausted", "restarts exhausted (2/2): b r2 exited 137")
+    assert agent.decide(cfg(), 0, ALL, {3: (2, 1.0)}, {}, False, 0.0) == (
+        "end", "failed", "c r3 exited 2: not restarted (a restart would fail the same way)")
+
+
+def test_a_silent_host_is_a_link_fault_until_lost_after_then_dropped():
+    exits = {0: (4, 1.0), 1: (4, 1.0)}
+    assert agent.decide(cfg(), 0, ALL, exits, {1: 10.0}, False, 5.0) == ("wait",)
+    assert agent.decide(cfg(), 0, ALL, exits, {1: 31.0}, False, 5.0) == (
+        "restart", [0, 2], "a r0 exited 4; lost b (silent for 30s)")
+    # without a failure, silence alone drops nobody
+    assert agent.decide(cfg(), 0, ALL, {}, {1: 99.0}, False, None) == ("wait",)
+
+
+def test_fewer_hosts_than_min_hosts_ends_the_run():
+    exits = {0: (4, 1.0), 1: (4, 1.0)}
+    assert agent.decide(cfg(min_hosts=3), 0, ALL, exits, {1: 31.0}, False, 5.0) == (
+        "end", "exhausted", "a r0 exited 4; lost b (silent for 30s); 2 host(s) left, job.min_hosts is 3")
+
+
+def test_placement_renumbers_the_survivors_in_host_order():
+    assert agent.placement(cfg(), [0, 2], 2) == {3: {
+        "RANK": 2, "ROLE_RANK": 2, "WORLD_SIZE": 3, "ROLE_WORLD_SIZE": 3, "GROUP_RANK": 1, "GROUP_WORLD_SIZE": 2}}
+    assert agent.placement(cfg(), [0, 1, 2], 0)[1]["RANK"] == 1
+
+
+# ------------------------------------------------------------------ on the cluster
+
+def flaky(cluster, tmp_path, hosts=("node1", "node2"), **job):
+    code = tmp_path / "project"
+    code.mkdir(exist_ok=True)
+    (code / "prog.py").write_text(FLAKY)
+    return write_inventory(tmp_path / "inv.yaml", cluster, hosts, code="project", command="python prog.py",
+                           wait_for_rank0=False, **job)
+
+
+def host_file(cluster, host: str, run_id: str, name: str) -> str:
+    h = cluster.host(host)
+    return h.run(f"cat {h.workdir}/runs/{run_id}/{name} 2>/dev/null").stdout
+
+
+@pytest.mark.cluster
+def test_a_failed_rank_restarts_every_rank_and_the_run_succeeds(cluster, tmp_path):
+    inv = flaky(cluster, tmp_path, max_restarts=2)
+    up = distctl("up", str(inv), cwd=tmp_path, timeout=180)
+    assert up.returncode == 0, up.stderr
+    assert "restart 1/2 after node2 r1 exited 7" in up.stderr
+    assert re.search(r"run \S+ finished: 2 rank\(s\) exited 0, after 1 restart\(s\)", up.stderr), up.stderr
+    run_id = last_run_id(tmp_path)
+    log = host_file(cluster, "node2", run_id, "rank1.log")
+    assert log.splitlines() == ["attempt=0 rank=1 world=2", "--- distctl: restart 1/2 after node2 r1 exited 7 ---",
+                                "attempt=1 rank=1 world=2"]
+    assert not any(run_pids(cluster, run_id).values())
+    status = distctl("status", "--json", cwd=tmp_path)
+    restarts = json.loads(status.stdout)["restarts"]
+    assert restarts == {"attempt": 1, "max_restarts": 2, "restarts": ["node2 r1 exited 7"], "dropped": [],
+                        "outcome": "finished"}
+
+
+@pytest.mark.cluster
+def test_restarts_exhausted_exit_13_naming_the_failure(cluster, tmp_path):
+    inv = flaky(cluster, tmp_path, max_restarts=1, env={"FAIL_UNTIL": "9"})
+    up = distctl("up", str(inv), cwd=tmp_path, timeout=180)
+    assert up.returncode == 13, up.stderr
+    assert "restarts exhausted (1/1): node2 r1 exited 7" in up.stderr
+    run_id = last_run_id(tmp_path)
+    assert not any(run_pids(cluster, run_id).values())
+
+
+@pytest.mark.cluster
+def test_stop_wins_over_restarts_detached(cluster, tmp_path):
+    inv = flaky(cluster, tmp_path, max_restarts=5, env={"HOLD": "300"})
+    assert distctl("up", str(inv), "--detach", cwd=tmp_path).returncode == 0
+    run_id = last_run_id(tmp_path)
+    wait_for(lambda: "restart 1/5" in host_file(cluster, "node1", run_id, "agent.events"), 60, "the first restart")
+    wait_for(lambda: "attempt=1" in host_file(cluster, "node2", run_id, "rank1.log"), 60, "attempt 1 to run")
+    stop = distctl("stop", cwd=tmp_path)
+    assert stop.returncode == 0, stop.stderr
+    # The agents carry the run's marker: none left means nothing can restart.
+    assert not any(run_pids(cluster, run_id).values())
+    assert "restart 2/5" not in host_file(cluster, "node1", run_id, "agent.events")
+
+
+# ------------------------------------------------------------------ the bundled trainer
+
+TRAIN = dict(epochs=6)  # about 3 s an epoch here: time to kill a rank after its second
+
+
+def trainer_pid(cluster, host: str, run_id: str, rank: int) -> int | None:
+    """The trainer process (not its sh wrapper) of one rank."""
+    for pid in cluster.host(host).pids_with_env(f"DISTCTL_RUN_ID={run_id}"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"trainer" in argv and f"RANK={rank}".encode() in env:
+            return pid
+    return None
+
+
+def kill_rank1_after_an_epoch(cluster, run_id: str) -> None:
+    wait_for(lambda: re.search(r"^epoch=2 ", host_file(cluster, "node2", run_id, "rank1.log"), re.M), 120,
+             "rank 1 to finish its second epoch")
+    os.kill(trainer_pid(cluster, "node2", run_id, 1), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, small_mnist, tmp_path_factory) -> str:
+    where = tmp_path_factory.mktemp("uninterrupted")
+    inv = write_inventory(where / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist), **TRAIN)
+    up = distctl("up", str(inv), cwd=where)
+    assert up.returncode == 0, up.stderr
+    found = digests(up.stdout)
+    assert found[0] == found[1]
+    return found[0]
+
+
+@pytest.mark.cluster
+def test_trainer_rank_killed_attached_restarts_from_the_checkpoint_exactly(cluster, small_mnist, tmp_path,
+                                                                           uninterrupted):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist),
+                          max_restarts=2, **TRAIN)
+    up = start_distctl("up", str(inv), cwd=tmp_path)
+    try:
+        run_id = wait_for(lambda: last_run_id(tmp_path), 60, "the run to start")
+        kill_rank1_after_an_epoch(cluster, run_id)
+        out, err = up.communicate(timeout=240)
+    finally:
+        kill_tree(up)
+    assert up.returncode == 0, err
+    assert "restart 1/2 after node2 r1 exited 137" in err
+    assert re.search(r"^\[node2 r1\] resume rank=1 checkpoint=\S+/latest\.pt epoch=[2-5] step=0$", out, re.M), out
+    assert digests(out) == {0: uninterrupted, 1: uninterrupted}
+    # the checkpoint is kept on every host
+    for host in ("node1", "node2"):
+        assert "latest.pt" in cluster.host(host).run(
+            f"ls {cluster.host(host).workdir}/runs/{run_id}/ckpt").stdout
+
+
+@pytest.mark.cluster
+def test_trainer_rank_killed_detached_restarts_without_the_workstation(cluster, small_mnist, tmp_path,
+                                                                       uninterrupted):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist),
+                          max_restarts=2, **TRAIN)
+    assert distctl("up", str(inv), "--detach", cwd=tmp_path).returncode == 0
+    run_id = last_run_id(tmp_path)
+    kill_rank1_after_an_epoch(cluster, run_id)
+    wait_for(lambda: not any(run_pids(cluster, run_id).values()), 240, "the run to end")
+    logs = distctl("logs", cwd=tmp_path)
+    assert "[node2 r1] --- distctl: restart 1/2 after node2 r1 exited 137 ---" in logs.stdout
+    assert digests(logs.stdout) == {0: uninterrupted, 1: uninterrupted}
+    status = json.loads(distctl("status", "--json", cwd=tmp_path).stdout)
+    assert [r["exit_code"] for r in status["ranks"]] == [0, 0]
+    assert status["restarts"]["attempt"] == 1 and status["restarts"]["outcome"] == "finished"
