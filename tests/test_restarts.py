@@ -213,3 +213,32 @@ def test_trainer_rank_killed_detached_restarts_without_the_workstation(cluster, 
     status = json.loads(distctl("status", "--json", cwd=tmp_path).stdout)
     assert [r["exit_code"] for r in status["ranks"]] == [0, 0]
     assert status["restarts"]["attempt"] == 1 and status["restarts"]["outcome"] == "finished"
+
+
+@pytest.mark.cluster
+def test_a_host_lost_for_good_is_dropped_and_the_run_finishes_on_the_others(cluster, small_mnist, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2", "node3"], data=str(small_mnist),
+                          max_restarts=1, min_hosts=2, lost_host_timeout=5, **TRAIN)
+    up = start_distctl("up", str(inv), cwd=tmp_path)
+    try:
+        run_id = wait_for(lambda: last_run_id(tmp_path), 60, "the run to start")
+        wait_for(lambda: re.search(r"^epoch=2 ", host_file(cluster, "node3", run_id, "rank2.log"), re.M), 120,
+                 "rank 2 to finish its second epoch")
+        cluster.stop_sshd("node3")  # the host is gone: no sshd, none of its processes
+        for pid in cluster.host("node3").processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out, err = up.communicate(timeout=300)
+    finally:
+        kill_tree(up)
+        cluster.start_sshd("node3")
+    assert up.returncode == 0, err
+    assert "node3: dropped from the run; it goes on without it" in err
+    assert re.search(r"restart 1/1 after node\d r\d exited 4; lost node3 \(silent for 5s\)", err), err
+    assert re.search(r"finished: 2 rank\(s\) exited 0, after 1 restart\(s\); without node3 \(dropped\)", err), err
+    assert "[node2 r1] joined rank=1 local_rank=0 world_size=2" in out
+    found = digests(out)
+    assert set(found) == {0, 1} and found[0] == found[1]
+    assert not any(pids for host, pids in run_pids(cluster, run_id).items() if host != "node3")
