@@ -29,6 +29,10 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.obj and ctx.obj.get("debug")) or "--debug" in sys.argv[1:]
+
+        def ui() -> Ui:  # the command's own: it knows the secrets to mask in the message
+            return (ctx.obj or {}).get("ui") or Ui()
+
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
@@ -37,7 +41,7 @@ class _Cli(click.Group):
             if debug:
                 raise
             if exc.exit_code != ExitCode.DETACHED:
-                Ui().error(str(exc))
+                ui().error(str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("distctl: interrupted", err=True)
@@ -48,7 +52,7 @@ class _Cli(click.Group):
         except Exception as exc:  # a bug of ours: one line, the traceback with --debug
             if debug:
                 raise
-            Ui().error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+            ui().error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
             ctx.exit(ExitCode.INTERNAL)
 
 

@@ -6,7 +6,7 @@ import contextvars
 import os
 import sys
 from contextlib import contextmanager
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import click
 
@@ -39,14 +39,12 @@ class Ui:
         # Remote text is escaped on a terminal only: files and pipes get it as it is.
         self._tty_out = sys.stdout.isatty()
         self._tty_err = sys.stderr.isatty()
+        # This Ui's own (cli.main prints a command's error through the command's Ui).
+        self._secrets: tuple[str, ...] = ()
 
-    # Process-wide, so that the error printed by cli.main masks them too.
-    _secrets: tuple[str, ...] = ()
-
-    @classmethod
-    def hide(cls, secrets) -> None:
+    def hide(self, secrets: Iterable[str]) -> None:
         """Values shown as *** wherever distctl prints them (longest first: no partial reveals)."""
-        cls._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self._secrets = tuple(sorted({*self._secrets, *(s for s in secrets if s)}, key=len, reverse=True))
 
     def masked(self, text: str) -> str:
         for secret in self._secrets:

@@ -76,11 +76,21 @@ def test_for_terminal_takes_the_last_redraw_then_escapes():
     assert for_terminal("a\x07b") == "a\\x07b"
 
 
-def test_ui_escapes_on_a_terminal_only_and_masks_first(capsys, monkeypatch):
+def test_secrets_belong_to_one_ui():
     from orchestrator.ui import Ui
 
-    monkeypatch.setattr(Ui, "_secrets", ("s3cr\x07t",))
+    one, other = Ui(color=False), Ui(color=False)
+    one.hide(["tok3n", ""])
+    one.hide(["tok3n-longer"])
+    assert one.masked("a tok3n-longer b tok3n") == "a *** b ***"
+    assert other.masked("a tok3n") == "a tok3n"
+
+
+def test_ui_escapes_on_a_terminal_only_and_masks_first(capsys):
+    from orchestrator.ui import Ui
+
     ui = Ui(color=False)
+    ui.hide(["s3cr\x07t"])
     ui._tty_out, ui._tty_err = True, True  # as if both were terminals
     assert ui.shown("key=s3cr\x07t \x1b[2J") == "key=*** \\x1b[2J"
     ui.error("rank 1 failed; last lines:\n    \x1b]0;t\x07boom\n    50%\r100%")
