@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from cluster import Cluster, HostSpec, cluster_unavailable, close_on_exit, start_cluster  # noqa: E402
 from e2e import DISTCTL, write_inventory  # noqa: E402
 
-__all__ = ["Cluster", "DISTCTL", "ROOT", "cluster_of", "distctl", "interleaved", "median_ms",
+__all__ = ["Cluster", "DISTCTL", "ROOT", "cluster_of", "distctl", "distctl_env", "interleaved", "median_ms",
            "pdsh_argv", "print_table", "timed", "write_inventory"]
 
 
@@ -54,11 +54,15 @@ def pdsh_argv(cluster: Cluster, hosts: Sequence[str], *command: str) -> tuple[li
     return ["pdsh", "-R", "ssh", "-f", "32", "-w", ",".join(hosts), *command], env
 
 
+def distctl_env(cwd: Path) -> dict[str, str]:
+    """The environment of a bench's `distctl`: its run records stay in the bench's folder."""
+    return {"DISTCTL_STATE_DIR": str(cwd / ".distctl-state"), **os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
+
+
 def distctl(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """`distctl ARGS` as a user runs it; raises with its output when it fails."""
     done = subprocess.run([*DISTCTL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={"DISTCTL_STATE_DIR": str(cwd / ".distctl-state"), **os.environ, "NO_COLOR": "1",
-                               "PYTHONPATH": str(ROOT)})  # run records stay in the bench's folder
+                          env=distctl_env(cwd))
     if done.returncode != 0:
         raise RuntimeError(f"distctl {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     return done
