@@ -8,56 +8,21 @@ be asserted. test_lifecycle.py and test_links.py show the same on the real clust
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
-from support.fakes import HEARTBEAT, Call, FakeConnection, FakeStream, RecordingUi, exited, said
+from support.fakes import HEARTBEAT, FakeStream, exited, said
+from support.watched import MASTER, PORT, RUNDIR, STOP, a_run, host, stops, watch
 
 from orchestrator import links
 from orchestrator.errors import ExitCode, HostError
-from orchestrator.inventory import Host, Ssh
-from orchestrator.lifecycle import stop_script
 from orchestrator.remote import Result
 from orchestrator.scripts import follow_script, program
-from orchestrator.state import HostState, RankState, RunState
-from orchestrator.watch import FAILURE_GRACE, Outcome, root_causes, watch_run
+from orchestrator.watch import Outcome, root_causes
 
 pytestmark = pytest.mark.timeout(60)  # a decision that never comes must not hold up the suite
 
-RUN_ID, RUNDIR, MASTER, PORT = "t-1", "/w/runs/t-1", "10.0.0.1", 23456
-STOP = stop_script(RUNDIR, RUN_ID, FAILURE_GRACE)  # what teardown runs on every host
-NOTHING_LEFT = Result(0, "left=0\n", "")
 LATE_S = 10.0  # a scripted rank nobody stops exits this late; the tests that stop it finish far sooner
 HANG_HINT = "; the run was stopped. Check the interface and firewall (distctl check), and the rank logs (distctl logs)"
-
-Answer = Result | Callable[[Call], Result]
-
-
-def a_run(trainer: bool = True, **hosts: tuple[int, ...]) -> RunState:
-    """A run on `hosts` (name=its ranks) whose lost hosts are given up after 0.1 s."""
-    states = tuple(HostState(Host(name, f"10.0.0.{i}"), RUNDIR, tuple(RankState(r, j) for j, r in enumerate(ranks)))
-                   for i, (name, ranks) in enumerate(hosts.items(), 1))
-    world = sum(len(ranks) for ranks in hosts.values())
-    return RunState(RUN_ID, "/inv/a.yaml", Ssh(reconnect_timeout=0.1), world, MASTER, PORT, states, trainer=trainer)
-
-
-def host(name: str, stream: FakeStream, stop: Answer = NOTHING_LEFT) -> FakeConnection:
-    """A host whose follower is `stream` and whose stop answers `stop`."""
-    return FakeConnection(name, streams=[stream]).answer(STOP, stop)
-
-
-def stops(stream: FakeStream, *ranks: int) -> Callable[[Call], Result]:
-    """The stop of a host whose `ranks` still run: they exit 143 (SIGTERM) and its follower ends."""
-    def answer(call: Call) -> Result:
-        stream.feed(b"".join(exited(rank, 143, 200.0) for rank in ranks))
-        stream.end()
-        return NOTHING_LEFT
-    return answer
-
-
-def watch(state: RunState, conns: dict[str, FakeConnection], join_timeout: float = 60.0) -> tuple[Outcome, RecordingUi]:
-    ui = RecordingUi()
-    return watch_run(state, dict(conns), ui, join_timeout), ui
 
 
 # ------------------------------------------------------------------ success
