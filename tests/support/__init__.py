@@ -1,5 +1,10 @@
-"""Helpers shared by the test files, one module per kind: ``procfs`` reads /proc, ``net`` hands
-out ports, ``fakes`` stands in for hosts in unit tests of pure logic.
+"""Helpers shared by the test files, one module per kind:
+
+- ``fakes``: a fake connection, stream and UI, for unit tests of pure logic; ``watched``: a run
+  on such fake hosts, watched in process as ``up`` watches one;
+- ``procfs``: /proc readers (the cluster's sweeps, tests looking for ranks); ``net``: ports;
+- ``known_hosts``, ``workdirs``, ``reports``: host keys, fresh workdirs and error reports, for
+  tests that run the real ``distctl`` on the cluster.
 
 Imported as ``support`` (pytest puts ``tests/`` on ``sys.path``), like ``cluster``, ``e2e`` and
 ``idx``, which stay where they are::
