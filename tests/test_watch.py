@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from support.fakes import HEARTBEAT, FakeStream, exited, said
+from support.fakes import HEARTBEAT, FakeStream, exited, relayed, said
 from support.watched import MASTER, PORT, RUNDIR, STOP, a_run, host, stops, watch
 
 from orchestrator import links
@@ -175,3 +175,39 @@ def test_a_user_program_is_judged_by_connections_to_rank0s_store(connected, outc
     conns = {name: host(name, stream, stop=stops(stream, rank)).answer(STORE_PEERS, Result(0, f"connected={n}\n", ""))
              for rank, (name, stream, n) in enumerate(zip(("node1", "node2"), streams, connected))}
     assert watch(state, conns, join_timeout=0.2)[0] == outcome
+
+
+# ------------------------------------------------------------------ the restart agents' news (job.max_restarts)
+
+
+def test_a_restart_relayed_by_every_host_is_told_once_and_noted_in_the_success():
+    restart = relayed("restart 1/2 after node2 r1 exited 7")
+    state = a_run(max_restarts=2, node1=(0,), node2=(1,))
+    conns = {"node1": host("node1", FakeStream(restart, said(0, "attempt=1 rank=0"), exited(0, 0, 1.0))),
+             "node2": host("node2", FakeStream(restart, said(1, "attempt=1 rank=1"), exited(1, 0, 1.0)))}
+    outcome, ui = watch(state, conns)
+    assert outcome == Outcome(ExitCode.OK, "run t-1 finished: 2 rank(s) exited 0, after 1 restart(s)")
+    assert ui.warnings == ["restart 1/2 after node2 r1 exited 7"]
+
+
+def test_a_host_the_agents_dropped_is_not_followed_and_its_ranks_do_not_count():
+    state = a_run(max_restarts=1, node1=(0,), node2=(1,))
+    conns = {"node1": host("node1", FakeStream(relayed("dropped node2"), 0.5, exited(0, 0, 2.0))),
+             # node2's own agent relays the drop too, then its rank is killed
+             "node2": host("node2", FakeStream(said(1, "attempt=0 rank=1"), relayed("dropped node2"),
+                                               exited(1, None)))}
+    outcome, ui = watch(state, conns)
+    assert outcome == Outcome(ExitCode.OK, "run t-1 finished: 1 rank(s) exited 0, without node2 (dropped)")
+    assert ui.warnings == ["node2: dropped from the run; it goes on without it"]
+    assert [c.commands for c in conns.values()] == [[], []]  # a dropped host's kill is no failed rank
+
+
+def test_restarts_exhausted_is_its_own_exit_code_with_the_agents_reason_first():
+    why = "restarts exhausted (1/1): node2 r1 exited 7"
+    state = a_run(False, max_restarts=1, node1=(0,), node2=(1,))
+    conns = {"node1": host("node1", FakeStream(relayed(f"end exhausted: {why}"), 0.3, exited(0, 143, 2.0))),
+             "node2": host("node2", FakeStream(said(1, "attempt=1 rank=1"), relayed(f"end exhausted: {why}"),
+                                               exited(1, 7, 1.0)))}
+    outcome, _ = watch(state, conns)
+    assert outcome == Outcome(ExitCode.RESTARTS_EXHAUSTED, f"{why}\nrank 1 on node2 failed first: exited with "
+                                                           "code 7; last lines of its log:\n    attempt=1 rank=1")

@@ -41,6 +41,11 @@ def exited(rank: int, code: int | None, at: float | None = None) -> bytes:
     return f"exit {rank} {'-' if code is None else code} {'-' if at is None else f'{at:.3f}'}\n".encode()
 
 
+def relayed(text: str) -> bytes:
+    """A restart agent's decision as a follower relays it: `ev TEXT` (hostside/agent.py)."""
+    return f"ev {text}\n".encode()
+
+
 class FakeStream:
     """Output scripted as bytes and pauses, then the end: `FakeStream(b"0 a\\n", 0.5, b"0 b\\n")`
     gives `0 a` at once, `0 b` half a second later, then `read()` returns b"".

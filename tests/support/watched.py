@@ -24,12 +24,13 @@ NOTHING_LEFT = Result(0, "left=0\n", "")
 Answer = Result | Callable[[Call], Result]
 
 
-def a_run(trainer: bool = True, **hosts: tuple[int, ...]) -> RunState:
+def a_run(trainer: bool = True, max_restarts: int = 0, **hosts: tuple[int, ...]) -> RunState:
     """A run on `hosts` (name=its ranks) whose lost hosts are given up after 0.1 s."""
     states = tuple(HostState(Host(name, f"10.0.0.{i}"), RUNDIR, tuple(RankState(r, j) for j, r in enumerate(ranks)))
                    for i, (name, ranks) in enumerate(hosts.items(), 1))
     world = sum(len(ranks) for ranks in hosts.values())
-    return RunState(RUN_ID, "/inv/a.yaml", Ssh(reconnect_timeout=0.1), world, MASTER, PORT, states, trainer=trainer)
+    return RunState(RUN_ID, "/inv/a.yaml", Ssh(reconnect_timeout=0.1), world, MASTER, PORT, states, trainer=trainer,
+                    max_restarts=max_restarts)
 
 
 def host(name: str, stream: FakeStream, stop: Answer = NOTHING_LEFT) -> FakeConnection:
