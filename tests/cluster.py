@@ -59,6 +59,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from support import procfs
+
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 WORKDIR = "/srv/dctl-work"
@@ -130,15 +132,15 @@ class TestHost:
     def processes(self, *, infra: bool = False) -> list[int]:
         """PIDs living in this host; without ``infra``, minus the anchor and the sshd listener."""
         if self.netns is None:
-            pids = _pids_with_env(lambda entry: entry == f"{ENV_TAG}={self.env_tag}")
+            pids = procfs.pids_with_env(lambda entry: entry == f"{ENV_TAG}={self.env_tag}")
         else:
-            pids = _pids_in_netns(self.netns)
-        skip = set() if infra else {self.anchor_pid, _read_pid(self.sshd_pidfile)}
+            pids = procfs.pids_in_netns(self.netns)
+        skip = set() if infra else {self.anchor_pid, procfs.read_pid(self.sshd_pidfile)}
         return [pid for pid in pids if pid not in skip]
 
     def pids_with_env(self, marker: str) -> list[int]:
         """PIDs in this host whose environment holds exactly the entry ``marker`` (KEY=VALUE)."""
-        return [pid for pid in self.processes(infra=True) if marker in _environ(pid)]
+        return [pid for pid in self.processes(infra=True) if marker in procfs.environ(pid)]
 
 
 class Cluster:
@@ -364,7 +366,7 @@ class Cluster:
     def _adopt(self, proc: subprocess.Popen) -> None:
         """Remember a started process: close() stops it, a later run kills it after a crash."""
         self._procs.append(proc)
-        self._ledger.record("pids", [proc.pid, _start_time(proc.pid)])
+        self._ledger.record("pids", [proc.pid, procfs.start_time(proc.pid)])
 
 
 def start_cluster(specs: Sequence[HostSpec], *, isolated: bool | None = None) -> Cluster:
@@ -412,13 +414,13 @@ def cleanup_stale() -> list[str]:
     _STATE_DIR.mkdir(parents=True, exist_ok=True)
     for path in _STATE_DIR.glob("*.json"):
         ledger = _Ledger.load(path)
-        if ledger is not None and not _alive(*ledger.data["owner"]):
+        if ledger is not None and not procfs.alive(*ledger.data["owner"]):
             removed += ledger.describe()
             ledger.undo()
     for kind, names in (("netns", _ip_names("netns", "list")), ("links", _ip_names("-o", "link"))):
         for name in names:  # left before the ledger was written, or the ledger was deleted
             match = _NAME_RE.match(name)
-            if match and not _alive(int(match[1]), None):
+            if match and not procfs.alive(int(match[1]), None):
                 removed.append(f"{kind} {name}")
                 _Ledger(None, name, None, {kind: [name]}).undo()
     return removed
@@ -434,7 +436,7 @@ class _Ledger:
                  data: dict | None = None) -> None:
         self.path = path
         self.lock = threading.Lock()
-        self.data = data or {"owner": [os.getpid(), _start_time(os.getpid())], "tag": tag,
+        self.data = data or {"owner": [os.getpid(), procfs.start_time(os.getpid())], "tag": tag,
                              "tmpdir": tmpdir, "slot": None, "netns": [], "links": [],
                              "routes": [], "pids": []}
 
@@ -469,11 +471,11 @@ class _Ledger:
         """Kill, then delete, what the ledger names; returns what could not be removed."""
         data, errors = self.data, []
         for netns in data.get("netns", []):
-            _kill_all(lambda ns=netns: _pids_in_netns(ns))
-        _kill_all(lambda: [pid for pid, start in data.get("pids", []) if _alive(pid, start)])
+            _kill_all(lambda ns=netns: procfs.pids_in_netns(ns))
+        _kill_all(lambda: [pid for pid, start in data.get("pids", []) if procfs.alive(pid, start)])
         if data.get("tag"):  # loopback fallback: sessions carry the SetEnv entry
             prefix = f"{ENV_TAG}={data['tag']}-"
-            _kill_all(lambda: _pids_with_env(lambda entry: entry.startswith(prefix)))
+            _kill_all(lambda: procfs.pids_with_env(lambda entry: entry.startswith(prefix)))
         for args in ([("link", "del", n) for n in reversed(data.get("links", []))]
                      + [("route", "del", "unreachable", r) for r in data.get("routes", [])]
                      + [("netns", "del", n) for n in data.get("netns", [])]):
@@ -637,72 +639,6 @@ def _kill_all(find: Callable[[], list[int]], timeout: float = 5.0) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.01)  # poll until the kernel has reaped or zombified them
-
-
-def _proc_pids() -> list[int]:
-    """All PIDs visible in /proc."""
-    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
-
-
-def _ns_inode(path: str) -> int | None:
-    """The namespace inode behind an nsfs path; None if gone (or a zombie's)."""
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
-
-
-def _pids_in_netns(netns: str) -> list[int]:
-    """Live processes whose network namespace is the named one."""
-    ino = _ns_inode(f"/run/netns/{netns}")
-    if ino is None:
-        return []
-    return [pid for pid in _proc_pids() if pid != os.getpid()
-            and _ns_inode(f"/proc/{pid}/ns/net") == ino]
-
-
-def _environ(pid: int) -> list[str]:
-    """A process's environment entries; empty if unreadable or gone."""
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return []
-    return [e.decode(errors="surrogateescape") for e in raw.split(b"\0") if e]
-
-
-def _pids_with_env(test: Callable[[str], bool]) -> list[int]:
-    """PIDs with an environment entry for which ``test(entry)`` is true."""
-    return [pid for pid in _proc_pids() if pid != os.getpid()
-            and any(test(entry) for entry in _environ(pid))]
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, kernel start time) of ``pid``; None if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _start_time(pid: int) -> int | None:
-    """Kernel start time of ``pid`` (tells a reused PID apart); None if it is gone."""
-    stat = _stat(pid)
-    return stat[1] if stat else None
-
-
-def _alive(pid: int, start: int | None) -> bool:
-    """Whether ``pid`` still runs, not as a zombie (and, given ``start``, is the same process)."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z" and (start is None or stat[1] == start)
-
-
-def _read_pid(path: str) -> int | None:
-    """The PID in a pid file, None if there is none."""
-    try:
-        return int(Path(path).read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

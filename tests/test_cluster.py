@@ -23,6 +23,7 @@ import pytest
 
 import cluster as testcluster
 from cluster import WORKDIR, Cluster, HostSpec, start_cluster
+from support import procfs
 
 pytestmark = pytest.mark.cluster
 
@@ -233,7 +234,7 @@ def test_close_removes_everything_it_created():
     pids = [int(sleeper.stdout), solo.sshd_pid("solo"), solo.host("solo").anchor_pid]
     netns, tmpdir = solo.host("solo").netns, solo.tmpdir
     solo.close()
-    assert [p for p in pids if p and testcluster._alive(p, None)] == []
+    assert [p for p in pids if p and procfs.alive(p, None)] == []
     assert not tmpdir.exists()
     assert solo.tag not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     if netns:
@@ -253,13 +254,13 @@ def test_cleanup_stale_undoes_a_crashed_run():
         with testcluster._locked():  # no other session's cleanup may run before we look
             child.kill()
             child.wait()
-            assert testcluster._alive(int(sshd), None), "the crash should leave sshd running"
+            assert procfs.alive(int(sshd), None), "the crash should leave sshd running"
             removed = testcluster.cleanup_stale()
     finally:
         child.kill()
         child.wait()
     assert any(tag in line or sshd in line for line in removed), removed
-    wait_until(lambda: not testcluster._alive(int(sshd), None), "the orphaned sshd to die")
+    wait_until(lambda: not procfs.alive(int(sshd), None), "the orphaned sshd to die")
     assert not Path(tmpdir).exists()
     if netns != "None":
         assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

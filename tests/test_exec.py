@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from e2e import distctl, kill_tree, start_distctl, write_inventory
+from support.fakes import RecordingUi
 from orchestrator.adhoc import HostOutcome, command_for, report, select_hosts
 from orchestrator.errors import DistctlError, ExitCode
 from orchestrator.inventory import parse_inventory
@@ -44,17 +45,6 @@ def test_select_hosts_keeps_inventory_order_and_refuses_unknown_names():
     assert str(err.value) == "inv.yaml: no host 'c' (hosts: a, b)"
 
 
-class Recorder:
-    def __init__(self):
-        self.lines = []
-
-    def info(self, message):
-        self.lines.append(("info", message))
-
-    def warn(self, message):
-        self.lines.append(("warn", message))
-
-
 @pytest.mark.parametrize("outcomes, code, message", [
     ([HostOutcome("a", 0), HostOutcome("b", 0)], None, None),
     ([HostOutcome("a", 0), HostOutcome("b", 2)], ExitCode.EXEC_FAILED,
@@ -67,7 +57,7 @@ class Recorder:
      ExitCode.HOST_KEY, "the command failed on 1 of 2 host(s): a (exit 1); not run on b (could not connect)"),
 ])
 def test_report_names_every_host_and_picks_the_documented_code(outcomes, code, message):
-    ui = Recorder()
+    ui = RecordingUi()
     if code is None:
         report(outcomes, ui)
         assert ui.lines[-1] == ("info", "the command exited 0 on 2 host(s)")

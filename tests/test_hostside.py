@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import cannot_run
 from e2e import wait_for
+from support.net import ephemeral_port
 
 from orchestrator import hostside, shell
 from orchestrator.hostside import wait_port
@@ -71,12 +72,6 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ------------------------------------------------------------------ all programs
 
 
@@ -122,8 +117,9 @@ def test_every_program_runs_on_python_38(tmp_path):
     probe = run("probe", python=old)
     assert probe.stdout.startswith("python=3.8."), probe.stderr
     assert run("follow", "follow", -1, "0:0", cwd=tmp_path, python=old).stdout == "0 a\n0 b\nexit 0 - -\n"
-    assert run("wait_port", "127.0.0.1", free_port(), "rank0.pid", 30, cwd=tmp_path, python=old).stdout == "exited\n"
-    assert run("port_check", "connect", "127.0.0.1", free_port(), python=old).stdout == "fail Connection refused\n"
+    waited = run("wait_port", "127.0.0.1", ephemeral_port(), "rank0.pid", 30, cwd=tmp_path, python=old)
+    assert waited.stdout == "exited\n"
+    assert run("port_check", "connect", "127.0.0.1", ephemeral_port(), python=old).stdout == "fail Connection refused\n"
     detached = run("detach", "sleep", "300", python=old)
     os.killpg(int(detached.stdout), signal.SIGKILL)
 
@@ -197,13 +193,13 @@ def test_wait_port_is_ready_once_the_port_listens(tmp_path, group):
 
 def test_wait_port_says_exited_when_the_process_is_gone(tmp_path):
     (tmp_path / "rank0.pid").write_text(str(dead_pid()))
-    done = run("wait_port", "127.0.0.1", free_port(), "rank0.pid", 30, cwd=tmp_path)
+    done = run("wait_port", "127.0.0.1", ephemeral_port(), "rank0.pid", 30, cwd=tmp_path)
     assert (done.returncode, done.stdout) == (3, "exited\n")
 
 
 def test_wait_port_times_out_while_the_process_lives(tmp_path, group):
     (tmp_path / "rank0.pid").write_text(str(group.pid))
-    done = run("wait_port", "127.0.0.1", free_port(), "rank0.pid", 0.3, cwd=tmp_path)
+    done = run("wait_port", "127.0.0.1", ephemeral_port(), "rank0.pid", 0.3, cwd=tmp_path)
     assert (done.returncode, done.stdout) == (4, "timeout\n")
 
 
@@ -211,7 +207,7 @@ def test_wait_port_times_out_while_the_process_lives(tmp_path, group):
 def test_wait_port_without_a_process_id_says_so(tmp_path, content):
     if content is not None:
         (tmp_path / "rank0.pid").write_text(content)
-    done = run("wait_port", "127.0.0.1", free_port(), "rank0.pid", 30, cwd=tmp_path)
+    done = run("wait_port", "127.0.0.1", ephemeral_port(), "rank0.pid", 30, cwd=tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (5, "no-pid\n", "")
 
 
@@ -228,7 +224,7 @@ def test_wait_port_needs_no_proc_and_counts_another_users_process_as_alive(monke
 
 
 def test_listen_accepts_the_workers_and_counts_them():
-    port = free_port()
+    port = ephemeral_port()
     listener = start("port_check", "listen", "127.0.0.1", port, 2)
     try:
         out = Lines(listener)
@@ -243,7 +239,7 @@ def test_listen_accepts_the_workers_and_counts_them():
 
 
 def test_listen_reports_how_many_came_before_its_deadline():
-    listener = start("port_check", "listen", "127.0.0.1", free_port(), 3, 0.5)
+    listener = start("port_check", "listen", "127.0.0.1", ephemeral_port(), 3, 0.5)
     out = Lines(listener)
     assert listener.wait(timeout=30) == 0
     assert out.until("accepted 0") == ["listening", "accepted 0"]
@@ -256,7 +252,7 @@ def test_listen_on_a_taken_port_says_busy():
 
 
 def test_connect_to_a_closed_port_says_why():
-    done = run("port_check", "connect", "127.0.0.1", free_port())
+    done = run("port_check", "connect", "127.0.0.1", ephemeral_port())
     assert (done.returncode, done.stdout) == (3, "fail Connection refused\n")
 
 

@@ -6,11 +6,11 @@ import os
 import re
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from e2e import distctl, run_pids, start_distctl, wait_for, write_inventory
+from support import procfs
 
 pytestmark = pytest.mark.cluster
 
@@ -37,13 +37,7 @@ def project(cluster, tmp_path, **job):
 
 
 def setup_sleeping(cluster, host: str) -> bool:
-    for pid in cluster.host(host).processes():
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0060\x00":
-                return True
-        except OSError:
-            pass
-    return False
+    return any(procfs.cmdline(pid) == b"sleep\x0060\x00" for pid in cluster.host(host).processes())
 
 
 def interrupt(proc: subprocess.Popen) -> tuple[str, str]:
@@ -58,7 +52,7 @@ def test_ctrl_c_while_waiting_for_rank_0_leaves_nothing_running(cluster, tmp_pat
     proc = start_distctl("up", str(inv), cwd=tmp_path)
     wait_for(lambda: cluster.host("node1").pids_with_env("RANK=0"), 60, "rank 0 to start")
     run_id = next(iter({e.split("=", 1)[1] for pid in cluster.host("node1").pids_with_env("RANK=0")
-                        for e in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+                        for e in procfs.environ(pid)
                         if e.startswith("DISTCTL_RUN_ID=")}))
     _, err = interrupt(proc)
     assert f"interrupted while starting run {run_id}: stopped what had started; nothing runs" in err

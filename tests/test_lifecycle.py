@@ -8,11 +8,11 @@ import os
 import re
 import signal
 import stat
-from pathlib import Path
 
 import pytest
 
 from e2e import digests, distctl, kill_tree, last_run_id, run_pids, start_distctl, wait_for, write_inventory
+from support import procfs
 
 pytestmark = pytest.mark.cluster
 
@@ -29,11 +29,7 @@ def epochs_done(cluster, host: str, run_id: str, rank: int) -> int:
 def trainer_pid(cluster, host: str, run_id: str, rank: int) -> int | None:
     """The trainer process (not its sh wrapper) of one rank."""
     for pid in cluster.host(host).pids_with_env(f"DISTCTL_RUN_ID={run_id}"):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"trainer" in argv and f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if b"trainer" in procfs.cmdline(pid).split(b"\0") and f"RANK={rank}" in procfs.environ(pid):
             return pid
     return None
 

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from e2e import distctl, start_distctl, wait_for, write_inventory
+from support import procfs
 
 pytestmark = pytest.mark.cluster
 
@@ -52,15 +53,7 @@ def assert_every_line_once(stdout: str) -> None:
 
 def host_pids(cluster, host: str, needle: bytes) -> list[int]:
     """Processes inside `host` whose command line holds `needle` (distctl's own, over SSH)."""
-    found = []
-    for pid in cluster.host(host).processes():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if needle in f.read():
-                    found.append(pid)
-        except OSError:
-            continue
-    return found
+    return [pid for pid in cluster.host(host).processes() if needle in procfs.cmdline(pid)]
 
 
 def wait_until_streaming(proc: subprocess.Popen, cluster) -> None:

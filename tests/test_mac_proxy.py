@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from e2e import digests, wait_for
+from support.net import ephemeral_port
 
 REPO = Path(__file__).resolve().parent.parent
 # Everything a `connection: local` run calls by name, found by running it with less:
@@ -48,19 +49,11 @@ def distctl(env: dict, cwd: Path, *args: str, timeout: float = 600) -> subproces
                           capture_output=True, text=True, timeout=timeout)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_quickstart_trains_to_the_end_without_setsid_or_ip(mac_like, tmp_path):
     """The shipped inventory (generated digits and one epoch, to keep it short; a free port,
     because other runs may share this machine's loopback)."""
     inv = yaml.safe_load((REPO / "inventory.yaml").read_text())
-    inv["job"].update(port=free_port(), dataset="generated", train={**inv["job"]["train"], "epochs": 1})
+    inv["job"].update(port=ephemeral_port(), dataset="generated", train={**inv["job"]["train"], "epochs": 1})
     (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(inv))
 
     done = distctl(mac_like, tmp_path, "up", "inventory.yaml")
@@ -90,7 +83,7 @@ def test_stop_ends_a_detached_run_by_its_process_groups(mac_like, tmp_path):
     """A program of the user's (no torch needed) that runs until stopped; rank 0 opens the
     rendezvous port as a torch.distributed program would."""
     inv = {"hosts": [{"name": "local", "connection": "local", "slots": 2}],
-           "job": {"name": "sleepy", "port": free_port(), "code": "code", "command": "python sleeper.py"}}
+           "job": {"name": "sleepy", "port": ephemeral_port(), "code": "code", "command": "python sleeper.py"}}
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "sleeper.py").write_text(SLEEPER)
     (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(inv))

@@ -19,6 +19,7 @@ import pytest
 from cluster import HostSpec
 from conftest import serve_cluster
 from e2e import digests, distctl, write_inventory
+from support.fakes import Call, FakeConnection
 from orchestrator import launcher
 from orchestrator.inventory import parse_inventory
 from orchestrator.remote import Result
@@ -66,14 +67,15 @@ def test_connect_all_opens_one_connection_per_host_within_the_fanout(monkeypatch
 # ------------------------------------------------- commands per host (pure)
 
 
-class _FakeHost:
+class _FakeHost(FakeConnection):
     """A connection that answers discovery and route lookups from a routing table."""
 
     def __init__(self, name: str, address: str, routes: dict[str, str]):
-        self.name, self.peer, self.address, self.routes, self.commands = name, address, address, routes, []
+        super().__init__(name, peer=address, default=self._discovery)
+        self.address, self.routes = address, routes
 
-    def run(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
-        self.commands.append(command)
+    def _discovery(self, call: Call) -> Result:
+        command = call.command
         out = [] if command.startswith("for d in") else [
             f"home=/root\nhostname={self.name}\nhas_ip=1",
             f"addr=2: eth0    inet {self.address}/24 brd 10.0.0.255 scope global eth0",
@@ -82,9 +84,6 @@ class _FakeHost:
         for dest in shlex.split(match[1]) if match else []:
             out.append(f"route {dest} {dest} {self.routes.get(dest, 'dev eth0')} src {self.address} uid 0")
         return Result(0, "\n".join(out) + "\n", "")
-
-    def close(self) -> None:
-        pass
 
 
 def _inventory(n: int):

@@ -7,7 +7,6 @@ import os
 import pty
 import re
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.net import ephemeral_port
 
 from orchestrator.terminal import RESET, escape_controls, for_terminal, last_redraw
 
@@ -122,12 +122,6 @@ def _python_that_prints(tmp_path: Path) -> Path:
     return wrapper
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _sh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
@@ -158,7 +152,7 @@ def evil_run(tmp_path_factory, small_mnist):
     inventory = {
         "hosts": [{"name": "local", "connection": "local", "slots": 1, "workdir": str(tmp_path / "work"),
                    "python": str(_python_that_prints(tmp_path))}],
-        "job": {"name": "evil", "port": _free_port(), "data": str(small_mnist),
+        "job": {"name": "evil", "port": ephemeral_port(), "data": str(small_mnist),
                 "train": {"epochs": 1, "batch_size": 256, "timeout": 60}},
     }
     (tmp_path / "inv.yaml").write_text(yaml.safe_dump(inventory))

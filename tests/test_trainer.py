@@ -11,7 +11,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import time
 import pytest
 
 from idx import write_blob_mnist
+from support.net import ephemeral_port
 from trainer.data import generated_root
 from trainer.generated import generate_digits, write_generated_mnist
 from trainer.log import format_line, parse_line
@@ -27,12 +27,6 @@ from trainer.log import format_line, parse_line
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE_S = 150  # one whole multi-rank run, startup included
 BASE = ("--epochs", "3", "--lr", "0.05", "--timeout", "60")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Rank:
@@ -86,7 +80,7 @@ class Rank:
 
 def launch(world, *extra, data=None, per_rank=None):
     """Start ``world`` ranks on loopback; ``per_rank(rank)`` adds flags for one rank."""
-    port = free_port()
+    port = ephemeral_port()
     ranks = []
     for rank in range(world):
         args = ["--init-method", f"tcp://127.0.0.1:{port}", "--rank", str(rank),
