@@ -138,7 +138,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
             exit_times[rank] = at
         if code != 0 and not first_failure:
             first_failure.append(rank)
-            if code != STOPPED or not state.trainer:
+            # After the hang watchdog's teardown the ranks exit from its SIGTERM: not a new failure.
+            if (code != STOPPED or not state.trainer) and not hang:
                 teardown(f"rank {rank} on {host} exited with {_code_text(code)}")
 
     def teardown(reason: str) -> None:

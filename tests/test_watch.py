@@ -175,6 +175,9 @@ def test_a_user_program_is_judged_by_connections_to_rank0s_store(connected, outc
     conns = {name: host(name, stream, stop=stops(stream, rank)).answer(STORE_PEERS, Result(0, f"connected={n}\n", ""))
              for rank, (name, stream, n) in enumerate(zip(("node1", "node2"), streams, connected))}
     assert watch(state, conns, join_timeout=0.2)[0] == outcome
+    # The ranks the watchdog stopped exit 143: that is not a second failure to tear down for.
+    stopped = [sum(1 for c in conn.commands if c == STOP) for conn in conns.values()]
+    assert stopped == ([1, 1] if outcome.code == ExitCode.HANG else [0, 0])
 
 
 # ------------------------------------------------------------------ the restart agents' news (job.max_restarts)
