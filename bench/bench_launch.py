@@ -121,7 +121,7 @@ def trace(inv: str, work: Path) -> None:
     """Run `up --detach` in this process with every connect, remote command and stream open
     timed; print the remote commands per host and, per kind of command, when the first started
     and the last ended (a step's span across all hosts)."""
-    from orchestrator import launcher, remote
+    from orchestrator import group, remote
     from orchestrator.cli import cli
 
     events: list[tuple[str, str, float, float]] = []  # host, what, start, end
@@ -146,7 +146,7 @@ def trace(inv: str, work: Path) -> None:
         return next((name for mark, name in signatures if mark in command), command.split()[0][:30])
 
     patches = {
-        (launcher, "connect"): lambda host, ssh: (host.name, "connect"),
+        (group, "connect"): lambda host, ssh: (host.name, "connect"),
         (remote.SshConnection, "run"): lambda self, command, *a, **kw: (self.name, kind(command)),
         (remote.SshConnection, "open_stream"): lambda self, command: (self.name, "stream " + kind(command)),
     }

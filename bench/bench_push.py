@@ -30,7 +30,8 @@ from pathlib import Path
 
 from common import cluster_of, print_table, write_inventory
 
-from orchestrator import launcher
+from orchestrator import execute, group
+from orchestrator.discover import discover
 from orchestrator.commands import new_run_id
 from orchestrator.inventory import load_inventory
 from orchestrator.plan import plan_launch, push_script
@@ -64,11 +65,11 @@ def part1(cluster, n: int, work: Path, code_root: Path, data_root: Path, reps: i
     hosts = cluster.hosts[:n]
     inv = load_inventory(str(write_inventory(work / "inv.yaml", cluster, [h.name for h in hosts],
                                              data=str(data_root))))
-    raw = launcher.connect_all(inv.hosts, inv.ssh, 32)
+    raw = group.connect_all(inv.hosts, inv.ssh, 32)
     conns = {name: Counting(c) for name, c in raw.items()}
     stages: dict[str, list[tuple[int, float, float]]] = {}
     try:
-        facts, network = launcher.discover(inv, raw, 32)
+        facts, network = discover(inv, raw, 32)
 
         def push_all(stage: str) -> None:
             build_tar.cache_clear()  # a one-file change must be seen; each `distctl up` builds afresh
@@ -78,7 +79,7 @@ def part1(cluster, n: int, work: Path, code_root: Path, data_root: Path, reps: i
             plan = plan_launch(inv, new_run_id("bench"), artifacts, facts, network)
             for c in conns.values():
                 c.commands = 0
-            sent = launcher.push(plan, conns, launcher.prepare(plan, conns, 32), 32)
+            sent = execute.push(plan, conns, execute.prepare(plan, conns, 32), 32)
             done = time.perf_counter()
             per_host = max(c.commands for c in conns.values())
             stages.setdefault(stage, []).append((sent, built - start, done - built, per_host))
@@ -92,7 +93,7 @@ def part1(cluster, n: int, work: Path, code_root: Path, data_root: Path, reps: i
             edited.write_text(edited.read_text() + f"\n# bench edit {rep} {time.time()}\n")
             push_all("one file of the code changed")
     finally:
-        launcher.close_all(raw)
+        group.close_all(raw)
     rows = []
     for stage, runs in stages.items():
         med = lambda i: statistics.median(r[i] for r in runs)  # noqa: E731
@@ -133,7 +134,7 @@ def fabric_connection(cluster, host):
 def part2(cluster, work: Path, trees: dict[str, Path], reps: int) -> list[tuple]:
     host = cluster.hosts[0]
     inv = load_inventory(str(write_inventory(work / "inv1.yaml", cluster, [host.name])))
-    ours = launcher.connect_all(inv.hosts, inv.ssh, 1)[host.name]
+    ours = group.connect_all(inv.hosts, inv.ssh, 1)[host.name]
     fab = fabric_connection(cluster, host)
     rows = []
     try:
@@ -143,7 +144,7 @@ def part2(cluster, work: Path, trees: dict[str, Path], reps: int) -> list[tuple]
                 base = f"{host.workdir}/bench-{label.split()[0]}-{rep + 1}"
                 start = time.perf_counter()
                 build_tar.cache_clear()
-                launcher.check(ours, push_script(base + "-tar"), "tar push", stdin=build_tar(str(root), "."))
+                group.check(ours, push_script(base + "-tar"), "tar push", stdin=build_tar(str(root), "."))
                 tar_s = time.perf_counter() - start
                 start = time.perf_counter()
                 sftp_put_tree(fab.client, root, base + "-sftp")

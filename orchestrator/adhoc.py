@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from orchestrator import launcher, shell
+from orchestrator import group, shell
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.inventory import Host, Inventory
 from orchestrator.remote import Connection
@@ -113,13 +113,13 @@ def run_everywhere(hosts: list[Host], conns: dict[str, Connection], argv: Sequen
 def exec_everywhere(inv: Inventory, argv: Sequence[str], names: Sequence[str], fanout: int, ui) -> None:
     """`distctl exec`: stream every host's output, then each host's exit code; raise unless all were 0."""
     hosts = select_hosts(inv, names)
-    conns, failed = launcher.connect_each(hosts, inv.ssh, fanout)
+    conns, failed = group.connect_each(hosts, inv.ssh, fanout)
     outcomes = {e.host: HostOutcome(e.host, cause=e.cause, error_code=e.exit_code)
                 for e in (failed.errors if failed else [])}
     try:
         outcomes.update(run_everywhere(hosts, conns, argv, fanout, lambda host, line: ui.rank_line(host, None, line)))
     finally:
-        launcher.close_all(conns)
+        group.close_all(conns)
     report([outcomes[h.name] for h in hosts], ui)
 
 

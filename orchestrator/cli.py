@@ -9,7 +9,7 @@ import click
 
 from orchestrator import __version__, commands
 from orchestrator.errors import DistctlError, ExitCode
-from orchestrator.launcher import DEFAULT_FANOUT
+from orchestrator.group import DEFAULT_FANOUT
 from orchestrator.ui import Ui
 
 INVENTORY = click.argument("inventory", type=click.Path(dir_okay=False), default="inventory.yaml")

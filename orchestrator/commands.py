@@ -9,13 +9,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from orchestrator import launcher, shell
+from orchestrator import execute, group, shell
 from orchestrator import render
 from orchestrator import state as runs_state
+from orchestrator.discover import discover
 from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import parse_agent, RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
+from orchestrator.preflight import preflight_facts, preflight_port
 from orchestrator.push import job_artifacts
 from orchestrator.remote import Connection, resolve_host
 from orchestrator.render import plan_json, render_plan
@@ -28,7 +30,7 @@ from orchestrator.stream import follow
 
 @dataclass(frozen=True)
 class Options:
-    fanout: int = launcher.DEFAULT_FANOUT
+    fanout: int = group.DEFAULT_FANOUT
     accept_new_host_keys: bool = False
 
 
@@ -53,14 +55,14 @@ def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = Fals
     """Connect, discover and preflight; returns connections, facts and the real plan."""
     ui.info(f"connecting to {len(inv.hosts)} host(s)")
     with ui.host_progress([h.name for h in inv.hosts]):
-        conns = launcher.connect_all(inv.hosts, inv.ssh, opts.fanout)
+        conns = group.connect_all(inv.hosts, inv.ssh, opts.fanout)
         try:
-            facts, network = launcher.discover(inv, conns, opts.fanout)
-            launcher.preflight_facts(inv, facts)
-            launcher.preflight_port(inv, conns, network.master_addr, opts.fanout)
+            facts, network = discover(inv, conns, opts.fanout)
+            preflight_facts(inv, facts)
+            preflight_port(inv, conns, network.master_addr, opts.fanout)
             plan = plan_launch(inv, run_id, job_artifacts(inv.job), facts, network, resume)
         except BaseException:
-            launcher.close_all(conns)
+            group.close_all(conns)
             raise
     return conns, facts, plan
 
@@ -70,7 +72,7 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
     inv = _with_options(inv, opts)
     # The plan needs a run id; this one names no run (check starts none).
     conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.name}-<run id>")
-    launcher.close_all(conns)
+    group.close_all(conns)
     if as_json:
         ui.out(plan_json(plan, facts))
         return
@@ -108,19 +110,19 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         raise _still_running(inv, exc, resume) from None
     try:
         with ui.host_progress([h.name for h in inv.hosts]):
-            prepared = launcher.prepare(plan, conns, opts.fanout)
-            sent = launcher.push(plan, conns, prepared, opts.fanout)
+            prepared = execute.prepare(plan, conns, opts.fanout)
+            sent = execute.push(plan, conns, prepared, opts.fanout)
         ui.info(f"pushed {sent} bytes" + (" (every host was up to date)" if sent == 0 else ""))
         if plan.setup:
             ui.info("running job.setup on every host")
-            probed = launcher.run_setup(plan, conns, opts.fanout, ui)
-            launcher.preflight_facts(inv, {n: replace(facts[n], python=f.python, torch=f.torch,
+            probed = execute.run_setup(plan, conns, opts.fanout, ui)
+            preflight_facts(inv, {n: replace(facts[n], python=f.python, torch=f.torch,
                                                       torchvision=f.torchvision) for n, f in probed.items()},
                                      after_setup=True)
         state = _state_of(plan, inv)
         save_run(state)
         try:
-            launcher.launch(plan, conns, opts.fanout, ui)
+            execute.launch(plan, conns, opts.fanout, ui)
         except DistctlError as exc:
             runs_state.note_state(state.run_id, "failed")
             raise _launch_failed(exc, state, conns) from None
@@ -148,7 +150,7 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         raise_for(outcome)
         ui.info(outcome.message)
     finally:
-        launcher.close_all(conns)
+        group.close_all(conns)
 
 
 def _describe_code(inv: Inventory, ui) -> None:
@@ -184,7 +186,7 @@ def _verify_started(state: RunState, conns: dict[str, Connection], fanout: int) 
         return parse_status(conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]),
                                                     timeout=30).stdout)
 
-    found = launcher.fan_out("verify", state.hosts, one, fanout, lambda hs: hs.host.name)
+    found = group.fan_out("verify", state.hosts, one, fanout, lambda hs: hs.host.name)
     for host, ranks in found.items():
         for s in ranks:  # type: ignore[attr-defined]
             if s.state not in ("running", "exited") or (s.state == "exited" and s.code != 0):
@@ -251,7 +253,7 @@ def runs(inventory: str | None, ui, as_json: bool) -> None:
 
 def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connection], dict[str, str]]:
     """Connect to every host of a run; unreachable hosts are reported, not fatal."""
-    conns, failed = launcher.connect_each([h.host for h in state.hosts], state.ssh, opts.fanout)
+    conns, failed = group.connect_each([h.host for h in state.hosts], state.ssh, opts.fanout)
     return conns, {e.host: e.cause for e in failed.errors} if failed else {}
 
 
@@ -274,7 +276,7 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
             rows += [(hs.host.name, RankStatus(r.rank, "unreachable"), cause) for r in hs.ranks]
         failure = _first_failure(state, conns, rows)
     finally:
-        launcher.close_all(conns)
+        group.close_all(conns)
     runs_state.note_ranks(state.run_id, [(s.state, s.code) for _, s, _ in rows])
     if as_json:
         ui.out(json.dumps({"run_id": state.run_id, "ranks": [
@@ -342,7 +344,7 @@ def stop(target: str | None, opts: Options, ui, grace: float) -> None:
     try:
         problems = stop_everywhere(state, conns, grace, opts.fanout)
     finally:
-        launcher.close_all(conns)
+        group.close_all(conns)
     problems.update({h: f"unreachable: {cause}" for h, cause in down.items()})
     for hs in state.hosts:
         name = hs.host.name
@@ -373,7 +375,7 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
     if not wanted:
         raise DistctlError(f"no rank {rank} in run {state.run_id}", ExitCode.BAD_INPUT)
     hosts = [h.host for h in state.hosts if any(r.rank in wanted for r in h.ranks)]
-    conns, failed = launcher.connect_each(hosts, state.ssh, opts.fanout)
+    conns, failed = group.connect_each(hosts, state.ssh, opts.fanout)
     down = {e.host: e.cause for e in failed.errors} if failed else {}
     for name, cause in down.items():  # show what can be reached; say what cannot
         ui.warn(f"{name}: unreachable, its ranks' logs are not shown: {cause}")
@@ -392,7 +394,7 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
         links.stop()
         for f in followers:
             f.stream.close()
-        launcher.close_all(conns)
+        group.close_all(conns)
     if links.unreachable or down:
         lost = sorted(set(links.unreachable) | set(down))
         raise DistctlError(f"logs of {', '.join(lost)} could not be shown (unreachable)", ExitCode.PARTIAL)
@@ -446,7 +448,7 @@ def pull(target: str | None, opts: Options, ui, dest: str) -> None:
         out, written = pull_run(state, conns, Path(dest) / "runs", ui)
         report = pull_outputs(reachable, conns, list(state.outputs), Path(dest) / "runs") if state.outputs else None
     finally:
-        launcher.close_all(conns)
+        group.close_all(conns)
     ui.info(f"pulled run {state.run_id} into {out}/: {_files_text(written)}")
     label = describe_checkpoint(out / "model.pt") if "model.pt" in written else None
     if label:

@@ -7,7 +7,8 @@ parsers are tested with captured output and no SSH.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from orchestrator import shell
 from orchestrator.scripts import program
@@ -138,3 +139,39 @@ def choose_route(routes: list[Route]) -> Route | None:
     usable = [r for r in routes if r.dev and not r.error and r.dev != "lo"]
     direct = [r for r in usable if r.via is None]
     return (direct or usable)[0] if usable else None
+
+
+def reaches_directly(address: str, routes: Mapping[str, Sequence[Route]]) -> bool:
+    """Every worker reaches `address` without a gateway: `choose_master` takes it, whatever
+    else rank 0 has, so discovery need not look up routes to its other addresses."""
+    for found in routes.values():
+        route = choose_route([r for r in found if r.dest == address])
+        if route is None or route.via is not None:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class MasterChoice:
+    """The address of rank 0 that the workers dial and each worker's route to it; or, when no
+    address is reachable from every worker, `address` None and the workers lacking a route."""
+
+    address: str | None
+    routes: dict[str, Route] = field(default_factory=dict, hash=False)  # worker -> its route
+    unreached: tuple[str, ...] = ()
+
+
+def choose_master(candidates: Sequence[str], routes: Mapping[str, Sequence[Route]]) -> MasterChoice:
+    """The first of rank 0's addresses (`master_candidates` order) that every worker can reach,
+    addresses every worker reaches directly before routed ones. `routes`: worker -> the
+    routes it reported (`parse_routes`), to any of the candidates."""
+    def chosen(address: str) -> dict[str, Route | None]:
+        return {w: choose_route([r for r in found if r.dest == address]) for w, found in routes.items()}
+
+    options = [(a, chosen(a)) for a in candidates]
+    reachable = [(a, {w: r for w, r in c.items() if r}) for a, c in options if all(c.values())]
+    direct = [(a, c) for a, c in reachable if all(r.via is None for r in c.values())]
+    if direct or reachable:
+        address, per_worker = (direct or reachable)[0]
+        return MasterChoice(address, per_worker)
+    return MasterChoice(None, unreached=tuple(sorted({w for _, c in options for w, r in c.items() if r is None})))

@@ -15,7 +15,7 @@ from orchestrator.terminal import for_terminal
 _COLORS = ("cyan", "magenta", "yellow", "green", "blue", "bright_red", "bright_cyan", "bright_magenta")
 
 
-# Set while a command shows per-host progress; launcher.fan_out reports each host's step to it.
+# Set while a command shows per-host progress; group.fan_out reports each host's step to it.
 _progress: contextvars.ContextVar[Callable[[str, str, str | None], None] | None] = \
     contextvars.ContextVar("progress", default=None)
 

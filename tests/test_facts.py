@@ -1,7 +1,9 @@
-"""Discovery parsers on captured output: no SSH needed."""
+"""Discovery parsers on captured output, and the route decision on parsed routes: no SSH needed."""
 
-from orchestrator.facts import (HostFacts, IfAddr, Route, choose_route, master_candidates, parse_facts,
-                                parse_routes)
+import pytest
+
+from orchestrator.facts import (HostFacts, IfAddr, Route, choose_master, choose_route, master_candidates,
+                                parse_facts, parse_routes, reaches_directly)
 
 DISCOVERY = """home=/root
 hostname=node2
@@ -63,3 +65,56 @@ def test_master_candidates_put_the_connected_address_first_and_skip_loopback():
                         "addr=3: eth1 inet 10.1.0.5/24 scope global eth1\n")
     assert master_candidates(rank0, "10.1.0.5") == ["10.1.0.5", "10.0.0.5"]
     assert master_candidates(rank0, None) == ["10.0.0.5", "10.1.0.5"]
+
+
+def _routes(table: dict[str, list[str]]) -> dict[str, list[Route]]:
+    """worker -> routes, from `ip -4 -o route get` answers written as `DEST ANSWER`."""
+    return {w: parse_routes("".join(f"route {line}\n" for line in lines)) for w, lines in table.items()}
+
+
+DIRECT_A = "10.0.0.1 10.0.0.1 dev eth0 src 10.0.0.2 uid 0"
+DIRECT_B = "10.1.0.1 10.1.0.1 dev eth1 src 10.1.0.2 uid 0"
+ROUTED_A = "10.0.0.1 10.0.0.1 via 10.9.0.1 dev ens5 src 10.9.0.3 uid 0"
+ROUTED_B = "10.1.0.1 10.1.0.1 via 10.9.0.1 dev ens5 src 10.9.0.3 uid 0"
+NO_ROUTE_B = "10.1.0.1 RTNETLINK answers: Network is unreachable"
+LOOPBACK_A = "10.0.0.1 local 10.0.0.1 dev lo src 10.0.0.1 uid 0"
+
+# (case, rank 0's candidates in order, each worker's route answers,
+#  expected: (address, {worker: interface}, unreached workers))
+MASTER_CASES = [
+    ("the first candidate, reached directly by all", ["10.0.0.1", "10.1.0.1"],
+     {"w1": [DIRECT_A, DIRECT_B], "w2": [DIRECT_A]}, ("10.0.0.1", {"w1": "eth0", "w2": "eth0"}, ())),
+    ("a later candidate every worker reaches directly beats a routed first one", ["10.0.0.1", "10.1.0.1"],
+     {"w1": [ROUTED_A, DIRECT_B], "w2": [DIRECT_A, DIRECT_B]}, ("10.1.0.1", {"w1": "eth1", "w2": "eth1"}, ())),
+    ("routed when no candidate is direct for all: the first reachable one", ["10.0.0.1", "10.1.0.1"],
+     {"w1": [ROUTED_A, ROUTED_B], "w2": [DIRECT_A, NO_ROUTE_B]}, ("10.0.0.1", {"w1": "ens5", "w2": "eth0"}, ())),
+    ("a candidate one worker cannot reach is skipped", ["10.1.0.1", "10.0.0.1"],
+     {"w1": [DIRECT_A, DIRECT_B], "w2": [DIRECT_A, NO_ROUTE_B]}, ("10.0.0.1", {"w1": "eth0", "w2": "eth0"}, ())),
+    ("a route over loopback is no way to rank 0 (the worker has that address itself)", ["10.0.0.1"],
+     {"w1": [LOOPBACK_A], "w2": [DIRECT_A]}, (None, {}, ("w1",))),
+    ("no candidate reachable by all: every worker missing a route is named", ["10.0.0.1", "10.1.0.1"],
+     {"w1": [DIRECT_A, NO_ROUTE_B], "w2": [NO_ROUTE_B], "w3": [DIRECT_A, DIRECT_B]}, (None, {}, ("w1", "w2"))),
+    ("a worker that reported nothing for a candidate has no route to it", ["10.0.0.1"],
+     {"w1": [DIRECT_A], "w2": []}, (None, {}, ("w2",))),
+]
+
+
+@pytest.mark.parametrize("candidates, table, expected", [c[1:] for c in MASTER_CASES],
+                         ids=[c[0] for c in MASTER_CASES])
+def test_choose_master(candidates, table, expected):
+    choice = choose_master(candidates, _routes(table))
+    assert (choice.address, {w: r.dev for w, r in choice.routes.items()}, choice.unreached) == expected
+
+
+# (case, the address, each worker's route answers, expected)
+DIRECT_CASES = [
+    ("every worker direct", "10.0.0.1", {"w1": [DIRECT_A], "w2": [DIRECT_A, ROUTED_B]}, True),
+    ("one worker through a gateway", "10.0.0.1", {"w1": [DIRECT_A], "w2": [ROUTED_A]}, False),
+    ("one worker without a route", "10.1.0.1", {"w1": [DIRECT_B], "w2": [NO_ROUTE_B]}, False),
+    ("one worker asked only about another address", "10.1.0.1", {"w1": [DIRECT_B], "w2": [DIRECT_A]}, False),
+]
+
+
+@pytest.mark.parametrize("address, table, expected", [c[1:] for c in DIRECT_CASES], ids=[c[0] for c in DIRECT_CASES])
+def test_reaches_directly_decides_whether_discovery_looks_further(address, table, expected):
+    assert reaches_directly(address, _routes(table)) is expected

@@ -20,7 +20,8 @@ from cluster import HostSpec
 from conftest import serve_cluster
 from e2e import digests, distctl, write_inventory
 from support.fakes import Call, FakeConnection
-from orchestrator import launcher
+from orchestrator import group
+from orchestrator.discover import discover
 from orchestrator.inventory import parse_inventory
 from orchestrator.remote import Result
 
@@ -39,7 +40,7 @@ def test_fan_out_never_runs_more_than_fanout_at_once():
             running[0] -= 1
         return item * 2
 
-    results = launcher.fan_out("step", range(20), work, 3, str)
+    results = group.fan_out("step", range(20), work, 3, str)
     assert results == {str(i): i * 2 for i in range(20)}
     assert peak[0] == 3
 
@@ -58,8 +59,8 @@ def test_connect_all_opens_one_connection_per_host_within_the_fanout(monkeypatch
             running[0] -= 1
         return _FakeHost(host.name, "10.0.0.11", {})
 
-    monkeypatch.setattr(launcher, "connect", fake_connect)
-    conns = launcher.connect_all(inv.hosts, inv.ssh, 4)
+    monkeypatch.setattr(group, "connect", fake_connect)
+    conns = group.connect_all(inv.hosts, inv.ssh, 4)
     assert sorted(opened) == sorted(conns) == sorted(h.name for h in inv.hosts)
     assert peak[0] == 4
 
@@ -94,7 +95,7 @@ def _inventory(n: int):
 def test_discovery_is_one_command_per_host_when_rank0_is_directly_reachable():
     inv = _inventory(16)
     conns = {h.name: _FakeHost(h.name, h.address, {}) for h in inv.hosts}
-    facts, network = launcher.discover(inv, conns, 32)
+    facts, network = discover(inv, conns, 32)
     assert network.master_addr == "10.0.0.11"
     assert {name: len(c.commands) for name, c in conns.items()} == {h.name: 1 for h in inv.hosts}
 
@@ -113,7 +114,7 @@ def test_discovery_looks_further_when_a_worker_reaches_rank0_only_through_a_gate
         return Result(0, result.stdout + extra, "")
 
     rank0.run = rank0_with_two_addresses
-    facts, network = launcher.discover(inv, conns, 32)
+    facts, network = discover(inv, conns, 32)
     assert network.master_addr == "10.1.0.11"
     assert [len(conns[n].commands) for n in ("h01", "h02", "h03")] == [1, 2, 2]
 
@@ -148,10 +149,10 @@ def test_a_large_stdin_arrives_intact(cluster, tmp_path):
     from orchestrator.inventory import load_inventory
 
     inv = load_inventory(str(write_inventory(tmp_path / "inv.yaml", cluster, ["node1"])))
-    conn = launcher.connect_all(inv.hosts, inv.ssh, 1)["node1"]
+    conn = group.connect_all(inv.hosts, inv.ssh, 1)["node1"]
     try:
         data = os.urandom(48 << 20)
-        out = launcher.check(conn, "sha256sum", "digest", stdin=data).stdout
+        out = group.check(conn, "sha256sum", "digest", stdin=data).stdout
     finally:
         conn.close()
     assert out.split()[0] == hashlib.sha256(data).hexdigest()
