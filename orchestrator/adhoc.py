@@ -113,9 +113,9 @@ def run_everywhere(hosts: list[Host], conns: dict[str, Connection], argv: Sequen
 def exec_everywhere(inv: Inventory, argv: Sequence[str], names: Sequence[str], fanout: int, ui) -> None:
     """`distctl exec`: stream every host's output, then each host's exit code; raise unless all were 0."""
     hosts = select_hosts(inv, names)
-    conns, failed = group.connect_each(hosts, inv.ssh, fanout)
-    outcomes = {e.host: HostOutcome(e.host, cause=e.cause, error_code=e.exit_code)
-                for e in (failed.errors if failed else [])}
+    connected = group.connect_each(hosts, inv.ssh, fanout)
+    conns = connected.ok
+    outcomes = {name: HostOutcome(name, cause=e.cause, error_code=e.exit_code) for name, e in connected.failed.items()}
     try:
         outcomes.update(run_everywhere(hosts, conns, argv, fanout, lambda host, line: ui.rank_line(host, None, line)))
     finally:

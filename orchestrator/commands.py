@@ -186,9 +186,9 @@ def _verify_started(state: RunState, conns: dict[str, Connection], fanout: int) 
         return parse_status(conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]),
                                                     timeout=30).stdout)
 
-    found = group.fan_out("verify", state.hosts, one, fanout, lambda hs: hs.host.name)
+    found = group.fan_out("verify", state.hosts, one, fanout, lambda hs: hs.host.name).raise_for("verify")
     for host, ranks in found.items():
-        for s in ranks:  # type: ignore[attr-defined]
+        for s in ranks:
             if s.state not in ("running", "exited") or (s.state == "exited" and s.code != 0):
                 raise DistctlError(f"rank {s.rank} on {host} is {s.state}"
                                    f"{f' with code {s.code}' if s.code is not None else ''} right after launch; "
@@ -252,28 +252,33 @@ def runs(inventory: str | None, ui, as_json: bool) -> None:
 
 
 def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connection], dict[str, str]]:
-    """Connect to every host of a run; unreachable hosts are reported, not fatal."""
-    conns, failed = group.connect_each([h.host for h in state.hosts], state.ssh, opts.fanout)
-    return conns, {e.host: e.cause for e in failed.errors} if failed else {}
+    """Connect to every host of a run; unreachable hosts are reported (host -> cause), not fatal."""
+    connected = group.connect_each([h.host for h in state.hosts], state.ssh, opts.fanout)
+    return connected.ok, {name: e.cause for name, e in connected.failed.items()}
 
 
 def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
     state = find_run(target)
     conns, down = _connect_reachable(state, opts)
+
+    def one(hs: HostState) -> tuple[list[RankStatus], dict | None]:
+        out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30).stdout
+        return parse_status(out), parse_agent(out)
+
     rows: list[tuple[str, RankStatus, str]] = []
     agents: list[dict] = []
     try:
+        found = group.fan_out("status", [hs for hs in state.hosts if hs.host.name in conns], one, opts.fanout,
+                              lambda hs: hs.host.name)
+        down.update({name: e.cause for name, e in found.failed.items()})
         for hs in state.hosts:
-            cause = down.get(hs.host.name)
-            if cause is None:
-                try:
-                    out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30)
-                    rows += [(hs.host.name, s, "") for s in parse_status(out.stdout)]
-                    agents += [a for a in [parse_agent(out.stdout)] if a]
-                    continue
-                except HostError as exc:
-                    cause = exc.cause
-            rows += [(hs.host.name, RankStatus(r.rank, "unreachable"), cause) for r in hs.ranks]
+            name = hs.host.name
+            if name in found.ok:
+                statuses, agent = found.ok[name]
+                rows += [(name, s, "") for s in statuses]
+                agents += [agent] if agent else []
+            else:
+                rows += [(name, RankStatus(r.rank, "unreachable"), down[name]) for r in hs.ranks]
         failure = _first_failure(state, conns, rows)
     finally:
         group.close_all(conns)
@@ -375,8 +380,8 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
     if not wanted:
         raise DistctlError(f"no rank {rank} in run {state.run_id}", ExitCode.BAD_INPUT)
     hosts = [h.host for h in state.hosts if any(r.rank in wanted for r in h.ranks)]
-    conns, failed = group.connect_each(hosts, state.ssh, opts.fanout)
-    down = {e.host: e.cause for e in failed.errors} if failed else {}
+    connected = group.connect_each(hosts, state.ssh, opts.fanout)
+    conns, down = connected.ok, {name: e.cause for name, e in connected.failed.items()}
     for name, cause in down.items():  # show what can be reached; say what cannot
         ui.warn(f"{name}: unreachable, its ranks' logs are not shown: {cause}")
     reached = {r.rank for hs in state.hosts if hs.host.name not in down for r in hs.ranks} & wanted

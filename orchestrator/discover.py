@@ -33,8 +33,8 @@ def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple
         out = check(conns[h.name], script, "discovery", timeout=60).stdout
         return facts_mod.parse_facts(out), facts_mod.parse_routes(out)  # each skips the other's lines
 
-    found = fan_out("discover", inv.hosts, one, fanout, lambda h: h.name)
-    host_facts: dict[str, HostFacts] = {name: f for name, (f, _) in found.items()}  # type: ignore[misc,has-type]
+    found = fan_out("discover", inv.hosts, one, fanout, lambda h: h.name).raise_for("discover")
+    host_facts = {name: f for name, (f, _) in found.items()}
     if not workers:
         return host_facts, Network("127.0.0.1", {rank0.name: host_facts[rank0.name].loopback or "lo"})
     missing_ip = [h.name for h in inv.hosts if not host_facts[h.name].has_ip]
@@ -45,13 +45,13 @@ def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple
     candidates = facts_mod.master_candidates(host_facts[rank0.name], conns[rank0.name].peer)
     if not candidates:
         raise HostError(rank0.name, "has no IPv4 address other than loopback", ExitCode.PREFLIGHT)
-    routes: dict[str, list[Route]] = {w.name: found[w.name][1] for w in workers}  # type: ignore[index]
+    routes = {w.name: found[w.name][1] for w in workers}
     rest = [a for a in candidates if a not in guess]
     if rest and not facts_mod.reaches_directly(candidates[0], routes):
         more = fan_out("discover routes", workers, lambda h: facts_mod.parse_routes(
             check(conns[h.name], facts_mod.route_script(rest), "route lookup", timeout=30).stdout),
-            fanout, lambda h: h.name)
-        routes = {w: routes[w] + more[w] for w in routes}  # type: ignore[operator]
+            fanout, lambda h: h.name).raise_for("discover routes")
+        routes = {w: routes[w] + more[w] for w in routes}
     return host_facts, _network(rank0, candidates, host_facts[rank0.name], routes)
 
 

@@ -37,7 +37,7 @@ def prepare(plan: Plan, conns: dict[str, Connection], fanout: int) -> dict[str, 
         return Prepared(present, lines)
 
     steps = [s for s in plan.steps if s.kind is StepKind.PREPARE]
-    return fan_out("prepare", steps, one, fanout, lambda s: s.host)  # type: ignore[return-value]
+    return fan_out("prepare", steps, one, fanout, lambda s: s.host).raise_for("prepare")
 
 
 def push(plan: Plan, conns: dict[str, Connection], prepared: dict[str, Prepared], fanout: int) -> int:
@@ -51,8 +51,8 @@ def push(plan: Plan, conns: dict[str, Connection], prepared: dict[str, Prepared]
               exit_code=ExitCode.REMOTE_STEP)
         return len(data)
 
-    sent = fan_out("push", steps, one, fanout, lambda s: f"{s.host}/{s.artifact}")
-    return sum(sent.values())  # type: ignore[arg-type]
+    sent = fan_out("push", steps, one, fanout, lambda s: f"{s.host}/{s.artifact}").raise_for("push")
+    return sum(sent.values())
 
 
 def launch(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> None:
@@ -64,7 +64,7 @@ def launch(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> None:
             batch.append(step)
             continue
         fan_out("launch", batch, lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP),
-                fanout, lambda s: s.host)
+                fanout, lambda s: s.host).raise_for("launch")
         batch = []
         if step is not None:
             ui.detail(f"{step.host}: rank 0 started; waiting for {plan.master_addr}:{plan.port}")
@@ -111,5 +111,4 @@ def run_setup(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> dict
         return facts_mod.parse_facts("\n".join(probe[1:]))
 
     steps = [s for s in plan.steps if s.kind is StepKind.SETUP]
-    found = fan_out("setup", steps, one, fanout, lambda s: s.host)
-    return found  # type: ignore[return-value]
+    return fan_out("setup", steps, one, fanout, lambda s: s.host).raise_for("setup")

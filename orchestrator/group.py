@@ -6,65 +6,70 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from orchestrator.errors import ExitCode, GroupError, HostError, RemoteCommandError
 from orchestrator.inventory import Host, Ssh
 from orchestrator.remote import Connection, Result, connect, resolve_hosts
 from orchestrator.ui import progress
 
+Item = TypeVar("Item")
 T = TypeVar("T")
 DEFAULT_FANOUT = 32
 
 
-def fan_out(step: str, items: Iterable[T], fn: Callable[[T], object], fanout: int,
-            name: Callable[[T], str]) -> dict[str, object]:
-    """Run `fn` on every item, at most `fanout` at once; raise one GroupError for all failures."""
+@dataclass(frozen=True)
+class GroupResult(Generic[T]):
+    """Every host's outcome of one step, like Fabric's GroupResult: what each host that
+    succeeded returned, and why each of the others failed (keyed by the same names)."""
+
+    ok: dict[str, T] = field(default_factory=dict)
+    failed: dict[str, HostError] = field(default_factory=dict)
+
+    def raise_for(self, step: str) -> dict[str, T]:
+        """The successes when every host succeeded; else one GroupError naming every failure."""
+        if self.failed:
+            raise GroupError(step, list(self.failed.values()))
+        return self.ok
+
+
+def fan_out(step: str, items: Iterable[Item], fn: Callable[[Item], T], fanout: int,
+            name: Callable[[Item], str]) -> GroupResult[T]:
+    """Run `fn` on every item, at most `fanout` at once, and collect every outcome: nothing
+    raises here, whatever failed (`.raise_for(step)` when one failure fails the step)."""
     items = list(items)
-    results: dict[str, object] = {}
-    errors: list[HostError] = []
+    ok: dict[str, T] = {}
+    failed: dict[str, HostError] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(fanout, len(items) or 1))) as pool:
         futures = [(item, pool.submit(fn, item)) for item in items]
         for item, future in futures:
+            key = name(item)
             try:
-                results[name(item)] = future.result()
-                progress(name(item), step, None)
+                ok[key] = future.result()
+                progress(key, step, None)
             except HostError as exc:
-                errors.append(exc)
-                progress(name(item), step, exc.cause)
+                failed[key] = exc
+                progress(key, step, exc.cause)
             except Exception as exc:  # one host's surprise must not hide the others' outcome
-                errors.append(HostError(name(item), f"{type(exc).__name__}: {exc}"))
-                progress(name(item), step, str(exc))
-    if errors:
-        raise GroupError(step, errors)
-    return results
+                failed[key] = HostError(key, f"{type(exc).__name__}: {exc}")
+                progress(key, step, str(exc))
+    return GroupResult(ok, failed)
 
 
-def connect_each(hosts: Iterable[Host], ssh: Ssh, fanout: int) -> tuple[dict[str, Connection], GroupError | None]:
+def connect_each(hosts: Iterable[Host], ssh: Ssh, fanout: int) -> GroupResult[Connection]:
     """One connection per host, opened in parallel: those that opened, and what failed."""
-    opened: dict[str, Connection] = {}
     hosts = list(hosts)
     resolve_hosts(hosts, ssh)
-
-    def open_one(host: Host) -> Connection:
-        conn = connect(host, ssh)
-        opened[host.name] = conn
-        return conn
-
-    try:
-        fan_out("connect", hosts, open_one, fanout, lambda h: h.name)
-        return opened, None
-    except GroupError as exc:
-        return opened, exc
+    return fan_out("connect", hosts, lambda host: connect(host, ssh), fanout, lambda h: h.name)
 
 
 def connect_all(hosts: Iterable[Host], ssh: Ssh, fanout: int) -> dict[str, Connection]:
     """One connection per host, or none at all: on any failure close the rest and raise."""
-    opened, failed = connect_each(hosts, ssh, fanout)
-    if failed:
-        close_all(opened)
-        raise failed
-    return opened
+    opened = connect_each(hosts, ssh, fanout)
+    if opened.failed:
+        close_all(opened.ok)
+    return opened.raise_for("connect")
 
 
 def close_all(conns: dict[str, Connection]) -> None:

@@ -80,7 +80,7 @@ def _check_port(inv: Inventory, conns: dict[str, Connection], address: str, port
                 raise HostError(h.name, f"cannot reach {rank0.name} at {address}:{port} ({reason}); "
                                 "is a firewall blocking the port?", ExitCode.PREFLIGHT)
 
-        fan_out("preflight (port)", workers, dial, fanout, lambda h: h.name)
+        fan_out("preflight (port)", workers, dial, fanout, lambda h: h.name).raise_for("preflight (port)")
     finally:
         stream.close()
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from orchestrator.scripts import program
 from orchestrator.errors import DistctlError, ExitCode, HostError
+from orchestrator.group import fan_out
 from orchestrator.lifecycle import halt_host, stop_host
 from orchestrator.links import HostLinks
 from orchestrator.remote import Connection
@@ -36,28 +37,21 @@ def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float,
     def halt(hs) -> None:
         conn = conns.get(hs.host.name)
         if conn is not None:
-            try:
-                halt_host(conn, hs.rundir)
-            except HostError:
-                pass  # the stop itself halts it again, and reports the host
+            halt_host(conn, hs.rundir)
 
-    if state.max_restarts:
-        with ThreadPoolExecutor(max_workers=max(1, min(fanout, len(state.hosts)))) as pool:
-            list(pool.map(halt, state.hosts))
+    if state.max_restarts:  # a host that fails to halt: the stop itself halts it again, and reports the host
+        fan_out("halt", state.hosts, halt, fanout, lambda hs: hs.host.name)
 
-    def one(hs) -> str:
+    def one(hs) -> None:
         conn = conns.get(hs.host.name)
         if conn is None:
-            return "unreachable"
-        try:
-            left = stop_host(conn, hs.rundir, state.run_id, grace)
-            return "" if left == 0 else f"{left} process(es) left"
-        except HostError as exc:
-            return exc.cause
+            raise HostError(hs.host.name, "unreachable")
+        left = stop_host(conn, hs.rundir, state.run_id, grace)
+        if left:
+            raise HostError(hs.host.name, f"{left} process(es) left")
 
-    with ThreadPoolExecutor(max_workers=max(1, min(fanout, len(state.hosts)))) as pool:
-        results = list(pool.map(one, state.hosts))
-    return {hs.host.name: r for hs, r in zip(state.hosts, results) if r}
+    stopped = fan_out("stop", state.hosts, one, fanout, lambda hs: hs.host.name)
+    return {name: exc.cause for name, exc in stopped.failed.items()}
 
 
 @dataclass
