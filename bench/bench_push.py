@@ -35,7 +35,7 @@ from orchestrator.discover import discover
 from orchestrator.commands import new_run_id
 from orchestrator.inventory import load_inventory
 from orchestrator.plan import plan_launch, push_script
-from orchestrator.push import _files, artifact, build_tar, trainer_root
+from orchestrator.packing import _files, artifact, build_tar, trainer_root
 
 
 class Counting:

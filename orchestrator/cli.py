@@ -235,7 +235,7 @@ def init(obj, hosts: tuple[str, ...], hostfile: str | None, user: str | None, po
       distctl init gpu1:4 gpu2:4 --user ubuntu --identity-file ~/.ssh/id_ed25519
       distctl init --hostfile /job/hostfile --python /opt/venv/bin/python -o cluster.yaml
     """
-    from orchestrator.template import Defaults
+    from orchestrator.init import Defaults
 
     commands.init(hosts, hostfile, Defaults(user, port, identity_file, python, workdir), output, force, obj["ui"])
 

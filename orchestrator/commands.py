@@ -18,7 +18,7 @@ from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import parse_agent, RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
 from orchestrator.preflight import preflight_facts, preflight_port
-from orchestrator.push import job_artifacts
+from orchestrator.packing import job_artifacts
 from orchestrator.remote import Connection, resolve_host
 from orchestrator.render import plan_json, render_plan
 from orchestrator.state import HostState, RankState, RunState, save_run
@@ -410,7 +410,7 @@ def load(path: str, overrides: tuple[str, ...] = ()) -> Inventory:
 
 
 def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, force: bool, ui) -> None:
-    from orchestrator.template import host_entries, parse_hostfile, render_inventory
+    from orchestrator.init import host_entries, parse_hostfile, render_inventory
 
     if bool(hosts) == bool(hostfile):
         raise DistctlError("give host names or --hostfile (one of the two)", ExitCode.BAD_INPUT)
@@ -436,7 +436,7 @@ def exec_command(inv: Inventory, argv: tuple[str, ...], hosts: tuple[str, ...], 
 
 
 def pull(target: str | None, opts: Options, ui, dest: str) -> None:
-    from orchestrator.artifacts import pull_run
+    from orchestrator.pull import pull_run
 
     from orchestrator.ckptinfo import describe_checkpoint
     from orchestrator.outputs import format_report, pull_outputs

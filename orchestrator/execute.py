@@ -12,7 +12,7 @@ from orchestrator.errors import ExitCode, HostError
 from orchestrator.facts import HostFacts
 from orchestrator.group import check, fan_out
 from orchestrator.plan import Plan, Step, StepKind
-from orchestrator.push import tar_of
+from orchestrator.packing import tar_of
 from orchestrator.remote import Connection
 from orchestrator.scripts import PROBE_MARK
 from orchestrator.stream import Followed

@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.codepack import (CodeSummary, code_artifact, code_summary, format_bytes, format_summary,
                                    pack_folder, select_files, size_warning, summarize, write_tar)
-from orchestrator.push import tar_of
+from orchestrator.packing import tar_of
 
 
 def make(root: Path, files: dict[str, str | bytes]) -> Path:
