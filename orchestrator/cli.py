@@ -152,10 +152,13 @@ def logs(obj, target: str | None, follow: bool, host: str | None, rank: int | No
 @_fanout
 @click.pass_obj
 def status(obj, target: str | None, as_json: bool, fanout: int) -> None:
-    """Show each rank's state: running, exited (code), or host unreachable.
+    """Show the run's start and elapsed time, and each rank's state (running, exited
+    (code), or host unreachable) and last epoch; then the first failure, or where a stopped
+    run was checkpointed. Exit 3 when a host could not be reached (the others are shown).
 
     \b
     Example:
+      distctl status
       distctl status --json
     """
     commands.status(target, commands.Options(fanout), obj["ui"], as_json)

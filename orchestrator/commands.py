@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
+import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,15 +15,16 @@ from orchestrator import state as runs_state
 from orchestrator.discover import discover
 from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
-from orchestrator.lifecycle import parse_agent, RankStatus, parse_status, status_script
+from orchestrator.lifecycle import RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
 from orchestrator.preflight import preflight_facts, preflight_port
 from orchestrator.packing import job_artifacts
 from orchestrator.remote import Connection, resolve_host
 from orchestrator.render import plan_json, render_plan
 from orchestrator.state import HostState, RankState, RunState, save_run
-from orchestrator.watch import (FAILURE_GRACE, RankEvents, raise_for, root_causes, stop_everywhere,
-                                watch_run)
+from orchestrator.status import RunStatus, log_tail
+from orchestrator.status import query as query_status
+from orchestrator.watch import FAILURE_GRACE, RankEvents, raise_for, stop_everywhere, watch_run
 from orchestrator.links import HostLinks
 from orchestrator.stream import follow
 
@@ -258,89 +259,47 @@ def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connec
 
 
 def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
+    """Each rank's state and last epoch, every host asked at once; then how the run ended, when it
+    did. Unreachable hosts are named in the table, and make the exit code UNREACHABLE."""
     state = find_run(target)
     conns, down = _connect_reachable(state, opts)
-
-    def one(hs: HostState) -> tuple[list[RankStatus], dict | None]:
-        out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30).stdout
-        return parse_status(out), parse_agent(out)
-
-    rows: list[tuple[str, RankStatus, str]] = []
-    agents: list[dict] = []
     try:
-        found = group.fan_out("status", [hs for hs in state.hosts if hs.host.name in conns], one, opts.fanout,
-                              lambda hs: hs.host.name)
-        down.update({name: e.cause for name, e in found.failed.items()})
-        for hs in state.hosts:
-            name = hs.host.name
-            if name in found.ok:
-                statuses, agent = found.ok[name]
-                rows += [(name, s, "") for s in statuses]
-                agents += [agent] if agent else []
-            else:
-                rows += [(name, RankStatus(r.rank, "unreachable"), down[name]) for r in hs.ranks]
-        failure = _first_failure(state, conns, rows)
+        found = query_status(state, conns, down, opts.fanout)
+        first = found.failed_first()
+        failure = {"host": first.host, "rank": first.status.rank, "exit_code": first.status.code,
+                   "log_tail": log_tail(state, conns, first)} if first else None
     finally:
         group.close_all(conns)
-    runs_state.note_ranks(state.run_id, [(s.state, s.code) for _, s, _ in rows])
+    runs_state.note_ranks(state.run_id, [(r.status.state, r.status.code) for r in found.rows])
     if as_json:
-        ui.out(json.dumps({"run_id": state.run_id, "ranks": [
-            {"host": h, "rank": s.rank, "state": s.state, "exit_code": s.code, "detail": d} for h, s, d in rows],
-            "first_failure": failure, "restarts": _restarts_json(state, agents)}, indent=2))
-        return
-    shown = [(h, s.rank, f"exited {s.code}" if s.state == "exited" else s.state, d) for h, s, d in rows]
-    if ui.interactive:
-        ui.table(f"run {state.run_id}", ["host", "rank", "state", "detail"],
-                 [[h, str(r), s, d] for h, r, s, d in shown])
+        ui.out(render.status_json(found, failure))
     else:
-        ui.out(f"run {state.run_id}")
-        for host, rank, text, detail in shown:
-            ui.out(f"  {ui.prefix(host, rank)} {text}{'  (' + detail + ')' if detail else ''}")
-    for line in _restarts_text(state, agents):
+        _show_status(found, failure, ui)
+    if found.unreachable:
+        raise DistctlError(f"status of run {state.run_id} is incomplete: {', '.join(found.unreachable)} "
+                           f"could not be reached", ExitCode.UNREACHABLE)
+
+
+def _show_status(found: RunStatus, failure: dict | None, ui) -> None:
+    rows = [(r.host, r.status.rank, render.status_state(r), render.status_epoch(r), r.detail) for r in found.rows]
+    if ui.interactive:
+        ui.table(render.status_header(found), ["host", "rank", "state", "epoch", "detail"],
+                 [[h, str(rank), s, e, d] for h, rank, s, e, d in rows])
+    else:
+        ui.out(render.status_header(found))
+        for host, rank, text, epoch, detail in rows:
+            ui.out(f"  {ui.prefix(host, rank)} {text}{f', epoch {epoch}' if epoch else ''}"
+                   f"{'  (' + detail + ')' if detail else ''}")
+    for line in render.status_restarts(found):
         ui.out(line)
-    if failure:
+    if found.stopped:
+        at = found.stopped_epoch
+        ui.out(f"stopped (checkpointed at epoch {at})" if at is not None else "stopped (no checkpoint reported)")
+        ui.out(f"continue it with: distctl up {shlex.quote(found.state.inventory)} --resume")
+    elif failure:
         ui.out(f"first failure: rank {failure['rank']} on {failure['host']} exited with code {failure['exit_code']}; "
                "last lines of its log:")
         ui.out("".join(f"    {ui.shown(line)}\n" for line in failure["log_tail"]).rstrip("\n"))
-
-
-def _restarts_json(state: RunState, agents: list[dict]) -> dict | None:
-    """The restart agents' view (the newest attempt any host knows of), for status."""
-    if not state.max_restarts:
-        return None
-    newest = max(agents, key=lambda a: int(a.get("attempt") or 0), default={})
-    return {"attempt": int(newest.get("attempt") or 0), "max_restarts": state.max_restarts,
-            "restarts": list(newest.get("restarts") or []), "dropped": list(newest.get("dropped") or []),
-            "outcome": newest.get("outcome")}
-
-
-def _restarts_text(state: RunState, agents: list[dict]) -> list[str]:
-    info = _restarts_json(state, agents)
-    if info is None:
-        return []
-    lines = [f"attempt {info['attempt']} (restarts used {info['attempt']} of {info['max_restarts']})"]
-    lines += [f"  restart {i}/{info['max_restarts']} after {why}" for i, why in enumerate(info["restarts"], 1)]
-    if info["dropped"]:
-        lines.append(f"  dropped: {', '.join(info['dropped'])}")
-    if info["outcome"] and info["outcome"] not in ("finished", "stopped"):
-        lines.append(f"  agents: {info['outcome']}")
-    return lines
-
-
-def _first_failure(state: RunState, conns: dict[str, Connection], rows) -> dict | None:
-    """The rank that most likely failed first (see watch.root_causes), with its log's tail."""
-    exited = {s.rank: s.code for _, s, _ in rows if s.state == "exited"}
-    ranked = root_causes(exited, {s.rank: s.at for _, s, _ in rows if s.at is not None}, state.trainer)
-    if not ranked:
-        return None
-    rank = ranked[0]
-    host = next(h for h, s, _ in rows if s.rank == rank)
-    log = shell.join([f"{state.host(host).rundir}/rank{rank}.log"])
-    try:
-        tail = conns[host].run(f"tail -n 10 {log} 2>/dev/null", timeout=30).stdout.splitlines()
-    except HostError:
-        tail = []
-    return {"host": host, "rank": rank, "exit_code": exited[rank], "log_tail": tail}
 
 
 def stop(target: str | None, opts: Options, ui, grace: float) -> None:

@@ -1,16 +1,18 @@
-"""Human renderings of a plan: `up --dry-run` and `check` print the same object `up` walks."""
+"""Human and JSON renderings: of a plan (`up --dry-run` and `check` print the same object `up`
+walks), of the recorded runs (`runs`) and of what `status` found."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from orchestrator.facts import HostFacts
 from orchestrator.plan import Plan, StepKind
 from orchestrator.state import RunRecord
+from orchestrator.status import RankRow, RunStatus
 
 _TITLES = {
     StepKind.PREPARE: "create the run directory and write the rank environment (stdin)",
@@ -97,3 +99,56 @@ def _few(names: tuple[str, ...], shown: int = 3) -> str:
 def _home_short(path: str) -> str:
     home = str(Path.home())
     return "~" + path[len(home):] if path.startswith(home + os.sep) else path
+
+
+# ------------------------------------------------------------ `distctl status`
+
+STATUS_JSON_FORMAT = 1  # `status --json` layout; new keys may be added, readers ignore those they don't know
+
+
+def status_header(found: RunStatus) -> str:
+    """`run ID: started 2026-01-01 12:00:00, elapsed 0:03:12` (local time; elapsed to the last
+    exit once every rank has exited)."""
+    head = f"run {found.state.run_id}"
+    if found.started is None or found.elapsed is None:  # recorded by a distctl that kept no start time
+        return head
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(found.started))
+    return f"{head}: started {started}, elapsed {timedelta(seconds=int(found.elapsed))}"
+
+
+def status_state(row: RankRow) -> str:
+    return f"exited {row.status.code}" if row.status.state == "exited" else row.status.state
+
+
+def status_epoch(row: RankRow) -> str:
+    return "" if row.progress.epoch is None else str(row.progress.epoch)
+
+
+def status_restarts(found: RunStatus) -> list[str]:
+    """With job.max_restarts: the attempt, each restart and why, dropped hosts, the agents' outcome."""
+    info = found.restarts
+    if info is None:
+        return []
+    lines = [f"attempt {info['attempt']} (restarts used {info['attempt']} of {info['max_restarts']})"]
+    lines += [f"  restart {i}/{info['max_restarts']} after {why}" for i, why in enumerate(info["restarts"], 1)]
+    if info["dropped"]:
+        lines.append(f"  dropped: {', '.join(info['dropped'])}")
+    if info["outcome"] and info["outcome"] not in ("finished", "stopped"):
+        lines.append(f"  agents: {info['outcome']}")
+    return lines
+
+
+def status_json(found: RunStatus, failure: dict | None) -> str:
+    return json.dumps({
+        "format": STATUS_JSON_FORMAT,
+        "run_id": found.state.run_id,
+        "state": found.summary,
+        "started": found.state.started,
+        "elapsed_s": None if found.elapsed is None else round(found.elapsed, 1),
+        "ranks": [{"host": r.host, "rank": r.status.rank, "state": r.status.state, "exit_code": r.status.code,
+                   "detail": r.detail, "epoch": r.progress.epoch} for r in found.rows],
+        "unreachable": list(found.unreachable),
+        "stopped_epoch": found.stopped_epoch,
+        "first_failure": failure,
+        "restarts": found.restarts,
+    }, indent=2)

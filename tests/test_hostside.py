@@ -95,7 +95,7 @@ def test_each_program_is_a_stdlib_module_a_python_38_host_can_run(name):
 
 def test_a_bad_command_line_is_a_usage_error_not_a_traceback():
     for name, args in (("follow", []), ("wait_port", ["127.0.0.1"]), ("port_check", ["listen"]),
-                       ("detach", [])):
+                       ("detach", []), ("progress", [])):
         done = run(name, *args)
         assert (done.returncode, done.stdout) == (2, ""), name
         assert done.stderr.startswith(f"usage: {name}.py "), done.stderr
@@ -122,6 +122,8 @@ def test_every_program_runs_on_python_38(tmp_path):
     assert run("port_check", "connect", "127.0.0.1", ephemeral_port(), python=old).stdout == "fail Connection refused\n"
     detached = run("detach", "sleep", "300", python=old)
     os.killpg(int(detached.stdout), signal.SIGKILL)
+    (tmp_path / "rank0.log").write_bytes(b"epoch=1 rank=0 loss=2.0\n")
+    assert run("progress", tmp_path, 0, python=old).stdout == "progress 0 1 -\n"
 
 
 # ------------------------------------------------------------------ follow

@@ -61,6 +61,7 @@ def test_a_rank_killed_on_host_2_tears_down_every_host(cluster, small_mnist, tmp
         assert up.returncode == 1, err
         assert "rank 1 on node2 failed first: exited with code 137 (signal 9)" in err
         status = distctl("status", cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
         assert "first failure: rank 1 on node2 exited with code 137; last lines of its log:" in status.stdout
     finally:
         kill_tree(up)
@@ -72,9 +73,14 @@ def test_sigkill_of_distctl_never_stops_training_and_logs_has_every_line(cluster
     kill_tree(up)  # SIGKILL: no chance to clean up anything
     wait_for(lambda: all_gone(cluster, run_id), 180, "the run to finish on its own")
     status = distctl("status", "--json", cwd=tmp_path)
-    ranks = json.loads(status.stdout)["ranks"]
-    assert [(r["host"], r["rank"], r["state"], r["exit_code"]) for r in ranks] == [
-        ("node1", 0, "exited", 0), ("node2", 1, "exited", 0)]
+    assert status.returncode == 0, status.stderr
+    found = json.loads(status.stdout)
+    assert [(r["host"], r["rank"], r["state"], r["exit_code"], r["epoch"]) for r in found["ranks"]] == [
+        ("node1", 0, "exited", 0, 8), ("node2", 1, "exited", 0, 8)]
+    assert {k: found[k] for k in ("format", "run_id", "state", "unreachable", "stopped_epoch", "first_failure")} == {
+        "format": 1, "run_id": run_id, "state": "finished", "unreachable": [], "stopped_epoch": None,
+        "first_failure": None}
+    assert found["started"] and 0 < found["elapsed_s"] < 600
     logs = distctl("logs", cwd=tmp_path)
     assert logs.returncode == 0, logs.stderr
     for host, rank in (("node1", 0), ("node2", 1)):
@@ -121,9 +127,15 @@ def test_sshd_down_on_host_2_training_goes_on_and_status_says_unreachable(cluste
         cluster.stop_sshd("node2")
         before = epochs_done(cluster, "node2", run_id, 1)
         wait_for(lambda: epochs_done(cluster, "node2", run_id, 1) > before, 60, "training to go on")
+        wait_for(lambda: epochs_done(cluster, "node1", run_id, 0) > 0, 60, "rank 0 to log an epoch")
         status = distctl("status", cwd=tmp_path)
-        assert re.search(r"\[node2 r1\] unreachable", status.stdout), status.stdout
-        assert "[node1 r0] running" in status.stdout
+        assert status.returncode == 3, status.stderr  # the table is still shown for the others
+        header, node1, node2 = status.stdout.splitlines()
+        assert header.startswith(f"run {run_id}: started ")
+        assert re.fullmatch(r"  \[node1 r0\] running, epoch \d+", node1), status.stdout
+        assert node2.startswith("  [node2 r1] unreachable  ("), status.stdout
+        assert status.stderr.splitlines()[-1] == (f"distctl: error: status of run {run_id} is incomplete: "
+                                                  "node2 could not be reached")
         stop = distctl("stop", "--grace", "0", cwd=tmp_path)
         assert stop.returncode == 8 and "node2: unreachable" in stop.stderr
     finally:
@@ -159,6 +171,15 @@ def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, small_mni
     wait_for(lambda: epochs_done(cluster, "node1", run_id, 0) >= 1, 120, "the first epoch")
     assert distctl("stop", "--grace", "30", cwd=cut_dir).returncode == 0
     assert "stopped rank=0" in rank_log(cluster, "node1", run_id, 0)
+    # status says where the run stopped, instead of blaming a rank for its exit 143
+    stopped_at = re.findall(r"^stopped rank=0 epoch=(\d+) ", rank_log(cluster, "node1", run_id, 0), re.M)[-1]
+    status = distctl("status", cwd=cut_dir)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[1:] == [
+        f"  [node1 r0] exited 143, epoch {epochs_done(cluster, 'node1', run_id, 0)}",
+        f"  [node2 r1] exited 143, epoch {epochs_done(cluster, 'node2', run_id, 1)}",
+        f"stopped (checkpointed at epoch {stopped_at})",
+        f"continue it with: distctl up {inv.resolve()} --resume"]
     resumed = distctl("up", str(inv), "--resume", cwd=cut_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert last_run_id(cut_dir) == run_id

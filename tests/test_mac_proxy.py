@@ -64,7 +64,7 @@ def test_quickstart_trains_to_the_end_without_setsid_or_ip(mac_like, tmp_path):
 
     status = distctl(mac_like, tmp_path, "status", timeout=120)
     assert status.returncode == 0, status.stderr
-    assert status.stdout.splitlines()[1:] == ["  [local r0] exited 0", "  [local r1] exited 0"]
+    assert status.stdout.splitlines()[1:] == ["  [local r0] exited 0, epoch 1", "  [local r1] exited 0, epoch 1"]
     logs = distctl(mac_like, tmp_path, "logs", "--tail", "1", timeout=120)
     assert logs.returncode == 0, logs.stderr
     assert sorted(logs.stdout.splitlines()) == sorted(ln for ln in done.stdout.splitlines() if "] done rank=" in ln)

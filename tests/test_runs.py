@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import yaml
 
@@ -44,11 +45,13 @@ def test_a_run_is_found_by_id_from_any_directory_and_bare_commands_mean_this_dir
 
     status = distctl("status", run_id, cwd=elsewhere)
     assert status.returncode == 0, status.stderr
-    assert status.stdout.splitlines() == [f"run {run_id}", "  [here r0] exited 0"]
+    header, *ranks = status.stdout.splitlines()
+    assert re.fullmatch(rf"run {run_id}: started \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d, elapsed \d+:\d\d:\d\d", header)
+    assert ranks == ["  [here r0] exited 0, epoch 1"]
     logs = distctl("logs", run_id, "--tail", "1", cwd=elsewhere)
     assert logs.returncode == 0 and logs.stdout.startswith("[here r0] done rank=0"), logs.stderr
     here = distctl("status", cwd=project)  # bare: the last run started from this directory
-    assert here.returncode == 0 and here.stdout.startswith(f"run {run_id}\n"), here.stderr
+    assert here.returncode == 0 and here.stdout.startswith(f"run {run_id}: started "), here.stderr
 
     bare = distctl("status", cwd=elsewhere)
     assert bare.returncode == 7

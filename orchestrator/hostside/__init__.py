@@ -12,6 +12,7 @@ use double quotes only (a single quote would print as '"'"').
     detach     start a command in a new session, print its process group id
     store_peers  this host's connections to rank 0's rendezvous store (the join watchdog)
     outputs    list job.outputs with sizes and digests, and send the chosen files
+    progress   the bundled trainer's last epoch per rank log, and the epoch it stopped at
     session    a command server: many commands over one channel, one login shell
     agent      restarts the ranks after a failure (job.max_restarts), coordinated by rank 0's host
 """
@@ -22,7 +23,7 @@ import functools
 from pathlib import Path
 
 PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session",
-            "agent")
+            "agent", "progress")
 
 
 @functools.lru_cache(maxsize=None)
