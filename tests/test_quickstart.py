@@ -11,6 +11,7 @@ from pathlib import Path
 
 from conftest import cannot_run
 from e2e import digests
+from trainer.log import parse_line
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,6 +28,10 @@ def test_shipped_inventory_trains_offline_and_says_it_fell_back(tmp_path):
          sys.executable, "-m", "orchestrator", "up", "inventory.yaml"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
+    # the trainer's own notice, once per host, says why in one short line (not urllib's error per mirror)
+    [fallback] = [line for line in done.stdout.splitlines() if line.startswith("[local r0] fallback ")]
+    reason = parse_line(fallback.partition("] ")[2])[1]["reason"]
+    assert re.fullmatch(r"could not download MNIST into \S+: \[Errno -?\d+\] [^;<>]+", reason), reason
     notices = [line for line in done.stderr.splitlines() if "generated digits" in line]
     assert notices[0] == ("distctl: local: MNIST could not be had: training on generated digits, not MNIST "
                           "(job.fallback: generated; set job.data to push your copy of MNIST)")

@@ -228,6 +228,57 @@ def test_fallback_is_agreed_by_all_ranks(blob_data, tmp_path):
     assert os.path.exists(os.path.join(generated_root(empty, 0, 600, 200), "MNIST", "raw", "t10k-labels-idx1-ubyte"))
 
 
+def _torchvision_download_error(*causes):
+    """The error torchvision's MNIST.download raises: every mirror it tried, each with its error."""
+    mirrors = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+    return RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n"
+                        + "".join(f"Tried {m}, got:\n{c}\n" for m, c in zip(mirrors, causes)))
+
+
+def test_a_failed_download_gives_its_last_cause_in_one_short_line(tmp_path, monkeypatch):
+    """The fallback notice carries this reason: not urllib's error once per mirror."""
+    import socket
+    import types
+    import urllib.error
+
+    from trainer.data import read_mnist
+    from trainer.errors import DataError
+
+    def mnist(root, train=True, download=False):
+        refused = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+        no_dns = urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+        raise _torchvision_download_error(refused, no_dns)
+
+    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(datasets=types.SimpleNamespace(MNIST=mnist)))
+    with pytest.raises(DataError) as caught:
+        read_mnist(str(tmp_path), True, 5)
+    assert str(caught.value) == (f"could not download MNIST into {tmp_path}: "
+                                 "[Errno -3] Temporary failure in name resolution")
+
+
+@pytest.mark.parametrize("error, expected", [
+    (OSError(28, "No space left on device"), "[Errno 28] No space left on device"),
+    (RuntimeError("x" * 300), "x" * 157 + "..."),
+    (RuntimeError(""), "RuntimeError"),
+])
+def test_an_error_is_condensed_to_one_short_line(error, expected):
+    from trainer.data import _condense
+
+    assert _condense(error) == expected
+
+
+def test_a_chained_error_is_condensed_to_its_innermost_cause():
+    from trainer.data import _condense
+
+    try:
+        try:
+            raise OSError(5, "Input/output error")
+        except OSError as exc:
+            raise RuntimeError("could not read\nthe file") from exc
+    except RuntimeError as exc:
+        assert _condense(exc) == "[Errno 5] Input/output error"
+
+
 def test_dead_peer_ends_the_survivor_within_timeout(blob_data):
     ranks = launch(2, "--epochs", "100000", "--timeout", "10", data=blob_data)
     ranks[0].wait_line("epoch=1 ", time.monotonic() + DEADLINE_S)

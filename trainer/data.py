@@ -69,9 +69,18 @@ def data_lock(folder):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _condense(exc):
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text if len(text) <= 400 else text[:397] + "..."
+def _condense(exc, limit=160):
+    """The last cause of an error, in one short line: the innermost exception of its chain, and
+    of its message the last line. torchvision's download error lists every mirror it tried with
+    urllib's error for each (``<urlopen error [Errno -3] Temporary failure ...>``); the last
+    one says why, unwrapped."""
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    if text.startswith("<urlopen error ") and text.endswith(">"):
+        text = text[len("<urlopen error "):-1]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _read(root, name):
