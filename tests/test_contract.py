@@ -37,11 +37,9 @@ LATE_S = 10.0  # a scripted rank nobody stops exits this late
 
 
 def parse_metrics(log: str) -> list[dict]:
-    """pull's reader of the epoch lines (orchestrator/artifacts.py, renamed pull.py by issue 15)."""
-    try:
-        from orchestrator.pull import parse_metrics as read
-    except ImportError:
-        from orchestrator.artifacts import parse_metrics as read
+    """pull's reader of the epoch lines."""
+    from orchestrator.pull import parse_metrics as read
+
     return read(log)
 
 
