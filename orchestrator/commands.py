@@ -139,9 +139,8 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
             _verify_started(state, conns, opts.fanout)
             _report_detached(state)
             return
-        from_lines = {r: n for p in prepared.values() for r, n in p.log_lines.items()}
         try:
-            outcome = watch_run(state, conns, ui, plan.join_timeout, from_lines)
+            outcome = watch_run(state, conns, ui, plan.join_timeout, after_prepare=True)
         except KeyboardInterrupt:
             ui.info(f"detached; run {state.run_id} goes on. Follow it: distctl logs -f {state.run_id}   "
                     f"Stop it: distctl stop {state.run_id}")

@@ -21,20 +21,16 @@ from orchestrator.stream import Followed
 @dataclass(frozen=True)
 class Prepared:
     present: frozenset[str]  # artifact names the host already has
-    log_lines: dict[int, int]  # existing log lines per rank (resume appends)
 
 
 def prepare(plan: Plan, conns: dict[str, Connection], fanout: int) -> dict[str, Prepared]:
     def one(step) -> Prepared:
         hp = plan.host_plan(step.host)
-        counts = "; ".join(f"echo loglines {r.rank} $(cat rank{r.rank}.log 2>/dev/null | wc -l)" for r in hp.ranks)
-        command = f"{step.command}\ncd {shell.join([hp.rundir])} && {{ {counts}; }}"
-        out = check(conns[step.host], command, "prepare", stdin=shell.env_file(hp.env).encode(),
+        out = check(conns[step.host], step.command, "prepare", stdin=shell.env_file(hp.env).encode(),
                     exit_code=ExitCode.REMOTE_STEP).stdout
         have = {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("have ")}
         present = frozenset(a.name for a in plan.artifacts if a.remote_dir(hp.workdir) in have)
-        lines = {int(p[1]): int(p[2]) for p in (ln.split() for ln in out.splitlines()) if p[:1] == ["loglines"]}
-        return Prepared(present, lines)
+        return Prepared(present)
 
     steps = [s for s in plan.steps if s.kind is StepKind.PREPARE]
     return fan_out("prepare", steps, one, fanout, lambda s: s.host).raise_for("prepare")

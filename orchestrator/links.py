@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from orchestrator.errors import DistctlError
 from orchestrator.remote import Connection, connect
-from orchestrator.scripts import follow_script
+from orchestrator.scripts import FROM_PREPARE, follow_script
 from orchestrator.state import HostState, RunState
 from orchestrator.stream import Followed
 
@@ -38,7 +38,7 @@ class HostLinks:
     stop use the live one."""
 
     def __init__(self, state: RunState, conns: dict[str, Connection], ui, reconnect_timeout: float,
-                 ranks: set[int] | None = None, from_lines: dict[int, int] | None = None):
+                 ranks: set[int] | None = None, after_prepare: bool = False):
         self.state = state
         self.conns = conns
         self.ui = ui
@@ -46,7 +46,10 @@ class HostLinks:
         self.hosts = {hs.host.name: hs for hs in state.hosts
                       if any(ranks is None or r.rank in ranks for r in hs.ranks)}
         self.wanted = {r.rank for hs in self.hosts.values() for r in hs.ranks if ranks is None or r.rank in ranks}
-        self.seen = {rank: (from_lines or {}).get(rank, 0) for rank in self.wanted}
+        self.seen = {rank: 0 for rank in self.wanted}
+        # Right after `up`'s prepare step: each follower starts where that step counted the
+        # log (rankR.from; a resumed run's logs hold earlier attempts) and says where (`at`).
+        self._from_prepare = set(self.wanted) if after_prepare else set()
         self.ended: set[int] = set()
         self.unreachable: dict[str, str] = {}  # host -> why, once given up on
         self._new: queue.Queue[Followed] = queue.Queue()
@@ -72,6 +75,7 @@ class HostLinks:
             rank, _, count = rest.partition(" ")
             if rank.isdigit() and count.isdigit() and int(rank) in self.seen:
                 self.seen[int(rank)] = int(count)
+                self._from_prepare.discard(int(rank))
             return
         if head == "exit":
             self.ended.add(int(rest.split(" ")[0]))
@@ -116,7 +120,9 @@ class HostLinks:
     # -------------------------------------------------------------- reconnecting
 
     def _open(self, hs: HostState, conn: Connection, live: bool = True, tail: int | None = None) -> Followed:
-        skip = {r.rank: self.seen[r.rank] for r in hs.ranks if r.rank in self.wanted and r.rank not in self.ended}
+        skip: dict[int, int | str] = {
+            r.rank: FROM_PREPARE if r.rank in self._from_prepare else self.seen[r.rank]
+            for r in hs.ranks if r.rank in self.wanted and r.rank not in self.ended}
         return Followed(hs.host.name, conn.open_stream(follow_script(hs.host.python, hs.rundir, skip, live, tail)))
 
     def _reconnect(self, hs: HostState, old: Followed) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from orchestrator import shell
-from orchestrator.scripts import (follow_script, launch_script, prepare_script, push_script, setup_script,
+from orchestrator.scripts import (FROM_PREPARE, follow_script, launch_script, prepare_script, push_script, setup_script,
                                   wait_port_script)
 from orchestrator.facts import HostFacts
 from orchestrator.inventory import EnvVar, Host, Inventory
@@ -278,8 +278,8 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
     steps: list[Step] = []
     for hp in host_plans:
         dirs = [a.remote_dir(hp.workdir) for a in artifacts]
-        steps.append(Step(StepKind.PREPARE, hp.host.name, prepare_script(hp.workdir, hp.rundir, dirs),
-                          stdin=shell.env_file(hp.env, masked=True)))
+        prepare = prepare_script(hp.workdir, hp.rundir, dirs, [r.rank for r in hp.ranks])
+        steps.append(Step(StepKind.PREPARE, hp.host.name, prepare, stdin=shell.env_file(hp.env, masked=True)))
         steps += [Step(StepKind.PUSH, hp.host.name, push_script(a.remote_dir(hp.workdir)), artifact=a.name)
                   for a in artifacts]
     steps += [Step(StepKind.SETUP, hp.host.name, setup_script(hp.setup_dir, hp.code_dir, inv.job.setup, hp.python))
@@ -298,6 +298,6 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
     else:
         steps += launches
     steps += [Step(StepKind.STREAM, hp.host.name,
-                   follow_script(hp.python, hp.rundir, {r.rank: 0 for r in hp.ranks}))
+                   follow_script(hp.python, hp.rundir, {r.rank: FROM_PREPARE for r in hp.ranks}))
               for hp in host_plans]
     return tuple(steps)

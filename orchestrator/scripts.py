@@ -87,14 +87,18 @@ def wait_port_script(python: str, rundir: str, addr: str, port: int, rank: int, 
             + program(python, "wait_port", addr, port, f"rank{rank}.pid", timeout))
 
 
-def follow_script(python: str, rundir: str, ranks: dict[int, int], follow: bool = True,
+FROM_PREPARE = "from"  # a follower starts where the prepare step counted each log (prepare_script)
+
+
+def follow_script(python: str, rundir: str, ranks: dict[int, int | str], follow: bool = True,
                   tail: int | None = None) -> str:
     """Print a host's rank logs as `R line` (every line, in order), then `exit R CODE TIME`
     for each rank once its process group is gone (`-`: no code, e.g. SIGKILL; TIME is when
     the exit code was written, by the host's clock). See hostside/follow.py.
 
     One channel per host, whatever its slot count: sshd allows 10 sessions per connection.
-    `ranks` maps rank to log lines already seen (skipped); `tail` keeps only the last N.
+    `ranks` maps rank to log lines already seen (skipped), or to "from": the count the
+    prepare step recorded (rankR.from); `tail` keeps only the last N.
     """
     args = [f"{rank}:{skip}" for rank, skip in sorted(ranks.items())]
     return (f"cd {shell.join([rundir])} || exit 1; "
@@ -128,14 +132,19 @@ def setup_script(setup_dir: str, code_dir: str, setup: str, python: str) -> str:
     )
 
 
-def prepare_script(workdir: str, rundir: str, artifact_dirs: list[str]) -> str:
-    """Create the workdir (files not world-writable) and a 0700 run dir with the env file."""
+def prepare_script(workdir: str, rundir: str, artifact_dirs: list[str], ranks: Sequence[int] = ()) -> str:
+    """Create the workdir (files not world-writable) and a 0700 run dir with the env file.
+    Each rank's log length goes to rankR.from: a resumed run appends to its logs, and the
+    follower (`R:from`) starts after what an earlier attempt wrote."""
     q = shell.join
+    counts = [f"for r in {' '.join(map(str, ranks))}; do wc -l 2>/dev/null <{q([rundir])}/rank$r.log "
+              f">{q([rundir])}/rank$r.from || echo 0 >{q([rundir])}/rank$r.from; done"] if ranks else []
     return shell.lines(
         f"umask 022 && mkdir -p {q([workdir + '/code'])} {q([workdir + '/data'])} || exit 1",
         f"umask 077 && mkdir -p {q([rundir + '/ckpt'])} && chmod 700 {q([rundir])} "
         f"&& cat >{q([rundir + '/env'])} || exit 1",
         f"echo 1 >{q([rundir + '/format'])} || exit 1",  # run dir layout version: a later distctl reads it
+        *counts,
         f"for d in {q(artifact_dirs)}; do [ -f \"$d.complete\" ] && echo \"have $d\"; done; true",
     )
 

@@ -80,9 +80,9 @@ class RankEvents:
 
 
 def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: float,
-              from_lines: dict[int, int] | None = None) -> Outcome:
+              after_prepare: bool = False) -> Outcome:
     """Follow the run to its end. Returns the outcome; raises KeyboardInterrupt on Ctrl-C."""
-    links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, from_lines=from_lines)
+    links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, after_prepare=after_prepare)
     followers = links.open_all()
     host_of = {r.rank: hs.host.name for hs in state.hosts for r in hs.ranks}
     joined: set[int] = set()

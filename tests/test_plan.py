@@ -100,3 +100,30 @@ def test_trainer_arguments_are_quoted_words():
     # every generated script is valid shell
     for step in plan.steps:
         shlex.split(step.command.replace("\n", " ; "), comments=False)
+
+
+def test_up_runs_exactly_the_commands_the_plan_renders(tmp_path):
+    """TorchX's rule: what `up` executes is the dry run's plan, step for step, host by host."""
+    from support.fakes import FakeConnection, FakeStream, RecordingUi, exited
+
+    from orchestrator import execute
+    from orchestrator.commands import _state_of
+    from orchestrator.watch import watch_run
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('hi')\n")
+    inv = inventory()
+    plan = plan_launch(inv, "mnist-1", (Artifact("code", "c0de" * 16, str(code)),), facts(),
+                       Network("10.213.0.11", {"node1": "eth0", "node2": "ens5"}))
+    conns = {hp.host.name: FakeConnection(hp.host.name, streams=[
+        FakeStream(*(exited(r.rank, 0, 1.0) for r in hp.ranks))]) for hp in plan.hosts}
+    prepared = execute.prepare(plan, conns, 4)
+    execute.push(plan, conns, prepared, 4)
+    execute.launch(plan, conns, 4, RecordingUi())
+    outcome = watch_run(_state_of(plan, inv), dict(conns), RecordingUi(), 60, after_prepare=True)
+    assert outcome.message == "run mnist-1 finished: 3 rank(s) exited 0"
+    executed = {name: c.commands + c.opened for name, c in conns.items()}
+    assert executed == {name: [s.command for s in plan.steps if s.host == name] for name in conns}
+    assert [s.kind for s in plan.steps if s.host == "node1"] == [
+        StepKind.PREPARE, StepKind.PUSH, StepKind.LAUNCH, StepKind.WAIT_PORT, StepKind.STREAM]

@@ -3,12 +3,13 @@
     follow.py follow|replay TAIL RANK:SKIP...
 
 Every complete line of rankR.log comes out as `R line`, in order per rank. The first SKIP
-lines of each log are dropped (already shown); TAIL >= 0 instead starts each log at its
-last TAIL lines (-1: no tail). `follow` keeps reading while the process group of the rank
-(its id in rankR.pid) lives; `replay` reads what is there. When a rank is done, its
-unfinished last line is flushed and `exit R CODE TIME` follows: CODE from rankR.exit, TIME
-the mtime of that file by the clock of this host; `-` for each when there is none (the
-rank was killed, or never started).
+lines of each log are dropped (already shown); SKIP `from` reads the count from rankR.from
+(written by the prepare step: what earlier attempts wrote) and says it as `at R SKIP`.
+TAIL >= 0 instead starts each log at its last TAIL lines (-1: no tail). `follow` keeps
+reading while the process group of the rank (its id in rankR.pid) lives; `replay` reads
+what is there. When a rank is done, its unfinished last line is flushed and `exit R CODE
+TIME` follows: CODE from rankR.exit, TIME the mtime of that file by the clock of this host;
+`-` for each when there is none (the rank was killed, or never started).
 
 Under a restart agent (agent.pid, job.max_restarts) a rank is done only once the agent is
 gone too: a restart starts it again, and its log goes on. Each line of agent.events (the
@@ -98,6 +99,14 @@ class RankLog:
         return b"exit %d %s %s\n" % (self.rank, code.encode(), at.encode())
 
 
+def recorded_start(rank: int) -> int:
+    try:
+        with open("rank%d.from" % rank) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def group_alive(pidfile: str) -> bool:
     try:
         with open(pidfile) as f:
@@ -131,8 +140,14 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("usage: follow.py follow|replay TAIL RANK:SKIP...\n")
         return 2
     live, tail = argv[0] == "follow", int(argv[1])
-    logs = [RankLog(*map(int, arg.split(":"))) for arg in argv[2:]]
     out = Counted(sys.stdout.buffer)
+    logs = []
+    for arg in argv[2:]:
+        rank, spec = arg.split(":")
+        skip = recorded_start(int(rank)) if spec == "from" else int(spec)
+        if spec == "from":
+            out.write(b"at %d %d\n" % (int(rank), skip))
+        logs.append(RankLog(int(rank), skip))
     if tail >= 0:
         for log in logs:
             log.start_at_tail(tail, out)
