@@ -156,6 +156,41 @@ def test_tail_starts_each_log_at_its_last_complete_lines(tmp_path, tail, expecte
     assert done.stdout.splitlines() == expected + ["exit 0 - -", "exit 1 - -"]
 
 
+def test_a_follower_from_the_prepare_step_skips_what_it_recorded_and_says_so(tmp_path):
+    """`R:from`: the count the prepare step wrote (rankR.from) before a resumed attempt's lines."""
+    (tmp_path / "rank0.log").write_bytes(b"attempt 1\nattempt 1\n--- distctl: resumed ---\nattempt 2\n")
+    (tmp_path / "rank0.from").write_text("2\n")
+    (tmp_path / "rank1.log").write_bytes(b"only\n")  # no rankR.from: a fresh log, from its start
+    done = run("follow", "replay", -1, "0:from", "1:from", cwd=tmp_path)
+    assert done.stdout.splitlines() == ["at 0 2", "at 1 0", "0 --- distctl: resumed ---", "0 attempt 2",
+                                        "1 only", "exit 0 - -", "exit 1 - -"]
+
+
+def test_a_rank_under_a_live_restart_agent_is_followed_across_attempts(tmp_path, group):
+    """While agent.pid's group lives, a rank whose own group is gone is not over (a restart
+    starts it again); the agent's decisions come out as `ev` lines."""
+    (tmp_path / "agent.pid").write_text(f"{group.pid}\n")
+    (tmp_path / "rank0.log").write_bytes(b"attempt 0\n")
+    (tmp_path / "rank0.exit").write_text("137\n")
+    (tmp_path / "agent.events").write_text("restart 1/2 after node1 r0 exited 137\n")
+    follower = start("follow", "follow", -1, "0:0", cwd=tmp_path)
+    try:
+        out = Lines(follower)
+        out.until("ev restart 1/2 after node1 r0 exited 137")
+        with open(tmp_path / "rank0.log", "ab") as log:
+            log.write(b"attempt 1\n")
+        out.until("0 attempt 1")
+        assert not any(line.startswith("exit") for line in out.seen)
+        group.kill()
+        group.wait()
+        at = f"{os.path.getmtime(tmp_path / 'rank0.exit'):.3f}"
+        assert [line for line in out.until(f"exit 0 137 {at}") if line != "hb"] == [
+            "ev restart 1/2 after node1 r0 exited 137", "0 attempt 0", "0 attempt 1", f"exit 0 137 {at}"]
+    finally:
+        follower.kill()
+        follower.wait()
+
+
 def test_follow_streams_a_live_rank_until_its_group_is_gone(tmp_path, group):
     (tmp_path / "rank0.pid").write_text(f"{group.pid}\n")
     (tmp_path / "rank0.log").write_bytes(b"old\n")
