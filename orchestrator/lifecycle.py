@@ -62,13 +62,18 @@ def stop_script(rundir: str, run_id: str, grace: float) -> str:
 
 
 def status_script(rundir: str, ranks: list[int]) -> str:
-    """One line per rank: `rank=R state=running|exited|killed|not-started code=C at=MTIME`."""
+    """One line per rank: `rank=R state=running|restarting|exited|killed|not-started code=C at=MTIME`.
+    `restarting`: the rank is not running (or failed) while its host's restart agent lives."""
     return shell.lines(
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo missing=1; exit 0; }}",
+        'agent=0; [ -f agent.pid ] && kill -0 -"$(cat agent.pid)" 2>/dev/null && agent=1',
         f"for r in {' '.join(str(r) for r in ranks)}; do",
-        '  if [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) '
+        '  live=0; [ -f rank$r.pid ] && kill -0 -"$(cat rank$r.pid)" 2>/dev/null && live=1',
+        '  if [ $agent = 1 ] && [ $live = 0 ] && [ "$(cat rank$r.exit 2>/dev/null)" != 0 ]; then '
+        'echo "rank=$r state=restarting";',
+        '  elif [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) '
         'at=$(stat -c %Y rank$r.exit 2>/dev/null || stat -f %m rank$r.exit)";',
-        '  elif [ -f rank$r.pid ] && kill -0 -"$(cat rank$r.pid)" 2>/dev/null; then echo "rank=$r state=running";',
+        '  elif [ $live = 1 ]; then echo "rank=$r state=running";',
         '  elif [ -f rank$r.pid ]; then echo "rank=$r state=killed"; else echo "rank=$r state=not-started"; fi',
         "done",
         '[ -f agent.state ] && echo "agent $(cat agent.state)"; true',
@@ -92,7 +97,7 @@ def parse_agent(output: str) -> dict | None:
 @dataclass(frozen=True)
 class RankStatus:
     rank: int
-    state: str  # running | exited | killed | not-started | unreachable | missing
+    state: str  # running | restarting | exited | killed | not-started | unreachable | missing
     code: int | None = None
     at: float | None = None  # when the exit code was written (host clock)
 

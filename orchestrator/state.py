@@ -300,7 +300,7 @@ def note_ranks(run_id: str, states: list[tuple[str, int | None]], root: Path | N
 
 def summarize(states: list[tuple[str, int | None]]) -> str | None:
     """One word for a run from its ranks' (state, exit code); None: unknown."""
-    if any(s == "running" for s, _ in states):
+    if any(s in ("running", "restarting") for s, _ in states):
         return "running"
     if states and all(s == "exited" for s, _ in states):
         codes = {c for _, c in states}

@@ -444,3 +444,18 @@ def test_the_session_runs_commands_one_after_another_with_stdin_exit_codes_and_t
     finally:
         proc.stdin.close()
         assert proc.wait(timeout=10) == 0  # end of stdin ends it
+
+
+def test_status_says_restarting_for_a_rank_between_attempts_of_a_live_agent(tmp_path, group):
+    from orchestrator.lifecycle import parse_status, status_script
+
+    (tmp_path / "agent.pid").write_text(f"{group.pid}\n")
+    (tmp_path / "rank0.pid").write_text(f"{dead_pid()}\n")
+    (tmp_path / "rank0.exit").write_text("137\n")  # failed: the agent restarts it
+    (tmp_path / "rank1.pid").write_text(f"{dead_pid()}\n")
+    (tmp_path / "rank1.exit").write_text("0\n")  # done: nothing to restart
+    out = subprocess.run(["sh", "-c", status_script(str(tmp_path), [0, 1])], capture_output=True, text=True).stdout
+    assert [(s.rank, s.state, s.code) for s in parse_status(out)] == [(0, "restarting", None), (1, "exited", 0)]
+    (tmp_path / "agent.pid").write_text(f"{dead_pid()}\n")  # the agent gone: what the files say
+    out = subprocess.run(["sh", "-c", status_script(str(tmp_path), [0, 1])], capture_output=True, text=True).stdout
+    assert [(s.rank, s.state, s.code) for s in parse_status(out)] == [(0, "exited", 137), (1, "exited", 0)]
