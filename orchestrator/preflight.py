@@ -4,6 +4,7 @@ free on rank 0's host and reachable from every worker."""
 
 from __future__ import annotations
 
+import re
 import selectors
 import time
 
@@ -15,6 +16,26 @@ from orchestrator.remote import Connection, Stream
 from orchestrator.scripts import program
 
 
+HOSTSIDE_PYTHON = (3, 8)  # orchestrator/hostside/ keeps to 3.8 syntax: any program's host needs this much
+
+
+def trainer_python_floor() -> tuple[int, int]:
+    """The bundled trainer's floor: pyproject's requires-python, its one statement (torch 2.14's own)."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        spec = metadata("distctl")["Requires-Python"] or ""
+    except PackageNotFoundError:
+        spec = ""
+    found = re.fullmatch(r"\s*>=\s*(\d+)\.(\d+)\s*", spec)
+    return (int(found[1]), int(found[2])) if found else (3, 10)
+
+
+def python_too_old(version: str | None, floor: tuple[int, int]) -> bool:
+    parts = re.match(r"(\d+)\.(\d+)", version or "")
+    return parts is not None and (int(parts[1]), int(parts[2])) < floor
+
+
 def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts], after_setup: bool = False) -> None:
     """What the facts alone tell: interpreter, torch, versions, GPUs.
 
@@ -23,10 +44,16 @@ def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts], after_setu
     """
     errors: list[HostError] = []
     interpreter = after_setup or not inv.job.setup
+    floor, needs = ((trainer_python_floor(), "the bundled trainer (and torch) need") if inv.job.is_trainer
+                    else (HOSTSIDE_PYTHON, "distctl's host-side programs need"))
     for h in inv.hosts:
         f = host_facts[h.name]
         if interpreter and f.python is None:
             errors.append(HostError(h.name, f"python '{h.python}' not found (set 'python' for this host)",
+                                    ExitCode.PREFLIGHT))
+        elif interpreter and python_too_old(f.python, floor):
+            errors.append(HostError(h.name, f"python {f.python} at '{h.python}' is too old: {needs} "
+                                    f"{floor[0]}.{floor[1]} or newer (set 'python' for this host)",
                                     ExitCode.PREFLIGHT))
         elif interpreter and f.torch is None and inv.job.is_trainer:
             errors.append(HostError(h.name, f"torch is not installed for {h.python} (python {f.python}); "

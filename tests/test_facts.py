@@ -118,3 +118,22 @@ DIRECT_CASES = [
 @pytest.mark.parametrize("address, table, expected", [c[1:] for c in DIRECT_CASES], ids=[c[0] for c in DIRECT_CASES])
 def test_reaches_directly_decides_whether_discovery_looks_further(address, table, expected):
     assert reaches_directly(address, _routes(table)) is expected
+
+
+def test_preflight_names_a_host_whose_python_is_below_the_floor():
+    from orchestrator.errors import GroupError
+    from orchestrator.inventory import parse_inventory
+    from orchestrator.preflight import preflight_facts, trainer_python_floor
+
+    assert trainer_python_floor() == (3, 10)  # pyproject's requires-python, stated once
+    text = "hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]\n"
+    facts = {"a": parse_facts("python=3.11.7\ntorch=2.14.1\n"), "b": parse_facts("python=3.9.18\ntorch=2.14.1\n")}
+    with pytest.raises(GroupError) as trainer:
+        preflight_facts(parse_inventory(text, "inv.yaml"), facts)
+    assert [str(e) for e in trainer.value.errors] == [
+        "b: python 3.9.18 at 'python3' is too old: the bundled trainer (and torch) need 3.10 or newer "
+        "(set 'python' for this host)"]
+    program = parse_inventory(text + "job: {command: python run.py}\n", "inv.yaml")
+    preflight_facts(program, facts)  # distctl's own host-side programs need only 3.8
+    with pytest.raises(GroupError, match=r"python 3\.7\.3 .* distctl's host-side programs need 3\.8 or newer"):
+        preflight_facts(program, {**facts, "b": parse_facts("python=3.7.3\n")})
