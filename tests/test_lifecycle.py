@@ -158,7 +158,10 @@ def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, small_mni
     run_id = last_run_id(cut_dir)
     wait_for(lambda: epochs_done(cluster, "node1", run_id, 0) >= 1, 120, "the first epoch")
     assert distctl("stop", "--grace", "30", cwd=cut_dir).returncode == 0
-    assert "stopped rank=0" in rank_log(cluster, "node1", run_id, 0)
+    status = json.loads(distctl("status", "--json", cwd=cut_dir).stdout)
+    assert [r["exit_code"] for r in status["ranks"]] == [143, 143], status  # every rank checkpointed and stopped
+    stopped = re.search(r"^stopped rank=0 .*checkpoint=(\S+)", rank_log(cluster, "node1", run_id, 0), re.M)
+    assert stopped and cluster.host("node1").run(["test", "-f", stopped[1]]).returncode == 0
     resumed = distctl("up", str(inv), "--resume", cwd=cut_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert last_run_id(cut_dir) == run_id
