@@ -1,0 +1,49 @@
+"""Bad moments on a host, on the real cluster: its disk fills while rank 0 writes a checkpoint,
+it reboots mid-run. Each ends with a message naming the host and the cause, and no run state
+lost or corrupted."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from e2e import distctl, last_run_id, wait_for, write_inventory
+from test_lifecycle import epochs_done, rank_log
+
+pytestmark = pytest.mark.cluster
+
+
+def test_a_full_disk_while_rank_0_checkpoints_names_host_and_cause_and_keeps_the_last_checkpoint(
+        isolated, small_mnist, tmp_path):
+    # A stopped run has checkpoints; node1's checkpoint folder then gets a disk with room for
+    # them and 300 KB more (a checkpoint is ~830 KB), and the run is resumed into it.
+    node1 = isolated.host("node1")
+    inv = write_inventory(tmp_path / "inv.yaml", isolated, ["node1", "node2"], data=str(small_mnist), epochs=50)
+    assert distctl("up", str(inv), "--detach", cwd=tmp_path).returncode == 0
+    run_id = last_run_id(tmp_path)
+    wait_for(lambda: epochs_done(isolated, "node1", run_id, 0) >= 1, 120, "the first epoch")
+    assert distctl("stop", "--grace", "30", cwd=tmp_path).returncode == 0
+    ckpt = f"{node1.workdir}/runs/{run_id}/ckpt"
+    before = node1.run(f"ls -i {ckpt}", check=True).stdout
+    used_kb = int(node1.run(["du", "-sk", ckpt], check=True).stdout.split()[0])
+    node1.run(f"mv {ckpt} {ckpt}.was && mkdir {ckpt} && mount -t tmpfs -o size={used_kb + 300}k,mode=0700 tmpfs {ckpt}"
+              f" && cp -a {ckpt}.was/. {ckpt}/ && rm -rf {ckpt}.was", check=True)
+    try:
+        assert node1.run(f"ls -i {ckpt}", check=True).stdout.split()[1::2] == before.split()[1::2]
+        resumed = distctl("up", str(inv), "--resume", cwd=tmp_path)
+        assert resumed.returncode == 1, resumed.stderr
+        assert "rank 0 on node1 failed first: exited with code 1" in resumed.stderr
+        assert re.search(r"error rank=0 message=\"cannot write a checkpoint in \S+/ckpt: \[Errno 28\] "
+                         r"No space left on device\"", resumed.stderr), resumed.stderr
+        assert "Traceback" not in resumed.stderr + resumed.stdout
+        # nothing half-written, latest.pt still the stop's checkpoint, and it loads
+        assert node1.run(f"ls {ckpt}", check=True).stdout.split() == before.split()[1::2]
+        latest = node1.run([isolated.python, "-c", "import sys, torch; s = torch.load(sys.argv[1], weights_only=True); "
+                            "print(s['epoch'], s['step'])", f"{ckpt}/latest.pt"], check=True).stdout.split()
+        stopped = re.search(r"^stopped rank=0 epoch=\d+ step=\d+ checkpoint=\S+ckpt-(\d+)-(\d+)\.pt",
+                            rank_log(isolated, "node1", run_id, 0), re.M)
+        assert stopped and [int(x) for x in latest] == [int(stopped[1]), int(stopped[2])]
+    finally:
+        node1.run(["umount", ckpt])
+
