@@ -13,6 +13,7 @@ from orchestrator import launcher, shell
 from orchestrator import render
 from orchestrator import state as runs_state
 from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
+from orchestrator.facts import HostFacts, clock_warnings, describe_clock
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import parse_agent, RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
@@ -20,8 +21,8 @@ from orchestrator.push import job_artifacts
 from orchestrator.remote import Connection, resolve_host
 from orchestrator.render import plan_json, render_plan
 from orchestrator.state import HostState, RankState, RunState, save_run
-from orchestrator.watch import (FAILURE_GRACE, RankEvents, raise_for, root_causes, stop_everywhere,
-                                watch_run)
+from orchestrator.watch import (FAILURE_GRACE, RankEvents, on_workstation_clock, raise_for, root_causes,
+                                stop_everywhere, watch_run)
 from orchestrator.links import HostLinks
 from orchestrator.stream import follow
 
@@ -62,6 +63,8 @@ def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = Fals
         except BaseException:
             launcher.close_all(conns)
             raise
+    for line in clock_warnings({h.name: facts[h.name].clock for h in inv.hosts}):
+        ui.warn(line)
     return conns, facts, plan
 
 
@@ -77,7 +80,8 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
     for hp in plan.hosts:
         f = facts[hp.host.name]
         ui.out(f"{hp.host.name}: hostname {f.hostname}, python {f.python}, torch {f.torch}, "
-               f"{f.gpus} GPU(s), interface {hp.iface}, ranks {', '.join(str(r.rank) for r in hp.ranks)}")
+               f"{f.gpus} GPU(s), interface {hp.iface}, {describe_clock(f.clock)}, "
+               f"ranks {', '.join(str(r.rank) for r in hp.ranks)}")
         if not hp.host.is_local:
             ui.out(f"{hp.host.name}: ssh {resolve_host(hp.host, inv.ssh).describe()}")
     ui.out(f"rank 0 address: {plan.master_addr} (init method {plan.init_method})")
@@ -88,13 +92,18 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
                                                          " (the commands it would run: --show-plan)"))
 
 
-def _state_of(plan: Plan, inv: Inventory) -> RunState:
+def _state_of(plan: Plan, inv: Inventory, facts: dict[str, HostFacts]) -> RunState:
     # The host's python resolved: a relative one (a venv job.setup made) is a path on the host.
     return RunState(plan.run_id, str(Path(inv.path).resolve()), inv.ssh, plan.world_size, plan.master_addr,
                     plan.port, tuple(HostState(replace(hp.host, python=hp.python), hp.rundir,
-                                               tuple(RankState(r.rank, r.local_rank) for r in hp.ranks))
+                                               tuple(RankState(r.rank, r.local_rank) for r in hp.ranks),
+                                               _offset(facts.get(hp.host.name)))
                                      for hp in plan.hosts), trainer=plan.trainer, outputs=inv.job.outputs,
                     max_restarts=plan.max_restarts)
+
+
+def _offset(facts: HostFacts | None) -> float | None:
+    return round(facts.clock.offset, 3) if facts and facts.clock else None
 
 
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
@@ -117,7 +126,7 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
             launcher.preflight_facts(inv, {n: replace(facts[n], python=f.python, torch=f.torch,
                                                       torchvision=f.torchvision) for n, f in probed.items()},
                                      after_setup=True)
-        state = _state_of(plan, inv)
+        state = _state_of(plan, inv, facts)
         save_run(state)
         try:
             launcher.launch(plan, conns, opts.fanout, ui)
@@ -323,7 +332,8 @@ def _restarts_text(state: RunState, agents: list[dict]) -> list[str]:
 def _first_failure(state: RunState, conns: dict[str, Connection], rows) -> dict | None:
     """The rank that most likely failed first (see watch.root_causes), with its log's tail."""
     exited = {s.rank: s.code for _, s, _ in rows if s.state == "exited"}
-    ranked = root_causes(exited, {s.rank: s.at for _, s, _ in rows if s.at is not None}, state.trainer)
+    at = {s.rank: s.at for _, s, _ in rows if s.at is not None}
+    ranked = root_causes(exited, on_workstation_clock(at, state.clock_offsets()), state.trainer)
     if not ranked:
         return None
     rank = ranked[0]

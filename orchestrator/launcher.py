@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from orchestrator import facts as facts_mod
@@ -111,8 +111,11 @@ def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple
         script = facts_mod.discover_script(h.python)
         if h is not rank0 and guess:
             script = shell.lines(script, facts_mod.route_script(guess))
+        sent = time.time()  # wall clocks: the host's offset from ours
         out = check(conns[h.name], script, "discovery", timeout=60).stdout
-        return facts_mod.parse_facts(out), facts_mod.parse_routes(out)  # each skips the other's lines
+        received = time.time()
+        found = facts_mod.parse_facts(out)  # each parser skips the other's lines
+        return replace(found, clock=facts_mod.measure_clock(found.time, sent, received)), facts_mod.parse_routes(out)
 
     found = fan_out("discover", inv.hosts, one, fanout, lambda h: h.name)
     host_facts: dict[str, HostFacts] = {name: f for name, (f, _) in found.items()}  # type: ignore[misc,has-type]

@@ -171,8 +171,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
         links.stop()
         for f in followers:
             f.stream.close()
-    outcome = _outcome(state, exits, root_causes(exits, exit_times, state.trainer), hang, events.tails, host_of,
-                       links.unreachable)
+    ranked = root_causes(exits, on_workstation_clock(exit_times, state.clock_offsets()), state.trainer)
+    outcome = _outcome(state, exits, ranked, hang, events.tails, host_of, links.unreachable)
     outcome = agent.amend(outcome)
     if fallback_told and outcome.code == ExitCode.OK:  # said again at the end: easy to miss mid-run
         outcome.message += " (on generated digits, not MNIST: MNIST could not be had)"
@@ -233,6 +233,13 @@ def root_causes(exits: dict[int, int | None], times: dict[int, float], trainer: 
     failed = [r for r, code in exits.items() if code != 0]
     lost = (PEER_LOST, None) if trainer else (None,)
     return sorted(failed, key=lambda r: (exits[r] in lost, times.get(r, float("inf"))))
+
+
+def on_workstation_clock(times: dict[int, float], offsets: dict[int, float]) -> dict[int, float]:
+    """Exit times as each host's clock wrote them (file mtimes), moved onto the workstation's clock
+    so that hosts compare: `offsets` maps a rank to its host's clock minus the workstation's, as
+    discovery measured it (0 where unknown). A host 5 s ahead otherwise looks 5 s late to fail."""
+    return {rank: at - offsets.get(rank, 0.0) for rank, at in times.items()}
 
 
 def _code_text(code: int | None) -> str:

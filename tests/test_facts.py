@@ -1,7 +1,10 @@
 """Discovery parsers on captured output: no SSH needed."""
 
-from orchestrator.facts import (HostFacts, IfAddr, Route, choose_route, master_candidates, parse_facts,
-                                parse_routes)
+import pytest
+
+from orchestrator.facts import (Clock, HostFacts, IfAddr, Route, choose_route, clock_warnings, describe_clock,
+                                master_candidates, measure_clock, parse_facts, parse_routes)
+from orchestrator.watch import on_workstation_clock, root_causes
 
 DISCOVERY = """home=/root
 hostname=node2
@@ -63,3 +66,44 @@ def test_master_candidates_put_the_connected_address_first_and_skip_loopback():
                         "addr=3: eth1 inet 10.1.0.5/24 scope global eth1\n")
     assert master_candidates(rank0, "10.1.0.5") == ["10.1.0.5", "10.0.0.5"]
     assert master_candidates(rank0, None) == ["10.0.0.5", "10.1.0.5"]
+
+
+# ------------------------------------------------------------ clocks
+
+
+def test_the_host_clock_is_read_from_discovery_and_placed_at_the_round_trips_midpoint():
+    f = parse_facts(DISCOVERY + "time=1700000105.250000\n")
+    assert f.time == 1700000105.25
+    assert parse_facts(DISCOVERY).time is None and parse_facts("time=soon\n").time is None  # an older probe
+    # asked at 100.0 by the workstation's clock, answered at 100.5: the host read its clock at ~100.25
+    clock = measure_clock(f.time, 1700000100.0, 1700000100.5)
+    assert clock == Clock(offset=5.0, error=0.25)
+    assert measure_clock(None, 1.0, 2.0) is None
+    assert describe_clock(clock) == "clock +5.00 s (±0.25)" and describe_clock(None) == "clock unknown"
+
+
+@pytest.mark.parametrize("clock, warned", [
+    (Clock(5.0, 0.05), "node2: its clock is 5.0 s ahead of this workstation's (±0.05 s)"),
+    (Clock(-3.2, 0.1), "node2: its clock is 3.2 s behind this workstation's (±0.10 s)"),
+    (Clock(2.1, 0.2), None),  # maybe only 1.9 s off: a slow discovery alone never warns
+    (Clock(0.01, 0.02), None),
+    (None, None),  # not measured (a probe from an older distctl)
+])
+def test_a_clock_more_than_2_s_off_is_one_warning_naming_the_host(clock, warned):
+    lines = clock_warnings({"node1": Clock(0.0, 0.01), "node2": clock})
+    assert [line.split(";")[0] for line in lines] == ([warned] if warned else [])
+    assert all("sync the clocks" in line for line in lines)
+
+
+def test_failures_are_ordered_on_the_workstations_clock_not_each_hosts():
+    # node2 (rank 1) runs 5 s ahead. Rank 1 failed first: at 1000.5 by the workstation's clock,
+    # but its host stamped its exit record 1005.5; rank 0 (node1, on time) failed at 1001.0.
+    exits = {0: 1, 1: 137}
+    stamped = {0: 1001.0, 1: 1005.5}
+    assert root_causes(exits, stamped) == [0, 1]  # uncorrected: the skew decides
+    corrected = on_workstation_clock(stamped, {0: 0.0, 1: 5.0})
+    assert corrected == {0: 1001.0, 1: 1000.5}
+    assert root_causes(exits, corrected) == [1, 0]
+    assert on_workstation_clock(stamped, {}) == stamped  # offsets unknown (an older run record)
+    # a peer-lost exit stays a consequence whatever the clocks say
+    assert root_causes({0: 4, 1: 1}, on_workstation_clock({0: 990.0, 1: 1005.5}, {1: 5.0})) == [1, 0]

@@ -4,6 +4,7 @@ lost or corrupted."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -47,3 +48,27 @@ def test_a_full_disk_while_rank_0_checkpoints_names_host_and_cause_and_keeps_the
     finally:
         node1.run(["umount", ckpt])
 
+
+def test_check_shows_each_hosts_clock_offset_and_names_a_host_5_s_ahead(isolated, tmp_path):
+    # The hosts share this machine's kernel clock, so node2's python is told its clock is 5 s ahead
+    # (time.time shifted at start-up): that clock is all the discovery probe reads.
+    ahead = tmp_path / "ahead"
+    ahead.mkdir()
+    (ahead / "sitecustomize.py").write_text("import time\n_now = time.time\ntime.time = lambda: _now() + 5.0\n")
+    python = tmp_path / "python-ahead"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={ahead} exec {isolated.python} "$@"\n')
+    python.chmod(0o755)
+    inv = write_inventory(tmp_path / "inv.yaml", isolated, ["node1", "node2"],
+                          host_extra={"node2": {"python": str(python)}})
+    done = distctl("check", str(inv), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    clocks = {host: (float(offset), float(error)) for host, offset, error in
+              re.findall(r"^(node\d): hostname .*, clock ([+-]\d+\.\d+) s \(±(\d+\.\d+)\)", done.stdout, re.M)}
+    assert sorted(clocks) == ["node1", "node2"], done.stdout
+    assert abs(clocks["node1"][0]) <= clocks["node1"][1] + 0.01
+    assert abs(clocks["node2"][0] - 5.0) <= clocks["node2"][1] + 0.01
+    warnings = [line for line in done.stderr.splitlines() if "clock" in line]
+    assert len(warnings) == 1 and re.match(r"distctl: node2: its clock is \d+\.\d s ahead of this workstation's "
+                                           r"\(±\d+\.\d\d s\); .* sync the clocks", warnings[0]), done.stderr
+    hosts = json.loads(distctl("check", "--json", str(inv), cwd=tmp_path).stdout)["hosts"]
+    assert abs(hosts[1]["clock_offset_s"] - 5.0) <= hosts[1]["clock_error_s"] + 0.01
