@@ -275,7 +275,8 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
             if cause is None:
                 try:
                     out = conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]), timeout=30)
-                    rows += [(hs.host.name, s, "") for s in parse_status(out.stdout)]
+                    rows += [(hs.host.name, s, GONE_DETAIL if s.state == "killed" else "")
+                             for s in parse_status(out.stdout)]
                     agents += [a for a in [parse_agent(out.stdout)] if a]
                     continue
                 except HostError as exc:
@@ -327,6 +328,9 @@ def _restarts_text(state: RunState, agents: list[dict]) -> list[str]:
     if info["outcome"] and info["outcome"] not in ("finished", "stopped"):
         lines.append(f"  agents: {info['outcome']}")
     return lines
+
+
+GONE_DETAIL = "gone without an exit code: host rebooted or processes killed"
 
 
 def _first_failure(state: RunState, conns: dict[str, Connection], rows) -> dict | None:

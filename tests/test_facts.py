@@ -4,7 +4,6 @@ import pytest
 
 from orchestrator.facts import (Clock, HostFacts, IfAddr, Route, choose_route, clock_warnings, describe_clock,
                                 master_candidates, measure_clock, parse_facts, parse_routes)
-from orchestrator.watch import on_workstation_clock, root_causes
 
 DISCOVERY = """home=/root
 hostname=node2
@@ -94,16 +93,3 @@ def test_a_clock_more_than_2_s_off_is_one_warning_naming_the_host(clock, warned)
     assert [line.split(";")[0] for line in lines] == ([warned] if warned else [])
     assert all("sync the clocks" in line for line in lines)
 
-
-def test_failures_are_ordered_on_the_workstations_clock_not_each_hosts():
-    # node2 (rank 1) runs 5 s ahead. Rank 1 failed first: at 1000.5 by the workstation's clock,
-    # but its host stamped its exit record 1005.5; rank 0 (node1, on time) failed at 1001.0.
-    exits = {0: 1, 1: 137}
-    stamped = {0: 1001.0, 1: 1005.5}
-    assert root_causes(exits, stamped) == [0, 1]  # uncorrected: the skew decides
-    corrected = on_workstation_clock(stamped, {0: 0.0, 1: 5.0})
-    assert corrected == {0: 1001.0, 1: 1000.5}
-    assert root_causes(exits, corrected) == [1, 0]
-    assert on_workstation_clock(stamped, {}) == stamped  # offsets unknown (an older run record)
-    # a peer-lost exit stays a consequence whatever the clocks say
-    assert root_causes({0: 4, 1: 1}, on_workstation_clock({0: 990.0, 1: 1005.5}, {1: 5.0})) == [1, 0]

@@ -5,11 +5,13 @@ lost or corrupted."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 
 import pytest
 
-from e2e import distctl, last_run_id, wait_for, write_inventory
+from e2e import distctl, kill_tree, last_run_id, run_pids, start_distctl, wait_for, write_inventory
 from test_lifecycle import epochs_done, rank_log
 
 pytestmark = pytest.mark.cluster
@@ -72,3 +74,36 @@ def test_check_shows_each_hosts_clock_offset_and_names_a_host_5_s_ahead(isolated
                                            r"\(±\d+\.\d\d s\); .* sync the clocks", warnings[0]), done.stderr
     hosts = json.loads(distctl("check", "--json", str(inv), cwd=tmp_path).stdout)["hosts"]
     assert abs(hosts[1]["clock_offset_s"] - 5.0) <= hosts[1]["clock_error_s"] + 0.01
+
+
+def test_a_host_that_reboots_mid_run_is_named_with_its_ranks_gone_and_the_run_stopped(isolated, tmp_path):
+    # A reboot, as the hosts can have one: node2's sshd goes down, every process in it is killed
+    # (the rank with its wrapper: no exit code is written), then sshd comes back. Torch-free ranks.
+    node2 = isolated.host("node2")
+    inv = write_inventory(tmp_path / "inv.yaml", isolated, ["node1", "node2"], wait_for_rank0=False,
+                          command=["sh", "-c", 'echo "up rank $RANK"; exec sleep 300'])
+    up = start_distctl("up", str(inv), cwd=tmp_path)
+    try:
+        run_id = wait_for(lambda: last_run_id(tmp_path), 60, "the run to start")
+        wait_for(lambda: all(run_pids(isolated, run_id)[h] for h in ("node1", "node2")), 60, "both ranks to run")
+        wait_for(lambda: "up rank 1" in rank_log(isolated, "node2", run_id, 1), 30, "rank 1 to say it is up")
+        isolated.stop_sshd(node2)
+        try:
+            for pid in node2.processes():
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not node2.processes(), 10, "node2's processes to be gone")
+        finally:
+            isolated.start_sshd(node2)
+        out, err = up.communicate(timeout=120)
+    finally:
+        kill_tree(up)
+    assert up.returncode == 1, err
+    assert "node2: rank 1's processes are gone without an exit code (host rebooted or processes killed); " \
+           "stopping the run on every host" in err
+    assert "error: node2: rank 1 failed first: its processes are gone without an exit code (host rebooted or " \
+           "processes killed); last lines of its log:\n    up rank 1" in err
+    assert "Traceback" not in err
+    assert not any(run_pids(isolated, run_id).values())  # rank 0 on node1 was stopped
+    status = distctl("status", cwd=tmp_path)
+    assert re.search(r"\[node2 r1\] killed\s+\(gone without an exit code: host rebooted or processes killed\)",
+                     status.stdout), status.stdout
