@@ -14,6 +14,7 @@ from orchestrator import render
 from orchestrator import state as runs_state
 from orchestrator.discover import discover
 from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
+from orchestrator.facts import HostFacts, clock_warnings, describe_clock
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import RankStatus, parse_status, status_script
 from orchestrator.plan import Plan, plan_launch
@@ -65,6 +66,8 @@ def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = Fals
         except BaseException:
             group.close_all(conns)
             raise
+    for line in clock_warnings({h.name: facts[h.name].clock for h in inv.hosts}):
+        ui.warn(line)
     return conns, facts, plan
 
 
@@ -80,7 +83,8 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
     for hp in plan.hosts:
         f = facts[hp.host.name]
         ui.out(f"{hp.host.name}: hostname {f.hostname}, python {f.python}, torch {f.torch}, "
-               f"{f.gpus} GPU(s), interface {hp.iface}, ranks {', '.join(str(r.rank) for r in hp.ranks)}")
+               f"{f.gpus} GPU(s), interface {hp.iface}, {describe_clock(f.clock)}, "
+               f"ranks {', '.join(str(r.rank) for r in hp.ranks)}")
         if not hp.host.is_local:
             ui.out(f"{hp.host.name}: ssh {resolve_host(hp.host, inv.ssh).describe()}")
     ui.out(f"rank 0 address: {plan.master_addr} (init method {plan.init_method})")
@@ -91,13 +95,18 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
                                                          " (the commands it would run: --show-plan)"))
 
 
-def _state_of(plan: Plan, inv: Inventory) -> RunState:
+def _state_of(plan: Plan, inv: Inventory, facts: dict[str, HostFacts]) -> RunState:
     # The host's python resolved: a relative one (a venv job.setup made) is a path on the host.
     return RunState(plan.run_id, str(Path(inv.path).resolve()), inv.ssh, plan.world_size, plan.master_addr,
                     plan.port, tuple(HostState(replace(hp.host, python=hp.python), hp.rundir,
-                                               tuple(RankState(r.rank, r.local_rank) for r in hp.ranks))
+                                               tuple(RankState(r.rank, r.local_rank) for r in hp.ranks),
+                                               _offset(facts.get(hp.host.name)))
                                      for hp in plan.hosts), trainer=plan.trainer, outputs=inv.job.outputs,
                     max_restarts=plan.max_restarts)
+
+
+def _offset(facts: HostFacts | None) -> float | None:
+    return round(facts.clock.offset, 3) if facts and facts.clock else None
 
 
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
@@ -120,7 +129,7 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
             preflight_facts(inv, {n: replace(facts[n], python=f.python, torch=f.torch,
                                                       torchvision=f.torchvision) for n, f in probed.items()},
                                      after_setup=True)
-        state = _state_of(plan, inv)
+        state = _state_of(plan, inv, facts)
         save_run(state)
         try:
             execute.launch(plan, conns, opts.fanout, ui)

@@ -4,6 +4,9 @@ module runs them and turns what they found into a `Network` or an error per host
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 from orchestrator import facts as facts_mod
 from orchestrator import shell
 from orchestrator.errors import ExitCode, GroupError, HostError
@@ -30,8 +33,11 @@ def discover(inv: Inventory, conns: dict[str, Connection], fanout: int) -> tuple
         script = facts_mod.discover_script(h.python)
         if h is not rank0 and guess:
             script = shell.lines(script, facts_mod.route_script(guess))
+        sent = time.time()  # wall clocks: the host's offset from ours
         out = check(conns[h.name], script, "discovery", timeout=60).stdout
-        return facts_mod.parse_facts(out), facts_mod.parse_routes(out)  # each skips the other's lines
+        received = time.time()
+        found = facts_mod.parse_facts(out)  # each parser skips the other's lines
+        return replace(found, clock=facts_mod.measure_clock(found.time, sent, received)), facts_mod.parse_routes(out)
 
     found = fan_out("discover", inv.hosts, one, fanout, lambda h: h.name).raise_for("discover")
     host_facts = {name: f for name, (f, _) in found.items()}

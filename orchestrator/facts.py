@@ -21,6 +21,18 @@ class IfAddr:
     prefix: int
 
 
+CLOCK_SKEW_WARN_S = 2.0  # a host clock off by more than this is worth a warning
+
+
+@dataclass(frozen=True)
+class Clock:
+    """A host's clock against the workstation's: `offset` = host time - workstation time (s),
+    known within ± `error` (half the round trip that read it)."""
+
+    offset: float
+    error: float
+
+
 @dataclass(frozen=True)
 class HostFacts:
     hostname: str
@@ -32,6 +44,8 @@ class HostFacts:
     gpus: int
     has_ip: bool
     loopback: str | None = None  # the loopback interface's name (lo, lo0 on macOS)
+    time: float | None = None  # the host's clock during discovery (epoch seconds)
+    clock: Clock | None = None  # set by the caller, who timed the discovery (measure_clock)
 
     def iface_of(self, address: str) -> str | None:
         return next((a.iface for a in self.addresses if a.address == address), None)
@@ -88,7 +102,37 @@ def parse_facts(output: str) -> HostFacts:
         gpus=int(gpus) if gpus.isdigit() else 0,
         has_ip=values.get("has_ip") == "1",
         loopback=values.get("loopback") or None,
+        time=_float(values.get("time", "")),
     )
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def measure_clock(host_time: float | None, sent: float, received: float) -> Clock | None:
+    """The host read its clock somewhere between `sent` and `received` (the workstation's clock,
+    around the command that asked): take the midpoint, off by at most half the round trip."""
+    if host_time is None:
+        return None
+    return Clock(host_time - (sent + received) / 2, (received - sent) / 2)
+
+
+def clock_warnings(clocks: dict[str, Clock | None], limit: float = CLOCK_SKEW_WARN_S) -> list[str]:
+    """One line per host whose clock is off by more than `limit` seconds, even at the far end of
+    the measurement's error (a slow discovery alone never warns)."""
+    return [f"{name}: its clock is {abs(c.offset):.1f} s {'ahead of' if c.offset > 0 else 'behind'} this "
+            f"workstation's (±{c.error:.2f} s); distctl corrects the exit times it reads there, but "
+            "timestamps in that host's logs and files are off: sync the clocks (NTP, chrony)"
+            for name, c in clocks.items() if c and abs(c.offset) - c.error > limit]
+
+
+def describe_clock(clock: Clock | None) -> str:
+    """`clock +0.01 s (±0.03)`, or `clock unknown`."""
+    return f"clock {clock.offset:+.2f} s (±{clock.error:.2f})" if clock else "clock unknown"
 
 
 def _parse_addr_line(line: str) -> IfAddr | None:

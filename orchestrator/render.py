@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from orchestrator.facts import HostFacts
+from orchestrator.facts import Clock, HostFacts
 from orchestrator.plan import Plan, StepKind
 from orchestrator.state import RunRecord
 from orchestrator.status import RankRow, RunStatus
@@ -57,10 +57,18 @@ def plan_json(plan: Plan, facts: dict[str, HostFacts]) -> str:
             "python": facts[hp.host.name].python,
             "torch": facts[hp.host.name].torch,
             "gpus": facts[hp.host.name].gpus,
+            **_clock_json(facts[hp.host.name].clock),
             "ranks": [r.rank for r in hp.ranks],
             "commands": [" ".join(r.argv) for r in hp.ranks],
         } for hp in plan.hosts],
     }, indent=2)
+
+
+def _clock_json(clock: Clock | None) -> dict[str, float | None]:
+    """The host's clock offset from the workstation and its error bound, in seconds (None: not read)."""
+    if clock is None:
+        return {"clock_offset_s": None, "clock_error_s": None}
+    return {"clock_offset_s": round(clock.offset, 3), "clock_error_s": round(clock.error, 3)}
 
 
 # ------------------------------------------------------------ `distctl runs`

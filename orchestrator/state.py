@@ -42,6 +42,7 @@ class HostState:
     host: Host  # connection settings only; env is dropped
     rundir: str
     ranks: tuple[RankState, ...]
+    clock_offset: float | None = None  # host clock - workstation clock (s) at discovery; None: not measured
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class RunState:
     started: str | None = None  # ISO 8601 with offset (save_run fills it)
     last_state: str | None = None  # as distctl last saw it: started, running, finished, failed, stopped
     max_restarts: int = 0  # > 0: each host runs an agent that restarts the ranks (hostside/agent.py)
+
+    def clock_offsets(self) -> dict[int, float]:
+        """rank -> its host's clock minus the workstation's (seconds), where discovery measured it."""
+        return {r.rank: hs.clock_offset for hs in self.hosts if hs.clock_offset is not None for r in hs.ranks}
 
     def host(self, name: str) -> HostState:
         for h in self.hosts:
@@ -168,7 +173,8 @@ def load_run(path: Path) -> RunState:
         raise _damaged(path, "no hosts")
     try:
         host_states = tuple(HostState(_build(Host, {**h["host"], "env": ()}), h["rundir"],
-                                      tuple(_build(RankState, r) for r in h["ranks"])) for h in hosts)
+                                      tuple(_build(RankState, r) for r in h["ranks"]),
+                                      _seconds(h.get("clock_offset"))) for h in hosts)
         ssh = _build(Ssh, data.get("ssh") or {})
     except (KeyError, TypeError) as exc:
         raise _damaged(path, f"missing or malformed {exc}") from None
@@ -180,6 +186,11 @@ def load_run(path: Path) -> RunState:
 
 
 _T = TypeVar("_T")
+
+
+def _seconds(value: object) -> float | None:
+    """A number from the file, else None (absent before clock offsets were recorded)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _build(cls: type[_T], values: dict[str, Any]) -> _T:

@@ -14,7 +14,9 @@ from orchestrator.lifecycle import RankStatus, parse_agent, parse_status, status
 from orchestrator.remote import Connection
 from orchestrator.scripts import program
 from orchestrator.state import HostState, RunState, summarize
-from orchestrator.watch import STOPPED, root_causes
+from orchestrator.watch import STOPPED, on_workstation_clock, root_causes
+
+GONE_DETAIL = "gone without an exit code: host rebooted or processes killed"
 
 
 def status_command(state: RunState, hs: HostState) -> str:
@@ -108,7 +110,7 @@ class RunStatus:
             return None
         exited = {r.status.rank: r.status.code for r in self.rows if r.status.state == "exited"}
         times = {r.status.rank: r.status.at for r in self.rows if r.status.at is not None}
-        ranked = root_causes(exited, times, self.state.trainer)
+        ranked = root_causes(exited, on_workstation_clock(times, self.state.clock_offsets()), self.state.trainer)
         return next(r for r in self.rows if r.status.rank == ranked[0]) if ranked else None
 
 
@@ -127,7 +129,8 @@ def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], f
         name = hs.host.name
         if name in found.ok:
             statuses, progress, agent = found.ok[name]
-            rows += [RankRow(name, s, progress=progress.get(s.rank, Progress())) for s in statuses]
+            rows += [RankRow(name, s, GONE_DETAIL if s.state == "killed" else "",
+                             progress=progress.get(s.rank, Progress())) for s in statuses]
             agents += [agent] if agent else []
         else:
             rows += [RankRow(name, RankStatus(r.rank, "unreachable"), unreachable[name]) for r in hs.ranks]

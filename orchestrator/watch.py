@@ -22,6 +22,9 @@ from orchestrator.stream import Followed, follow
 FAILURE_GRACE = 2.0  # seconds survivors get to exit after a rank failed; then SIGKILL
 STOPPED = 143  # the trainer's code for "stopped by SIGTERM after checkpointing"
 PEER_LOST = 4  # the trainer's code for "a peer died or a collective timed out": a consequence
+# A rank whose wrapper left no exit code: its whole process group was killed at once (a reboot,
+# kill -9 of the group, an OOM kill of the wrapper), which no program's exit path reports.
+GONE = "processes are gone without an exit code (host rebooted or processes killed)"
 
 
 @dataclass
@@ -89,6 +92,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
     started: set[int] = set()
     exits: dict[int, int | None] = {}
     exit_times: dict[int, float] = {}
+    vanished: set[int] = set()  # gone without an exit code before distctl stopped anything
+    torn_down: list[bool] = []
     first_failure: list[int] = []
     fallback_told: set[str] = set()
     deadline = time.monotonic() + join_timeout
@@ -130,13 +135,16 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
         exits[rank] = code
         if at is not None:
             exit_times[rank] = at
+        if code is None and not torn_down:
+            vanished.add(rank)
         if code != 0 and not first_failure:
             first_failure.append(rank)
             # After the hang watchdog's teardown the ranks exit from its SIGTERM: not a new failure.
             if (code != STOPPED or not state.trainer) and not hang:
-                teardown(f"rank {rank} on {host} exited with {_code_text(code)}")
+                teardown(_ended(host, rank, code))
 
     def teardown(reason: str) -> None:
+        torn_down.append(True)
         ui.warn(f"{reason}; stopping the run on every host")
         for host, problem in stop_everywhere(state, conns, FAILURE_GRACE).items():
             ui.warn(f"{host}: stop: {problem}")
@@ -165,8 +173,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: f
         links.stop()
         for f in followers:
             f.stream.close()
-    outcome = _outcome(state, exits, root_causes(exits, exit_times, state.trainer), hang, events.tails, host_of,
-                       links.unreachable)
+    ranked = root_causes(exits, on_workstation_clock(exit_times, state.clock_offsets()), state.trainer, vanished)
+    outcome = _outcome(state, exits, ranked, hang, events.tails, host_of, links.unreachable)
     outcome = agent.amend(outcome)
     if fallback_told and outcome.code == ExitCode.OK:  # said again at the end: easy to miss mid-run
         outcome.message += " (on generated digits, not MNIST: MNIST could not be had)"
@@ -220,18 +228,32 @@ def unjoined_hosts(state: RunState, conns: dict[str, Connection], exited: set[in
     return out
 
 
-def root_causes(exits: dict[int, int | None], times: dict[int, float], trainer: bool = True) -> list[int]:
+def root_causes(exits: dict[int, int | None], times: dict[int, float], trainer: bool = True,
+                vanished: set[int] | frozenset[int] = frozenset()) -> list[int]:
     """Failed ranks, most likely cause first: the order distctl saw them in is the order of
-    its reads, not of the failures. For the bundled trainer a peer-lost exit is a consequence;
-    then earliest first. A user program's codes mean nothing to distctl: earliest first."""
+    its reads, not of the failures. Ranks that `vanished` (no exit code, before distctl stopped
+    anything: their host rebooted) come first: what happened to them explains the others, and
+    nothing else does. For the bundled trainer a peer-lost exit is a consequence, and so is no
+    exit code (distctl's own SIGKILL); then earliest first. A user program's codes mean
+    nothing to distctl: earliest first."""
     failed = [r for r, code in exits.items() if code != 0]
     lost = (PEER_LOST, None) if trainer else (None,)
-    return sorted(failed, key=lambda r: (exits[r] in lost, times.get(r, float("inf"))))
+    return sorted(failed, key=lambda r: (r not in vanished, exits[r] in lost, times.get(r, float("inf"))))
 
 
-def _code_text(code: int | None) -> str:
-    if code is None:
-        return "no exit code (killed with its wrapper, e.g. SIGKILL)"
+def on_workstation_clock(times: dict[int, float], offsets: dict[int, float]) -> dict[int, float]:
+    """Exit times as each host's clock wrote them (file mtimes), moved onto the workstation's clock
+    so that hosts compare: `offsets` maps a rank to its host's clock minus the workstation's, as
+    discovery measured it (0 where unknown). A host 5 s ahead otherwise looks 5 s late to fail."""
+    return {rank: at - offsets.get(rank, 0.0) for rank, at in times.items()}
+
+
+def _ended(host: str, rank: int, code: int | None) -> str:
+    """How a rank ended, naming its host: `rank 1 on node2 exited with code 1`."""
+    return f"{host}: rank {rank}'s {GONE}" if code is None else f"rank {rank} on {host} exited with {_code_text(code)}"
+
+
+def _code_text(code: int) -> str:
     if code > 128:
         return f"code {code} (signal {code - 128})"
     return f"code {code}"
@@ -256,8 +278,10 @@ def _outcome(state: RunState, exits: dict[int, int | None], failures: list[int],
         return Outcome(ExitCode.RUN_FAILED, f"run {state.run_id} was stopped (checkpointed); "
                        f"continue it with: distctl up {shlex.quote(state.inventory)} --resume")
     tail = "\n".join(f"    {line}" for line in list(tails.get(rank, ()))[-10:])
-    return Outcome(ExitCode.RUN_FAILED, f"rank {rank} on {host_of[rank]} failed first: exited with "
-                   f"{_code_text(exits.get(rank))}; last lines of its log:\n{tail}")
+    code = exits.get(rank)
+    first = (f"{host_of[rank]}: rank {rank} failed first: its {GONE}" if code is None else
+             f"rank {rank} on {host_of[rank]} failed first: exited with {_code_text(code)}")
+    return Outcome(ExitCode.RUN_FAILED, f"{first}; last lines of its log:\n{tail}")
 
 
 def raise_for(outcome: Outcome) -> None:

@@ -2,8 +2,9 @@
 
 import pytest
 
-from orchestrator.facts import (HostFacts, IfAddr, Route, choose_master, choose_route, master_candidates,
-                                parse_facts, parse_routes, reaches_directly)
+from orchestrator.facts import (Clock, HostFacts, IfAddr, Route, choose_master, choose_route, clock_warnings,
+                                describe_clock, master_candidates, measure_clock, parse_facts, parse_routes,
+                                reaches_directly)
 
 DISCOVERY = """home=/root
 hostname=node2
@@ -137,3 +138,29 @@ def test_preflight_names_a_host_whose_python_is_below_the_floor():
     preflight_facts(program, facts)  # distctl's own host-side programs need only 3.8
     with pytest.raises(GroupError, match=r"python 3\.7\.3 .* distctl's host-side programs need 3\.8 or newer"):
         preflight_facts(program, {**facts, "b": parse_facts("python=3.7.3\n")})
+# ------------------------------------------------------------ clocks
+
+
+def test_the_host_clock_is_read_from_discovery_and_placed_at_the_round_trips_midpoint():
+    f = parse_facts(DISCOVERY + "time=1700000105.250000\n")
+    assert f.time == 1700000105.25
+    assert parse_facts(DISCOVERY).time is None and parse_facts("time=soon\n").time is None  # an older probe
+    # asked at 100.0 by the workstation's clock, answered at 100.5: the host read its clock at ~100.25
+    clock = measure_clock(f.time, 1700000100.0, 1700000100.5)
+    assert clock == Clock(offset=5.0, error=0.25)
+    assert measure_clock(None, 1.0, 2.0) is None
+    assert describe_clock(clock) == "clock +5.00 s (±0.25)" and describe_clock(None) == "clock unknown"
+
+
+@pytest.mark.parametrize("clock, warned", [
+    (Clock(5.0, 0.05), "node2: its clock is 5.0 s ahead of this workstation's (±0.05 s)"),
+    (Clock(-3.2, 0.1), "node2: its clock is 3.2 s behind this workstation's (±0.10 s)"),
+    (Clock(2.1, 0.2), None),  # maybe only 1.9 s off: a slow discovery alone never warns
+    (Clock(0.01, 0.02), None),
+    (None, None),  # not measured (a probe from an older distctl)
+])
+def test_a_clock_more_than_2_s_off_is_one_warning_naming_the_host(clock, warned):
+    lines = clock_warnings({"node1": Clock(0.0, 0.01), "node2": clock})
+    assert [line.split(";")[0] for line in lines] == ([warned] if warned else [])
+    assert all("sync the clocks" in line for line in lines)
+

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import threading
 from importlib import metadata
 from pathlib import Path
@@ -296,13 +297,17 @@ def test_connect_to_a_closed_port_says_why():
 # ------------------------------------------------------------------ probe
 
 
-def test_probe_prints_the_interpreter_and_package_versions():
+def test_probe_prints_the_interpreter_package_versions_and_the_hosts_clock():
+    before = time.time()
     done = run("probe")
     v = sys.version_info
-    assert done.stdout.splitlines() == [f"python={v.major}.{v.minor}.{v.micro}",
-                                        f"torch={metadata.version('torch')}",
-                                        f"torchvision={metadata.version('torchvision')}",
-                                        "loopback=lo"]
+    *lines, clock = done.stdout.splitlines()
+    assert lines == [f"python={v.major}.{v.minor}.{v.micro}",
+                     f"torch={metadata.version('torch')}",
+                     f"torchvision={metadata.version('torchvision')}",
+                     "loopback=lo"]
+    key, _, seconds = clock.partition("=")
+    assert key == "time" and before <= float(seconds) <= time.time() and len(seconds.split(".")[1]) == 6
 
 
 def test_probe_leaves_a_missing_package_empty():

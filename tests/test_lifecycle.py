@@ -171,7 +171,7 @@ def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, small_mni
     wait_for(lambda: epochs_done(cluster, "node1", run_id, 0) >= 1, 120, "the first epoch")
     assert distctl("stop", "--grace", "30", cwd=cut_dir).returncode == 0
     assert "stopped rank=0" in rank_log(cluster, "node1", run_id, 0)
-    # status says where the run stopped, instead of blaming a rank for its exit 143
+    # every rank checkpointed and stopped: status says where the run stopped, instead of blaming a rank for its exit 143
     stopped_at = re.findall(r"^stopped rank=0 epoch=(\d+) ", rank_log(cluster, "node1", run_id, 0), re.M)[-1]
     status = distctl("status", cwd=cut_dir)
     assert status.returncode == 0, status.stderr
@@ -180,6 +180,8 @@ def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, small_mni
         f"  [node2 r1] exited 143, epoch {epochs_done(cluster, 'node2', run_id, 1)}",
         f"stopped (checkpointed at epoch {stopped_at})",
         f"continue it with: distctl up {inv.resolve()} --resume"]
+    stopped = re.search(r"^stopped rank=0 .*checkpoint=(\S+)", rank_log(cluster, "node1", run_id, 0), re.M)
+    assert stopped and cluster.host("node1").run(["test", "-f", stopped[1]]).returncode == 0
     resumed = distctl("up", str(inv), "--resume", cwd=cut_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert last_run_id(cut_dir) == run_id

@@ -121,7 +121,7 @@ def test_up_runs_exactly_the_commands_the_plan_renders(tmp_path):
     prepared = execute.prepare(plan, conns, 4)
     execute.push(plan, conns, prepared, 4)
     execute.launch(plan, conns, 4, RecordingUi())
-    outcome = watch_run(_state_of(plan, inv), dict(conns), RecordingUi(), 60, after_prepare=True)
+    outcome = watch_run(_state_of(plan, inv, facts()), dict(conns), RecordingUi(), 60, after_prepare=True)
     assert outcome.message == "run mnist-1 finished: 3 rank(s) exited 0"
     executed = {name: c.commands + c.opened for name, c in conns.items()}
     assert executed == {name: [s.command for s in plan.steps if s.host == name] for name in conns}

@@ -117,6 +117,20 @@ def test_missing_optional_fields_get_defaults(state_dir):
         "x-9", "", Ssh(), 2, "", 0)
     assert loaded.hosts[0].host == Host("node1", "10.0.0.1")
     assert (loaded.cwd, loaded.started, loaded.last_state) == (None, None, None)
+    assert loaded.hosts[0].clock_offset is None and loaded.clock_offsets() == {}
+
+
+@pytest.mark.parametrize("recorded, loaded", [(-4.25, -4.25), (3, 3.0), ("4", None), (True, None), (None, None)])
+def test_a_hosts_clock_offset_round_trips_and_anything_else_is_unknown(state_dir, recorded, loaded):
+    run = a_run()
+    run = RunState(*[getattr(run, f) for f in ("run_id", "inventory", "ssh", "world_size", "master", "port")],
+                   (HostState(run.hosts[0].host, "/w/r", (RankState(0, 0), RankState(1, 1)), 1.5),))
+    state.save_run(run)
+    assert state.run_by_id("t-1").clock_offsets() == {0: 1.5, 1: 1.5}
+    data = json.loads((state_dir / "runs" / "t-1.json").read_text())
+    data["hosts"][0]["clock_offset"] = recorded
+    write(state_dir / "runs" / "t-1.json", data)
+    assert state.run_by_id("t-1").hosts[0].clock_offset == loaded
 
 
 def test_a_file_of_the_layout_before_format_1_still_loads(tmp_path):

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from e2e import wait_for
 from idx import write_blob_mnist
 from support.net import ephemeral_port
 from trainer.data import generated_root
@@ -32,8 +33,8 @@ BASE = ("--epochs", "3", "--lr", "0.05", "--timeout", "60")
 class Rank:
     """One ``python -m trainer`` process whose stdout/stderr lines are collected as they come."""
 
-    def __init__(self, args, env=None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=REPO, text=True,
+    def __init__(self, args, env=None, entry=("-m", "trainer")):
+        self.proc = subprocess.Popen([sys.executable, *entry, *args], cwd=REPO, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env={**os.environ, **(env or {})})
         self.out, self.err, self._new = [], [], queue.Queue()
@@ -78,8 +79,9 @@ class Rank:
         return [parse_line(line)[1] for line in self.out if line.startswith(prefix)]
 
 
-def launch(world, *extra, data=None, per_rank=None):
-    """Start ``world`` ranks on loopback; ``per_rank(rank)`` adds flags for one rank."""
+def launch(world, *extra, data=None, per_rank=None, entry=None):
+    """Start ``world`` ranks on loopback; ``per_rank(rank)`` adds flags for one rank, ``entry(rank)``
+    replaces its ``-m trainer``."""
     port = ephemeral_port()
     ranks = []
     for rank in range(world):
@@ -88,7 +90,7 @@ def launch(world, *extra, data=None, per_rank=None):
         if data:
             args += ["--data", str(data)]
         args += per_rank(rank) if per_rank else []
-        ranks.append(Rank(args))
+        ranks.append(Rank(args, entry=(entry and entry(rank)) or ("-m", "trainer")))
     return ranks
 
 
@@ -185,6 +187,42 @@ def test_sigterm_stops_every_rank_with_a_checkpoint(blob_data, tmp_path):
                      "--epochs", str(int(stops[0]["epoch"]) + 1), data=blob_data)
     assert finish_all(resumed) == [0, 0], describe(resumed)
     assert len(set(digests(resumed))) == 1
+
+
+# The trainer with a checkpoint that takes 3 s to write (a big model, a slow disk), saying when it starts.
+SLOW_SAVE = ("-c", "import sys, time\n"
+             "import trainer.checkpoint as c\n"
+             "save = c.save_checkpoint\n"
+             "def slow(*args):\n"
+             "    print('test: saving', flush=True)\n"
+             "    time.sleep(3)\n"
+             "    return save(*args)\n"
+             "c.save_checkpoint = slow\n"
+             "from trainer.cli import main\n"
+             "main(sys.argv[1:])\n")
+
+
+def test_signals_and_deaths_while_the_ranks_already_stop_still_end_143(blob_data, tmp_path):
+    # distctl stop signals each host on its own connection: rank 1's SIGTERM may come after the
+    # ranks agreed to stop, while it waits for rank 0's checkpoint. It used to die by that signal
+    # mid-barrier, and rank 0 then exited 4 ("lost the other ranks during stopping"). Rank 2 is
+    # then SIGKILLed (its host's grace ran out): who was asked to stop, or knows the checkpoint
+    # is written, still stopped.
+    ranks = launch(3, "--checkpoint-dir", str(tmp_path), "--epochs", "100000", "--stop-check-steps", "1",
+                   data=blob_data, entry=lambda rank: SLOW_SAVE if rank == 0 else None)
+    ranks[0].wait_line("epoch=1 ", time.monotonic() + DEADLINE_S)
+    ranks[0].proc.send_signal(signal.SIGTERM)
+    # The first save is epoch 1's; the second is the stop's, after every rank agreed.
+    wait_for(lambda: ranks[0].out.count("test: saving") == 2, 60, "rank 0 to write the stop's checkpoint")
+    time.sleep(0.5)
+    ranks[1].proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    ranks[2].proc.kill()
+    assert finish_all(ranks, timeout=60) == [143, 143, -signal.SIGKILL], describe(ranks)
+    stops = [r.fields("stopped ")[0] for r in ranks[:2]]
+    assert [s["reason"] for s in stops] == ["SIGTERM", "another rank"]  # rank 1's signal came late
+    assert all("a peer left while stopping" in s["note"] for s in stops), stops
+    assert os.path.samefile(stops[1]["checkpoint"], tmp_path / "latest.pt")
 
 
 def test_four_ranks_on_two_hosts_and_exact_mid_epoch_resume(blob_data, tmp_path):

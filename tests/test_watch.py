@@ -17,7 +17,7 @@ from orchestrator import links
 from orchestrator.errors import ExitCode, HostError
 from orchestrator.remote import Result
 from orchestrator.scripts import follow_script, program
-from orchestrator.watch import Outcome, root_causes
+from orchestrator.watch import Outcome, on_workstation_clock, root_causes
 
 pytestmark = pytest.mark.timeout(60)  # a decision that never comes must not hold up the suite
 
@@ -74,6 +74,21 @@ def test_the_first_failure_is_blamed_and_the_run_torn_down(trainer, code0, code1
     assert [c.commands for c in conns.values()] == [[STOP], [STOP]]
 
 
+@pytest.mark.parametrize("trainer", [True, False])
+def test_a_rank_gone_without_an_exit_code_is_blamed_with_its_host_not_the_ranks_stopped_for_it(trainer):
+    # node2 rebooted: its follower reports rank 1 with no code and no time. The teardown then
+    # stops rank 0 on node1, which exits 143 with a time: it must not be blamed.
+    state = a_run(trainer, node1=(0,), node2=(1,))
+    node1 = FakeStream(said(0, "up rank 0"), LATE_S, exited(0, 0, 300.0))
+    conns = {"node1": host("node1", node1, stop=stops(node1, 0)),
+             "node2": host("node2", FakeStream(said(1, "up rank 1"), 0.2, exited(1, None)))}
+    outcome, ui = watch(state, conns)
+    gone = "processes are gone without an exit code (host rebooted or processes killed)"
+    assert ui.warnings == [f"node2: rank 1's {gone}; stopping the run on every host"]
+    assert outcome == Outcome(ExitCode.RUN_FAILED, f"node2: rank 1 failed first: its {gone}; "
+                                                   "last lines of its log:\n    up rank 1")
+
+
 @pytest.mark.parametrize("exits, times, trainer, order", [
     ({0: 4, 1: 1, 2: 0}, {0: 1.0, 1: 2.0, 2: 0.5}, True, [1, 0]),  # 0s are no failures
     ({0: None, 1: 4, 2: 3}, {0: 1.0, 1: 2.0, 2: 3.0}, True, [2, 0, 1]),  # causes first, then earliest
@@ -84,6 +99,31 @@ def test_the_first_failure_is_blamed_and_the_run_torn_down(trainer, code0, code1
 ])
 def test_root_causes_order_failed_ranks_most_likely_first(exits, times, trainer, order):
     assert root_causes(exits, times, trainer) == order
+
+
+def test_failures_are_ordered_on_the_workstations_clock_not_each_hosts():
+    # node2 (rank 1) runs 5 s ahead. Rank 1 failed first: at 1000.5 by the workstation's clock,
+    # but its host stamped its exit record 1005.5; rank 0 (node1, on time) failed at 1001.0.
+    exits = {0: 1, 1: 137}
+    stamped = {0: 1001.0, 1: 1005.5}
+    assert root_causes(exits, stamped) == [0, 1]  # uncorrected: the skew decides
+    corrected = on_workstation_clock(stamped, {0: 0.0, 1: 5.0})
+    assert corrected == {0: 1001.0, 1: 1000.5}
+    assert root_causes(exits, corrected) == [1, 0]
+    assert on_workstation_clock(stamped, {}) == stamped  # offsets unknown (an older run record)
+    # a peer-lost exit stays a consequence whatever the clocks say
+    assert root_causes({0: 4, 1: 1}, on_workstation_clock({0: 990.0, 1: 1005.5}, {1: 5.0})) == [1, 0]
+
+
+def test_a_rank_that_vanished_before_distctl_stopped_anything_is_named_first():
+    # node2 rebooted: rank 1 left no exit code. distctl's teardown then stopped rank 0, which
+    # recorded 143 (SIGTERM) with a time, while rank 1 has none.
+    assert root_causes({0: 143, 1: None}, {0: 1010.0}, trainer=False, vanished={1}) == [1, 0]
+    assert root_causes({0: 143, 1: None}, {0: 1010.0}, trainer=False) == [0, 1]  # without it, the victim
+    # the trainer: rank 0 lost its peer (4) before distctl even heard of rank 1
+    assert root_causes({0: 4, 1: None}, {0: 1000.2}, vanished={1}) == [1, 0]
+    # no exit code after distctl's own teardown (its SIGKILL): still a consequence
+    assert root_causes({0: 1, 1: None}, {0: 1000.0}) == [0, 1]
 
 
 # ------------------------------------------------------------------ stopped

@@ -17,7 +17,7 @@ Output (logfmt on stdout, one line per event, flushed)::
     data rank=R dataset=mnist train=N test=M fingerprint=F threads=T seconds=S
     resume rank=R checkpoint=PATH|none epoch=E step=S    with --resume
     epoch=E rank=R loss=X samples_per_s=Y [test_accuracy=Z]   every epoch, E 1-based; accuracy on rank 0
-    stopped rank=R epoch=E step=S checkpoint=PATH|none reason=SIGTERM   then exit 143
+    stopped rank=R epoch=E step=S checkpoint=PATH|none reason=SIGTERM [note="..."]   then exit 143
     done rank=R param_sha256=HEX test_accuracy=Z          once at the end
     error rank=R message="..."                            on stderr, then a non-zero exit
 
@@ -33,12 +33,14 @@ rank 0 wrote a checkpoint: rerun with --resume.
 Stopping: a SIGTERM or SIGINT to any rank once training runs makes all ranks agree (a cheap
 all-reduce every --stop-check-steps steps and at each epoch's end) on one step; rank 0 writes
 ``ckpt-EEEEEE-SSSSSS.pt`` and ``latest.pt`` and every rank prints ``stopped`` and exits 143.
-``--resume`` continues from there; on CPU with a fixed seed the final parameters equal those of
-an uninterrupted run, for stops at an epoch's end or mid-epoch.  Before training starts the
-signals keep their default effect (a shell then also reports 143 for SIGTERM, but no
-``stopped`` line was printed and no checkpoint written).  A dead peer or a stuck collective ends
-the run with exit 4 within ``--timeout`` seconds (see ``trainer/process_group.py`` for what gloo
-and nccl each do).
+A signal that comes while the ranks already stop changes nothing, and a rank that was itself
+signalled, or knows the checkpoint is written, still ends 143 when a peer leaves during that
+last step (``note`` says so).  ``--resume`` continues from there; on CPU with a fixed seed the
+final parameters equal those of an uninterrupted run, for stops at an epoch's end or
+mid-epoch.  Before training starts the signals keep their default effect (a shell then also
+reports 143 for SIGTERM, but no ``stopped`` line was printed and no checkpoint written).  A dead
+peer or a stuck collective ends the run with exit 4 within ``--timeout`` seconds (see
+``trainer/process_group.py`` for what gloo and nccl each do).
 
 Data: torchvision's MNIST files under ``--data`` (downloaded with ``--download``), decoded once
 into normalised tensors on the training device.  ``--dataset generated`` or ``--fallback

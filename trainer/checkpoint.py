@@ -1,15 +1,22 @@
-"""Checkpoints: rank 0 writes them atomically, rank 0 reads the newest and broadcasts it.
+"""Checkpoints: the first rank of each host writes them atomically, rank 0 reads the newest and
+broadcasts it.
 
 Files in ``--checkpoint-dir``: ``ckpt-EEEEEE-SSSSSS.pt`` (E epochs done, S steps into the next
 epoch; names sort in training order) and ``latest.pt``, a hard link to the newest, swapped in
 with ``os.replace``.  A reader never sees a half-written file: each is written to a temporary
-name and renamed.  The state holds only tensors and plain Python values, so it loads with
+name, flushed to disk and renamed.  A write that fails (a full disk) removes its temporary file
+and raises the OS's reason: torch itself reports a short write only as ``[enforce fail at
+inline_container.cc:672] . unexpected pos 5504 vs 5398`` and leaves the partial file behind
+(measured on a full 1 MB tmpfs).  The previous checkpoint and ``latest.pt`` stay as they were.
+The state holds only tensors and plain Python values, so it loads with
 ``torch.load(weights_only=True)``.
 """
 
 import glob
 import os
 import random
+import re
+import socket
 
 import numpy as np
 import torch
@@ -18,6 +25,7 @@ from trainer.errors import CheckpointError
 
 FORMAT = 1
 LATEST = "latest.pt"
+TEMPORARY = re.compile(r"(?:ckpt-\d+-\d+\.pt|\.latest\.pt)\.tmp\.(.+)\.(\d+)")  # _temporary's names
 
 
 def checkpoint_name(epochs_done, step):
@@ -47,15 +55,16 @@ def restore_rng(rng):
 def save_checkpoint(directory, state, keep):
     """Write ``state`` atomically, point latest.pt at it, keep the newest ``keep``; returns the path."""
     os.makedirs(directory, exist_ok=True)
+    _remove_stale(directory)
     path = os.path.join(directory, checkpoint_name(state["epoch"], state["step"]))
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(dict(state, format=FORMAT), tmp)
+    tmp = _temporary(path)
+    _write(tmp, state)
     os.replace(tmp, path)
-    link = os.path.join(directory, f".{LATEST}.tmp.{os.getpid()}")
+    link = _temporary(os.path.join(directory, f".{LATEST}"))
     try:
         os.link(path, link)
     except OSError:  # file systems without hard links: a second copy
-        torch.save(dict(state, format=FORMAT), link)
+        _write(link, state)
     os.replace(link, os.path.join(directory, LATEST))
     for old in sorted(glob.glob(os.path.join(directory, "ckpt-*.pt")))[:-keep]:
         try:
@@ -63,6 +72,61 @@ def save_checkpoint(directory, state, keep):
         except FileNotFoundError:  # another writer of a shared folder removed it first
             pass
     return path
+
+
+def _temporary(path):
+    """``path.tmp.HOST.PID``: this writer's own name, even in a folder that hosts share (NFS)."""
+    return f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
+
+
+def _remove_stale(directory):
+    """Temporary files left by a writer of this host that was killed mid-write (its process is
+    gone): another host's, or a live writer's, are not ours to remove."""
+    host = socket.gethostname()
+    for name in os.listdir(directory):
+        found = TEMPORARY.fullmatch(name)
+        if found and found[1] == host and not _alive(int(found[2])):
+            _remove(os.path.join(directory, name))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # not ours to signal, but there
+        return True
+    return True
+
+
+def _write(target, state):
+    """torch.save into ``target``, on disk before it returns; on failure ``target`` is removed and
+    the OS's error raised (torch wraps it: ``unexpected pos N vs M``, the OSError as its context)."""
+    try:
+        with open(target, "wb") as f:
+            torch.save(dict(state, format=FORMAT), f)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk or a lost NFS server may say so only here
+    except BaseException as exc:
+        _remove(target)
+        reason = _os_error(exc)
+        if reason is None:
+            raise
+        raise reason from None
+
+
+def _os_error(exc):
+    """The OSError in ``exc``'s chain, if any."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def load_latest(directory):

@@ -11,7 +11,7 @@ from trainer.errors import CheckpointError, DivergedError, ExitCode
 from trainer.log import emit
 from trainer.loop import Position, epoch_shard, evaluate, train_epoch
 from trainer.model import build_model, param_digest, wrap_ddp
-from trainer.process_group import choose_device, join_process_group, ranks_on_this_machine
+from trainer.process_group import choose_device, first_line, join_process_group, ranks_on_this_machine
 from trainer.stopping import StopControl
 from trainer.sync import agree_on_data
 
@@ -32,10 +32,7 @@ class Run:
                             self.data.train_x[:self.config.batch_size])
         self.stop = StopControl(self.device, self.config.stop_check_steps, self.config.stop_after_step)
         self.stop.install()
-        try:
-            stopped_at = self.train(position)
-        finally:
-            self.stop.uninstall()
+        stopped_at = self.train(position)
         code = self.report_stop(*stopped_at) if stopped_at else self.finish()
         dist.destroy_process_group()
         return code
@@ -157,9 +154,22 @@ class Run:
         return os.path.join(directory, checkpoint.checkpoint_name(position.epochs_done, position.step))
 
     def report_stop(self, epoch, step, reason, path):
+        """Every rank says `stopped` once every host's checkpoint exists (the barrier). A peer
+        that leaves during that barrier (killed after `distctl stop`'s grace, or dead for its own
+        reasons) does not turn the agreed stop into a lost peer for a rank that was itself asked
+        to stop, or that sees its host's checkpoint written: it stopped, and a resume starts from
+        the newest checkpoint (written atomically: the previous one stays whole)."""
         self.phase = "stopping"
-        dist.barrier()  # the checkpoint exists before any rank says so
-        emit("stopped", rank=self.rank, epoch=epoch, step=step, checkpoint=path, reason=reason)
+        fields = dict(rank=self.rank, epoch=epoch, step=step, checkpoint=path, reason=reason)
+        try:
+            dist.barrier()  # the checkpoint exists before any rank says so
+        except RuntimeError as exc:  # torch's DistError and gloo's errors are RuntimeErrors
+            written = path == "none" or os.path.exists(path)
+            if not (written or self.stop.signalled):
+                raise
+            fields["note"] = (f"a peer left while stopping ({first_line(exc)}); "
+                              + ("checkpoint written" if written else "this host's checkpoint is not there"))
+        emit("stopped", **fields)
         return ExitCode.STOPPED
 
     def finish(self):

@@ -1,7 +1,8 @@
 """The versions discovery needs, as `key=value` lines: python=X.Y.Z, torch=V, torchvision=V
-(empty when the package is not installed), and loopback=NAME, the name of the loopback
+(empty when the package is not installed), loopback=NAME, the name of the loopback
 interface (`lo` on Linux, `lo0` on macOS and the BSDs; empty when none is found), which
-a single host gives gloo without the `ip` command.
+a single host gives gloo without the `ip` command, and time=SECONDS, this host's clock
+(epoch seconds, microseconds): the workstation measures the host's clock offset from it.
 
 Versions come from package metadata: importing torch costs seconds per host. The Python
 version is printed first, so even an interpreter too old for importlib.metadata (< 3.8)
@@ -10,6 +11,7 @@ still reports it; for the same reason this program has no `from __future__` impo
 
 import socket
 import sys
+import time
 from typing import List, Tuple
 
 PACKAGES = ("torch", "torchvision")
@@ -38,7 +40,8 @@ def loopback() -> str:
 
 
 def main(argv: List[str]) -> int:
-    for key, value in versions() + [("loopback", loopback())]:
+    now = "%.6f" % time.time()  # before the package lookups: they take most of the time here
+    for key, value in versions() + [("loopback", loopback()), ("time", now)]:
         print("%s=%s" % (key, value))
     return 0
 
