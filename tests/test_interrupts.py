@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,38 @@ def test_a_full_disk_during_the_push_names_host_step_and_cause_and_launches_noth
     assert "[node2 r1] up rank 1" in again.stdout
     listing = node2.run(f"ls {full}/data/*/", check=True).stdout
     assert listing.split() == ["shard.bin"]
+
+
+def test_ctrl_c_while_connecting_leaves_nothing_on_any_host(cluster, tmp_path):
+    """node2 never answers (its ProxyCommand only sleeps): Ctrl-C during the connect is 130,
+    and node1, already connected, got no run directory and runs nothing."""
+    node2 = cluster.host("node2")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host {node2.address}\n  ProxyCommand sleep 120\n")
+    inv = project(cluster, tmp_path, wait_for_rank0=False)
+    inv.write_text(inv.read_text().replace("config: /dev/null", f"config: {config}"))
+    node1 = cluster.host("node1")
+    before = node1.run(f"ls {node1.workdir}/runs 2>/dev/null").stdout
+    proc = start_distctl("up", str(inv), cwd=tmp_path)
+    wait_for(lambda: any(b"sleep\x00120" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                         for pid in _children(proc.pid)), 30, "the connect to node2 to hang")
+    _, err = interrupt(proc)
+    assert "interrupted" in err
+    assert node1.run(f"ls {node1.workdir}/runs 2>/dev/null").stdout == before
+    assert not node1.pids_with_env("RANK=0")
+
+
+def _children(pid: int) -> list[int]:
+    """Every process below `pid` (the ProxyCommand runs under distctl's ssh -G helpers or paramiko)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = []
+        for task in Path(f"/proc/{parent}/task").glob("*"):  # a thread's children are listed under it
+            try:
+                kids += (task / "children").read_text().split()
+            except OSError:
+                continue
+        found += map(int, kids)
+        todo += map(int, kids)
+    return found
