@@ -372,10 +372,11 @@ class Coordinator(Agent):
                 for r in self.cfg["hosts"][i]["ranks"]:
                     self.note_exit(r, None, time.time())
             elif self.phase == "run":
-                for rank, code, at in msg.get("exits", []):
-                    self.note_exit(rank, code, at)
+                # Stamped on arrival, by this clock: the clocks of the hosts may disagree.
+                for rank, code, _ in msg.get("exits", []):
+                    self.note_exit(rank, code, time.time())
         elif kind == "exit" and msg.get("attempt") == self.attempt:
-            self.note_exit(msg["rank"], msg["code"], msg["at"])
+            self.note_exit(msg["rank"], msg["code"], time.time())  # on arrival, by this clock
         elif kind == "stopped" and msg.get("attempt") == self.attempt + 1:
             self.acks.add(link.host)
         elif kind == "stopping":
