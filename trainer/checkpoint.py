@@ -12,11 +12,14 @@ The state holds only tensors and plain Python values, so it loads with
 ``torch.load(weights_only=True)``.
 """
 
+from __future__ import annotations
+
 import glob
 import os
 import random
 import re
 import socket
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,21 +31,23 @@ LATEST = "latest.pt"
 TEMPORARY = re.compile(r"(?:ckpt-\d+-\d+\.pt|\.latest\.pt)\.tmp\.(.+)\.(\d+)")  # _temporary's names
 
 
-def checkpoint_name(epochs_done, step):
+def checkpoint_name(epochs_done: int, step: int) -> str:
     return f"ckpt-{epochs_done:06d}-{step:06d}.pt"
 
 
-def capture_rng():
+def capture_rng() -> dict[str, Any]:
     """RNG states of torch (CPU and CUDA), Python and numpy, in weights_only-loadable form."""
     version, state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python": [version, list(state), gauss],
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+            # numpy's stub types get_state() as its dict form; the default (legacy=True) is this tuple
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),  # type: ignore[attr-defined]
+                      pos, has_gauss, cached]}
 
 
-def restore_rng(rng):
+def restore_rng(rng: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -52,7 +57,7 @@ def restore_rng(rng):
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(directory, state, keep):
+def save_checkpoint(directory: str, state: dict[str, Any], keep: int) -> str:
     """Write ``state`` atomically, point latest.pt at it, keep the newest ``keep``; returns the path."""
     os.makedirs(directory, exist_ok=True)
     _remove_stale(directory)
@@ -74,12 +79,12 @@ def save_checkpoint(directory, state, keep):
     return path
 
 
-def _temporary(path):
+def _temporary(path: str) -> str:
     """``path.tmp.HOST.PID``: this writer's own name, even in a folder that hosts share (NFS)."""
     return f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"
 
 
-def _remove_stale(directory):
+def _remove_stale(directory: str) -> None:
     """Temporary files left by a writer of this host that was killed mid-write (its process is
     gone): another host's, or a live writer's, are not ours to remove."""
     host = socket.gethostname()
@@ -89,7 +94,7 @@ def _remove_stale(directory):
             _remove(os.path.join(directory, name))
 
 
-def _alive(pid):
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -99,7 +104,7 @@ def _alive(pid):
     return True
 
 
-def _write(target, state):
+def _write(target: str, state: dict[str, Any]) -> None:
     """torch.save into ``target``, on disk before it returns; on failure ``target`` is removed and
     the OS's error raised (torch wraps it: ``unexpected pos N vs M``, the OSError as its context)."""
     try:
@@ -115,21 +120,21 @@ def _write(target, state):
         raise reason from None
 
 
-def _os_error(exc):
+def _os_error(exc: BaseException | None) -> OSError | None:
     """The OSError in ``exc``'s chain, if any."""
     while exc is not None and not isinstance(exc, OSError):
         exc = exc.__cause__ or exc.__context__
     return exc
 
 
-def _remove(path):
+def _remove(path: str) -> None:
     try:
         os.remove(path)
     except OSError:
         pass
 
 
-def load_latest(directory):
+def load_latest(directory: str) -> dict[str, Any] | None:
     """The newest checkpoint's state, or None when the folder holds none."""
     path = os.path.join(directory, LATEST)
     if not os.path.exists(path):

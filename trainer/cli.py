@@ -1,17 +1,25 @@
 """Entry point: flags -> placement -> one rank's run; failures -> one line and an exit code."""
 
+from __future__ import annotations
+
 import os
 import signal
 import sys
 import traceback
+from typing import TYPE_CHECKING, NoReturn
 
 from trainer.config import parse_config
 from trainer.errors import ExitCode, TrainerError
 from trainer.log import emit_error
 from trainer.process_group import first_line, resolve_placement
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-def _describe(exc, run):
+    from trainer.run import Run
+
+
+def _describe(exc: Exception, run: Run | None) -> tuple[str, ExitCode]:
     """Message and exit code for an unexpected exception; torch's collective failures mean a
     lost peer, which a launcher should not mistake for the failure that caused it."""
     import torch.distributed as dist
@@ -24,14 +32,14 @@ def _describe(exc, run):
     return f"{type(exc).__name__} during {phase}: {first_line(exc)}", ExitCode.ERROR
 
 
-def _exit(code):
+def _exit(code: int) -> NoReturn:
     """Flush and leave at once: after a failed collective, torch's teardown can block or abort."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(int(code))
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     config = parse_config(argv)
     rank = config.rank if config.rank is not None else os.environ.get("RANK", 0)
     run = None

@@ -3,8 +3,14 @@
 Defaults equal the seed scripts' (batch 64 per rank, lr 0.01, 100 epochs, data in ./data).
 """
 
+from __future__ import annotations
+
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +43,8 @@ class TrainConfig:
     debug: bool
 
 
-def _positive(kind):
-    def check(text):
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def check(text: str) -> float:
         value = kind(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
@@ -46,7 +52,7 @@ def _positive(kind):
     return check
 
 
-def _non_negative(text):
+def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
@@ -56,13 +62,13 @@ def _non_negative(text):
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows real defaults, not "(default: None)"."""
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default in (None, False):
             return action.help
         return super()._get_help_string(action)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer",
         description="Train the seed's MNIST MLP as ONE data-parallel rank (gloo on CPU, nccl on CUDA).",
@@ -116,7 +122,7 @@ def build_parser():
     return p
 
 
-def parse_config(argv=None):
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse flags; usage errors exit with code 2 through argparse."""
     parser = build_parser()
     args = parser.parse_args(argv)

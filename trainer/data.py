@@ -8,15 +8,23 @@ like the seed's ``ToTensor() + Normalize((0.1307,), (0.3081,))`` (bit for bit) a
 training device; the loop only indexes them, no per-sample PIL transforms and no DataLoader.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import fcntl
 import hashlib
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from trainer.errors import DataError
 from trainer.generated import VERSION, write_generated_mnist
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import torch
 
 MEAN, STD = 0.1307, 0.3081
 LOCK_NAME = ".distctl-data.lock"
@@ -29,12 +37,12 @@ class RawData:
     """uint8 images [N,28,28] and int64 labels [N] of both splits, as torchvision decodes them."""
 
     name: str
-    train_images: object
-    train_labels: object
-    test_images: object
-    test_labels: object
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """Short digest of all four tensors: ranks compare it to catch different copies."""
         digest = hashlib.sha256()
         for t in (self.train_images, self.train_labels, self.test_images, self.test_labels):
@@ -47,14 +55,14 @@ class DeviceData:
     """Normalised float images [N,784] and labels on the training device."""
 
     name: str
-    train_x: object
-    train_y: object
-    test_x: object
-    test_y: object
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
 
 
 @contextlib.contextmanager
-def data_lock(folder):
+def data_lock(folder: str) -> Iterator[None]:
     """Exclusive lock on ``folder/.distctl-data.lock``; released when the holder exits or dies."""
     try:
         os.makedirs(folder, exist_ok=True)
@@ -69,13 +77,13 @@ def data_lock(folder):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _condense(exc, limit=160):
+def _condense(exc: BaseException, limit: int = 160) -> str:
     """The last cause of an error, in one short line: the innermost exception of its chain, and
     of its message the last line. torchvision's download error lists every mirror it tried with
     urllib's error for each (``<urlopen error [Errno -3] Temporary failure ...>``); the last
     one says why, unwrapped."""
     while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]  # the loop's condition: one is set
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[-1] if lines else type(exc).__name__
     if text.startswith("<urlopen error ") and text.endswith(">"):
@@ -83,7 +91,7 @@ def _condense(exc, limit=160):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _read(root, name):
+def _read(root: str, name: str) -> RawData:
     from torchvision import datasets
 
     train = datasets.MNIST(root, train=True)
@@ -91,13 +99,13 @@ def _read(root, name):
     return RawData(name, train.data, train.targets, test.data, test.targets)
 
 
-def _missing_message(root):
+def _missing_message(root: str) -> str:
     raw = os.path.join(root, "MNIST", "raw")
     return (f"MNIST not found in {raw} (needs {', '.join(RAW_FILES)}); pass --download to fetch "
             "it, push a copy to the hosts with distctl's job.data, or use --fallback generated")
 
 
-def _download(root, timeout_s):
+def _download(root: str, timeout_s: float) -> None:
     from torchvision import datasets
 
     previous = socket.getdefaulttimeout()
@@ -110,7 +118,7 @@ def _download(root, timeout_s):
         socket.setdefaulttimeout(previous)
 
 
-def read_mnist(root, download, timeout_s):
+def read_mnist(root: str, download: bool, timeout_s: float) -> RawData:
     """MNIST from ``root/MNIST/raw``, downloading first (under the lock) when asked and missing.
 
     Without --download nothing on this host writes MNIST files, so no lock is taken and a
@@ -127,11 +135,11 @@ def read_mnist(root, download, timeout_s):
             raise DataError(f"could not read MNIST in {root}/MNIST/raw: {_condense(exc)}") from exc
 
 
-def generated_root(data_dir, seed, n_train, n_test):
+def generated_root(data_dir: str, seed: int, n_train: int, n_test: int) -> str:
     return os.path.join(data_dir, "generated", f"v{VERSION}-seed{seed}-{n_train}-{n_test}")
 
 
-def read_generated(data_dir, seed, n_train, n_test):
+def read_generated(data_dir: str, seed: int, n_train: int, n_test: int) -> RawData:
     """The generated set, written once per host (under the data folder's lock) and then read."""
     root = generated_root(data_dir, seed, n_train, n_test)
     with data_lock(data_dir):
@@ -143,9 +151,9 @@ def read_generated(data_dir, seed, n_train, n_test):
             raise DataError(f"could not write generated digits to {root}: {_condense(exc)}") from exc
 
 
-def to_device(raw, device):
+def to_device(raw: RawData, device: torch.device) -> DeviceData:
     """Normalise once, as ToTensor()+Normalize would per sample, on ``device``."""
-    def images(t):
+    def images(t: torch.Tensor) -> torch.Tensor:
         x = t.to(device).float().div_(255).sub_(MEAN).div_(STD)
         return x.reshape(len(t), -1)
 

@@ -16,6 +16,8 @@ Example::
     write_generated_mnist("data/generated/v1-seed0-12000-2000", seed=0, n_train=12000, n_test=2000)
 """
 
+from __future__ import annotations
+
 import os
 import struct
 
@@ -27,17 +29,17 @@ SCALE = 3  # drawing resolution multiplier before the box filter
 VERSION = 2  # bump when the drawing changes, so cached sets are not reused across versions
 
 
-def _arc(cx, cy, rx, ry, start, end, n=14):
+def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float, n: int = 14) -> np.ndarray:
     """Points on an elliptic arc; angles in degrees, counter-clockwise, y pointing down."""
     t = np.radians(np.linspace(start, end, n))
     return np.stack([cx + rx * np.cos(t), cy - ry * np.sin(t)], axis=1)
 
 
-def _pts(*points):
+def _pts(*points: tuple[float, float]) -> np.ndarray:
     return np.array(points, dtype=float)
 
 
-def _cat(*parts):
+def _cat(*parts: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
@@ -69,7 +71,7 @@ GLYPHS = {
 }
 
 
-def _place(stroke, rng, shape):
+def _place(stroke: np.ndarray, rng: np.random.Generator, shape: np.ndarray) -> np.ndarray:
     """Jitter and bend one stroke, then map it to pixel coordinates with the glyph's shape."""
     height, aspect, shear, angle, shift_x, shift_y, bend = shape
     p = stroke + rng.normal(0.0, 0.02, stroke.shape)
@@ -81,14 +83,14 @@ def _place(stroke, rng, shape):
     return xy * SCALE
 
 
-def _random_shapes(rng, n):
+def _random_shapes(rng: np.random.Generator, n: int) -> np.ndarray:
     """Per digit: height and aspect (px), shear, rotation, shift x/y (px), bend."""
     return np.column_stack([rng.uniform(17.0, 21.0, n), rng.uniform(0.75, 1.1, n), rng.uniform(-0.3, 0.3, n),
                             np.radians(rng.uniform(-11.0, 11.0, n)), rng.uniform(-1.2, 1.2, (n, 2)),
                             rng.uniform(-0.3, 0.3, n)])
 
 
-def _draw(draw, xy, width):
+def _draw(draw: ImageDraw.ImageDraw, xy: np.ndarray, width: int) -> None:
     """A pen stroke: straight segments with a round dot at every vertex (round joins and caps;
     cheaper than PIL's joint="curve", which computes each join in Python)."""
     draw.line(xy.ravel().tolist(), fill=255, width=width)
@@ -97,7 +99,7 @@ def _draw(draw, xy, width):
         draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
 
 
-def draw_ink(label, variant, shape, width, rng):
+def draw_ink(label: int, variant: int, shape: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
     """The anti-aliased pen strokes of one digit: uint8 [28,28], before dimming and noise."""
     variants = GLYPHS[label]
     canvas = Image.new("L", (SIZE * SCALE, SIZE * SCALE))
@@ -107,10 +109,11 @@ def draw_ink(label, variant, shape, width, rng):
     if rng.random() < 0.2:  # a stray pen mark
         start = rng.uniform(2, SIZE - 2, 2)
         _draw(draw, np.stack([start, start + rng.normal(0, 4, 2)]) * SCALE, max(2, width // 2))
-    return np.asarray(canvas.resize((SIZE, SIZE), Image.BOX))
+    # Pillow copies its Resampling members into the module at run time, unseen by type checkers
+    return np.asarray(canvas.resize((SIZE, SIZE), Image.BOX))  # type: ignore[attr-defined]
 
 
-def generate_digits(n, seed, split):
+def generate_digits(n: int, seed: int, split: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` balanced, shuffled (images uint8 [n,28,28], labels uint8 [n]) for split 0 or 1."""
     rng = np.random.default_rng([seed, split, VERSION])
     labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
@@ -125,21 +128,21 @@ def generate_digits(n, seed, split):
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8), labels
 
 
-def idx_bytes(array):
+def idx_bytes(array: np.ndarray) -> bytes:
     """The IDX encoding of a uint8 array: magic 0x0000 08 <ndim>, big-endian dims, raw data."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.tobytes()
 
 
-def _write_atomic(path, data):
+def _write_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
 
 
-def write_generated_mnist(root, seed, n_train, n_test):
+def write_generated_mnist(root: str, seed: int, n_train: int, n_test: int) -> str:
     """Write the four MNIST raw files under ``root/MNIST/raw``; returns that folder."""
     raw = os.path.join(root, "MNIST", "raw")
     os.makedirs(raw, exist_ok=True)

@@ -4,10 +4,12 @@ distctl and the tests parse these lines; the event names and keys are a contract
 ``trainer/__main__.py``).  Values with spaces, quotes or ``=`` are double-quoted.
 """
 
+from __future__ import annotations
+
 import sys
 
 
-def format_value(value):
+def format_value(value: object) -> str:
     """Render one logfmt value: floats with 6 significant digits, strings quoted when needed."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -19,25 +21,26 @@ def format_value(value):
     return text
 
 
-def format_line(event, **fields):
+def format_line(event: str | None, **fields: object) -> str:
     """``event k=v ...``; with event None the line starts with the first pair (the epoch line)."""
     pairs = [f"{key}={format_value(value)}" for key, value in fields.items()]
     return " ".join(pairs if event is None else [event] + pairs)
 
 
-def emit(event, **fields):
+def emit(event: str | None, **fields: object) -> None:
     """Print one event line on stdout (the contract lines: joined, epoch, done, stopped ...)."""
     print(format_line(event, **fields), flush=True)
 
 
-def emit_error(rank, message):
+def emit_error(rank: int | str, message: str) -> None:
     """Print the one ``error`` line on stderr."""
     sys.stdout.flush()
     print(format_line("error", rank=rank, message=message), file=sys.stderr, flush=True)
 
 
-def parse_line(line):
+def parse_line(line: str) -> tuple[str | None, dict[str, str]]:
     """Parse one line into (event or None, {key: str}); the inverse of format_line (for tests)."""
+    event: str | None
     event, _, rest = line.strip().partition(" ")
     if "=" in event:
         event, rest = None, line.strip()
@@ -57,7 +60,7 @@ def parse_line(line):
     return event, fields
 
 
-def _read_quoted(text, i):
+def _read_quoted(text: str, i: int) -> tuple[str, int]:
     out = []
     while text[i] != '"':
         if text[i] == "\\":

@@ -6,13 +6,20 @@ tensors with its slice.  Every rank runs the same number of steps per epoch, so 
 stop checks line up.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
+
+if TYPE_CHECKING:
+    from trainer.data import DeviceData
+    from trainer.stopping import StopControl
 
 EVAL_CHUNK = 4096
 
@@ -35,14 +42,16 @@ class EpochResult:
     samples_run: int
 
 
-def epoch_shard(n, epoch_index, seed, rank, world_size, device):
+def epoch_shard(n: int, epoch_index: int, seed: int, rank: int, world_size: int,
+                device: torch.device) -> torch.Tensor:
     """This rank's sample indices for one epoch, exactly as DistributedSampler yields them."""
     sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     sampler.set_epoch(epoch_index)
     return torch.tensor(list(sampler), dtype=torch.long, device=device)
 
 
-def train_epoch(ddp, optimizer, data, shard, batch_size, position, stop):
+def train_epoch(ddp: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, shard: torch.Tensor,
+                batch_size: int, position: Position, stop: StopControl) -> EpochResult:
     """Run the epoch's remaining steps from ``position.step``; stop early if all ranks agree."""
     criterion = nn.NLLLoss()
     loss_sum = torch.zeros((), dtype=torch.float64, device=shard.device)
@@ -67,7 +76,8 @@ def train_epoch(ddp, optimizer, data, shard, batch_size, position, stop):
     return EpochResult(step < n_steps, new, seconds, samples_run)
 
 
-def evaluate(model, data, rank, world_size, stop_flag):
+def evaluate(model: nn.Module, data: DeviceData, rank: int, world_size: int,
+             stop_flag: float) -> tuple[float, bool]:
     """Accuracy on the whole test split (each rank a strided share) and the agreed stop flag."""
     x, y = data.test_x[rank::world_size], data.test_y[rank::world_size]
     correct = torch.zeros((), dtype=torch.float64, device=x.device)

@@ -1,5 +1,7 @@
 """The seed's model (784-256-10 MLP, LogSoftmax), its DDP wrapper and a parameter digest."""
 
+from __future__ import annotations
+
 import hashlib
 
 import torch
@@ -7,14 +9,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 
-def build_model(seed, device):
+def build_model(seed: int, device: torch.device) -> nn.Sequential:
     """Same layers as the seed; weights seeded so every rank starts equal even before DDP's broadcast."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10), nn.LogSoftmax(dim=1))
     return model.to(device)
 
 
-def wrap_ddp(model, device, bucket_cap_mb, example):
+def wrap_ddp(model: nn.Module, device: torch.device, bucket_cap_mb: float,
+             example: torch.Tensor) -> DistributedDataParallel:
     """DDP tuned for this tiny model on few cores, with its buckets settled before training.
 
     A small ``bucket_cap_mb`` puts the first layer's 0.8 MB gradient in its own bucket, so the
@@ -40,7 +43,7 @@ def wrap_ddp(model, device, bucket_cap_mb, example):
     return ddp
 
 
-def param_digest(model):
+def param_digest(model: nn.Module) -> str:
     """sha256 over all parameters in definition order: bytes of the contiguous CPU tensors."""
     digest = hashlib.sha256()
     for param in model.parameters():

@@ -19,15 +19,25 @@ Why ``--timeout`` bounds every wait (no endless hangs when a peer dies):
   error handling in ProcessGroupNCCL (pytorch#47926).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import datetime
 import ipaddress
 import os
 import re
 import socket
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from trainer.errors import PeerError, UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import torch
+
+    from trainer.config import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +49,7 @@ class Placement:
     init_method: str | None  # None: single rank with an in-process store
 
 
-def _is_loopback(init_method):
+def _is_loopback(init_method: str) -> bool:
     host = urlparse(init_method).hostname or ""
     if host == "localhost":
         return True
@@ -49,7 +59,7 @@ def _is_loopback(init_method):
         return False
 
 
-def _env_int(environ, name, default=None):
+def _env_int(environ: Mapping[str, str], name: str, default: int | None = None) -> int | None:
     text = environ.get(name)
     if text is None:
         return default
@@ -59,7 +69,7 @@ def _env_int(environ, name, default=None):
         raise UsageError(f"environment variable {name}={text!r} is not an integer") from None
 
 
-def resolve_placement(config, environ):
+def resolve_placement(config: TrainConfig, environ: Mapping[str, str]) -> Placement:
     """Placement from flags, else torchrun's environment, else a lone rank (pure)."""
     if config.init_method is not None:
         all_local = _is_loopback(config.init_method)
@@ -67,7 +77,9 @@ def resolve_placement(config, environ):
         if local_rank is None:
             local_rank = _env_int(environ, "LOCAL_RANK", config.rank if all_local else 0)
         local_world = config.local_world_size or _env_int(environ, "LOCAL_WORLD_SIZE")
-        return Placement(config.rank, config.world_size, local_rank, local_world, config.init_method)
+        # parse_config: --init-method comes with --rank and --world-size; LOCAL_RANK's default is then an int
+        return Placement(config.rank, config.world_size, local_rank, local_world,  # type: ignore[arg-type]
+                         config.init_method)
     if "RANK" in environ or "WORLD_SIZE" in environ:
         rank, world = _env_int(environ, "RANK"), _env_int(environ, "WORLD_SIZE")
         if rank is None or world is None or not 0 <= rank < world:
@@ -77,11 +89,11 @@ def resolve_placement(config, environ):
                 raise UsageError(f"RANK is set but {name} is not; set it or pass --init-method")
         local_rank = config.local_rank if config.local_rank is not None else _env_int(environ, "LOCAL_RANK", 0)
         local_world = config.local_world_size or _env_int(environ, "LOCAL_WORLD_SIZE")
-        return Placement(rank, world, local_rank, local_world, "env://")
+        return Placement(rank, world, local_rank, local_world, "env://")  # type: ignore[arg-type]  # an int: default 0
     return Placement(0, 1, 0, 1, None)
 
 
-def choose_device(backend, local_rank):
+def choose_device(backend: str, local_rank: int) -> tuple[str, torch.device]:
     """(backend, device): nccl on cuda:<local rank> when CUDA is there (or asked), else gloo on cpu."""
     import torch
     import torch.distributed as dist
@@ -96,7 +108,7 @@ def choose_device(backend, local_rank):
     return "gloo", torch.device("cpu")
 
 
-def join_process_group(placement, backend, device, timeout_s):
+def join_process_group(placement: Placement, backend: str, device: torch.device, timeout_s: float) -> None:
     """init_process_group bounded by ``timeout_s``; rendezvous failures become PeerError."""
     import torch.distributed as dist
 
@@ -119,7 +131,7 @@ def join_process_group(placement, backend, device, timeout_s):
                         f"as rank {placement.rank}/{placement.world_size}: {first_line(exc)}") from exc
 
 
-def ranks_on_this_machine():
+def ranks_on_this_machine() -> int:
     """How many ranks share this kernel (same boot id): they share its cores (collective)."""
     import torch.distributed as dist
 
@@ -128,12 +140,12 @@ def ranks_on_this_machine():
             key = f.read().strip()
     except OSError:
         key = socket.gethostname()
-    keys = [None] * dist.get_world_size()
+    keys: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(keys, key)
     return keys.count(key)
 
 
-def first_line(exc):
+def first_line(exc: BaseException) -> str:
     """The first informative line of an exception message, trimmed (torch's are long)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__

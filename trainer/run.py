@@ -1,7 +1,10 @@
 """One rank's whole run: join, load data, (resume), train, checkpoint, stop or finish."""
 
+from __future__ import annotations
+
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -15,17 +18,22 @@ from trainer.process_group import choose_device, first_line, join_process_group,
 from trainer.stopping import StopControl
 from trainer.sync import agree_on_data
 
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
+    from trainer.loop import EpochResult
+    from trainer.process_group import Placement
+
 
 class Run:
     """State shared by the phases of one rank's run; ``phase`` names the current one for errors."""
 
-    def __init__(self, config, placement):
+    def __init__(self, config: TrainConfig, placement: Placement) -> None:
         self.config, self.placement = config, placement
         self.rank, self.world = placement.rank, placement.world_size
         self.phase = "startup"
         self.seed = config.seed
 
-    def main(self):
+    def main(self) -> ExitCode:
         self.setup()
         position = self.resume()
         self.ddp = wrap_ddp(self.model, self.device, self.config.bucket_cap_mb,
@@ -37,7 +45,7 @@ class Run:
         dist.destroy_process_group()
         return code
 
-    def setup(self):
+    def setup(self) -> None:
         cfg, p = self.config, self.placement
         backend, self.device = choose_device(cfg.backend, p.local_rank)
         self.phase = "rendezvous"
@@ -60,7 +68,7 @@ class Run:
         self.model = build_model(cfg.seed, self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
 
-    def resume(self):
+    def resume(self) -> Position:
         """Continue from the newest checkpoint (if any): weights, optimizer, RNG, position."""
         if not self.config.resume:
             return Position()
@@ -86,13 +94,14 @@ class Run:
         partial = state["partial"][self.rank] if state["step"] else (0.0, 0)
         return Position(state["epoch"], state["step"], *partial)
 
-    def shared_checkpoint(self):
+    def shared_checkpoint(self) -> dict[str, Any] | None:
         """Rank 0 reads the newest checkpoint and broadcasts it: one reader, one truth, even where
         another host's copy is older (it was added to the run later, or its disk filled)."""
-        box = [None]
+        box: list[dict[str, Any] | None] = [None]
         if self.rank == 0:
             try:
-                box = [checkpoint.load_latest(self.config.checkpoint_dir)]
+                # --resume needs --checkpoint-dir (parse_config)
+                box = [checkpoint.load_latest(self.config.checkpoint_dir)]  # type: ignore[arg-type]
             except CheckpointError as exc:
                 box = [{"error": str(exc)}]  # every rank reports it, not only rank 0
         dist.broadcast_object_list(box, src=0)
@@ -100,7 +109,7 @@ class Run:
             raise CheckpointError(f"rank 0: {box[0]['error']}")
         return box[0]
 
-    def train(self, position):
+    def train(self, position: Position) -> tuple[int, int, str, str] | None:
         """Epoch loop; returns (epoch, step, reason, path) when stopped, else None."""
         cfg = self.config
         for epoch in range(position.epochs_done + 1, cfg.epochs + 1):
@@ -121,21 +130,21 @@ class Run:
                 return epoch, steps, self.stop.requested or reason, path
         return None
 
-    def emit_epoch(self, epoch, result):
+    def emit_epoch(self, epoch: int, result: EpochResult) -> None:
         fields = dict(epoch=epoch, rank=self.rank, loss=result.position.loss_sum / result.position.samples,
                       samples_per_s=result.samples_run / max(result.seconds, 1e-9))
         if self.rank == 0:  # the contract: rank 0's line carries the (global) test accuracy
             fields["test_accuracy"] = self.accuracy
         emit(None, **fields)
 
-    def stop_mid_epoch(self, epoch, position):
+    def stop_mid_epoch(self, epoch: int, position: Position) -> tuple[int, int, str, str]:
         self.phase = f"stopping in epoch {epoch}"
-        partial = [None] * self.world
+        partial: list[Any] = [None] * self.world  # all_gather_object fills it
         dist.all_gather_object(partial, (position.loss_sum, position.samples))
         path = self.save(Position(epoch - 1, position.step), partial)
         return epoch, position.step, self.stop.requested or "another rank", path
 
-    def save(self, position, partial):
+    def save(self, position: Position, partial: list[tuple[float, int]]) -> str:
         """The first rank of every host writes the checkpoint there (replicas are identical, so no
         single host's loss loses it); returns its path (every rank knows it) or 'none'."""
         directory = self.config.checkpoint_dir
@@ -153,7 +162,7 @@ class Run:
                 raise CheckpointError(f"cannot write a checkpoint in {directory}: {exc}") from exc
         return os.path.join(directory, checkpoint.checkpoint_name(position.epochs_done, position.step))
 
-    def report_stop(self, epoch, step, reason, path):
+    def report_stop(self, epoch: int, step: int, reason: str, path: str) -> ExitCode:
         """Every rank says `stopped` once every host's checkpoint exists (the barrier). A peer
         that leaves during that barrier (killed after `distctl stop`'s grace, or dead for its own
         reasons) does not turn the agreed stop into a lost peer for a rank that was itself asked
@@ -172,13 +181,13 @@ class Run:
         emit("stopped", **fields)
         return ExitCode.STOPPED
 
-    def finish(self):
+    def finish(self) -> ExitCode:
         self.phase = "final check"
         if not hasattr(self, "accuracy"):  # nothing left to train (resumed a finished run)
             self.accuracy, _ = evaluate(self.model, self.data, self.rank, self.world, 0.0)
         digest = param_digest(self.model)
         emit("done", rank=self.rank, param_sha256=digest, test_accuracy=self.accuracy)
-        digests = [None] * self.world
+        digests: list[Any] = [None] * self.world  # all_gather_object fills it
         dist.all_gather_object(digests, digest)
         if len(set(digests)) > 1:
             detail = ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
@@ -186,7 +195,7 @@ class Run:
         return ExitCode.OK
 
 
-def usable_cores():
+def usable_cores() -> int:
     """The cores this process may run on (its affinity); macOS has no sched_getaffinity."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))

@@ -14,10 +14,16 @@ action back in place there, such a rank died by the signal and its peers failed 
 with exit 4 (measured: rank 1 signalled 0.5 s into a slow checkpoint of rank 0 -> rank 0 exit 4).
 """
 
+from __future__ import annotations
+
 import signal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -25,31 +31,31 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopControl:
     """The stop flag, its signal handlers and the periodic collective check."""
 
-    def __init__(self, device, check_steps, stop_after_step=None):
-        self.requested = None  # name of the signal (or reason) that asked to stop
+    def __init__(self, device: torch.device, check_steps: int, stop_after_step: int | None = None) -> None:
+        self.requested: str | None = None  # name of the signal (or reason) that asked to stop
         self.signalled = False  # this rank itself got SIGTERM/SIGINT (a user asked it to stop)
         self.check_steps = check_steps
         self.stop_after_step = stop_after_step
         self.steps = 0
         self._flag = torch.zeros(1, device=device)
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = signal.Signals(signum).name
         self.signalled = True
         signal.signal(signum, signal.SIG_DFL)
 
-    def install(self):
+    def install(self) -> None:
         """Catch the first SIGTERM/SIGINT from now until the process exits."""
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
-    def local_flag(self):
+    def local_flag(self) -> float:
         """1.0 if this rank wants to stop; counts the step for --stop-after-step."""
         if self.stop_after_step is not None and self.steps >= self.stop_after_step:
             self.requested = self.requested or "stop-after-step"
         return 1.0 if self.requested else 0.0
 
-    def after_step(self, step_in_epoch, last_step):
+    def after_step(self, step_in_epoch: int, last_step: bool) -> bool:
         """Called after each step; True when all ranks agreed to stop now (collective)."""
         self.steps += 1
         if last_step or step_in_epoch % self.check_steps:

@@ -6,20 +6,29 @@ are byte-identical on all hosts.  Last, the ranks compare fingerprints of what t
 hosts with different copies of "MNIST" are caught before training.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import torch.distributed as dist
 
 from trainer.data import read_generated, read_mnist
 from trainer.errors import DataError
 from trainer.log import emit
 
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
+    from trainer.data import RawData
+    from trainer.process_group import Placement
 
-def _gather(value):
-    values = [None] * dist.get_world_size()
+
+def _gather(value: object) -> list[Any]:
+    values: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
     return values
 
 
-def _first_failure(rank, outcomes):
+def _first_failure(rank: int, outcomes: list[str | None]) -> str:
     mine = outcomes[rank]
     if mine is not None:
         return mine
@@ -27,13 +36,16 @@ def _first_failure(rank, outcomes):
     return f"rank {failed}: {outcomes[failed]}"
 
 
-def agree_on_data(config, placement):
+def agree_on_data(config: TrainConfig, placement: Placement) -> tuple[RawData, str]:
     """(RawData, fingerprint) that every rank shares; raises DataError otherwise."""
     generated = (config.data, config.seed, config.generated_train, config.generated_test)
+    raw: RawData  # set below on every path that does not raise DataError
     if config.dataset == "generated":
         raw = read_generated(*generated)
     else:
-        raw, failure = None, None
+        failure: str | None
+        # raw stays None only when read_mnist failed: then the fallback replaces it or DataError is raised
+        raw, failure = None, None  # type: ignore[assignment]
         try:
             raw = read_mnist(config.data, config.download, config.timeout)
         except DataError as exc:
