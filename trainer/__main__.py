@@ -28,11 +28,12 @@ contiguous CPU tensors; rank 0 (every rank in fact) compares all ranks' digests 
 Exit codes (``trainer.errors.ExitCode``): 0 done, 1 error (data missing, bad checkpoint),
 2 bad arguments, 3 replicas diverged, 4 peer lost (a peer died or a collective exceeded
 --timeout), 143 stopped by SIGTERM/SIGINT (or --stop-after-epoch/--stop-after-step) after
-rank 0 wrote a checkpoint: rerun with --resume.
+the checkpoint was written: rerun with --resume.
 
 Stopping: a SIGTERM or SIGINT to any rank once training runs makes all ranks agree (a cheap
-all-reduce every --stop-check-steps steps and at each epoch's end) on one step; rank 0 writes
-``ckpt-EEEEEE-SSSSSS.pt`` and ``latest.pt`` and every rank prints ``stopped`` and exits 143.
+all-reduce every --stop-check-steps steps and at each epoch's end) on one step; the first
+rank of every host writes ``ckpt-EEEEEE-SSSSSS.pt`` and ``latest.pt`` there (rank 0's copy
+is the one read) and every rank prints ``stopped`` and exits 143.
 A signal that comes while the ranks already stop changes nothing, and a rank that was itself
 signalled, or knows the checkpoint is written, still ends 143 when a peer leaves during that
 last step (``note`` says so).  ``--resume`` continues from there; on CPU with a fixed seed the

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--generated-train", type=_positive(int), default=12000)
     d.add_argument("--generated-test", type=_positive(int), default=2000)
     c = p.add_argument_group("checkpoints and stopping")
-    c.add_argument("--checkpoint-dir", help="rank 0 writes ckpt-EEEEEE-SSSSSS.pt and latest.pt here")
+    c.add_argument("--checkpoint-dir",
+                   help="the first rank of each host writes ckpt-EEEEEE-SSSSSS.pt and latest.pt here")
     c.add_argument("--resume", action="store_true",
                    help="continue from latest.pt in --checkpoint-dir (none there: start afresh)")
     c.add_argument("--keep-checkpoints", type=_positive(int), default=3, help="newest ckpt-*.pt kept")
