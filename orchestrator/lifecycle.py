@@ -9,6 +9,7 @@ Where there is no /proc (macOS), the process groups are all `stop` can see.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from orchestrator import shell
@@ -26,8 +27,8 @@ def _sweep(run_id: str, action: str) -> str:
             f"if tr '\\000' '\\n' 2>/dev/null <\"$e\" | grep -qxF {marker}; then {action}; fi; done")
 
 
-HALT_AGENT = ("touch stopping; if [ -f agent.pid ]; then kill -KILL -\"$(cat agent.pid)\" 2>/dev/null; "
-              "kill -KILL \"$(cat agent.pid)\" 2>/dev/null; fi; true")
+# The agent was started by distctl_detach in a session of its own: its pid is its group's id.
+HALT_AGENT = 'touch stopping; [ -f agent.pid ] && kill -KILL -"$(cat agent.pid)" 2>/dev/null; true'
 
 
 def halt_script(rundir: str) -> str:
@@ -82,8 +83,6 @@ def status_script(rundir: str, ranks: list[int]) -> str:
 
 def parse_agent(output: str) -> dict | None:
     """The restart agent's agent.state from status_script's output (None: no agent)."""
-    import json
-
     for line in output.splitlines():
         if line.startswith("agent {"):
             try:
