@@ -247,8 +247,10 @@ def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
 
 
 RESTART_GRACE_S = 5.0  # a restart gives ranks this long after SIGTERM, then SIGKILL
-TRAINER_FINAL = (2, 3)  # the trainer's usage and divergence codes: a restart would fail the same way
-TRAINER_PEER_LOST = (4,)
+# The bundled trainer's exit codes distctl decides by (tests/test_contract.py ties them to trainer.errors):
+STOPPED = 143  # stopped by SIGTERM after checkpointing
+PEER_LOST = 4  # a peer died or a collective timed out: a consequence, never the cause
+TRAINER_FINAL = (2, 3)  # usage and divergence: a restart would fail the same way
 
 
 def agent_config(inv: Inventory, run_id: str, host_plans: list[HostPlan], index: int, master: str) -> dict:
@@ -267,7 +269,7 @@ def agent_config(inv: Inventory, run_id: str, host_plans: list[HostPlan], index:
         "max_restarts": job.max_restarts, "min_hosts": job.min_hosts or len(host_plans),
         "lost_after": job.lost_host_timeout, "grace": RESTART_GRACE_S,
         "final_codes": list(TRAINER_FINAL) if job.is_trainer else [],
-        "peer_lost": list(TRAINER_PEER_LOST) if job.is_trainer else [],
+        "peer_lost": [PEER_LOST] if job.is_trainer else [],
         "restart_args": ["--resume"] if job.is_trainer else [],
         "wait_port": job.wait_for_rank0,  # rank 0's host first, and its port open, before the others
     }

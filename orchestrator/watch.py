@@ -15,13 +15,12 @@ from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.group import fan_out
 from orchestrator.lifecycle import halt_host, stop_host
 from orchestrator.links import HostLinks
+from orchestrator.plan import PEER_LOST, STOPPED
 from orchestrator.remote import Connection
 from orchestrator.state import RunState
 from orchestrator.stream import Followed, follow
 
 FAILURE_GRACE = 2.0  # seconds survivors get to exit after a rank failed; then SIGKILL
-STOPPED = 143  # the trainer's code for "stopped by SIGTERM after checkpointing"
-PEER_LOST = 4  # the trainer's code for "a peer died or a collective timed out": a consequence
 # A rank whose wrapper left no exit code: its whole process group was killed at once (a reboot,
 # kill -9 of the group, an OOM kill of the wrapper), which no program's exit path reports.
 GONE = "processes are gone without an exit code (host rebooted or processes killed)"

@@ -23,6 +23,7 @@ from support.watched import a_run, host, stops, watch
 from orchestrator import watch as watching
 from orchestrator.ckptinfo import describe_checkpoint
 from orchestrator.errors import ExitCode
+from orchestrator.plan import TRAINER_FINAL
 from orchestrator.state import summarize
 from orchestrator.ui import Ui
 from orchestrator.watch import Outcome
@@ -76,6 +77,8 @@ def never_joined(rank0_lines: list[str]) -> str:
 def test_the_exit_codes_watch_decides_by_are_the_trainers():
     assert watching.STOPPED == TrainerExit.STOPPED  # stopped with a checkpoint: resumable, no teardown
     assert watching.PEER_LOST == TrainerExit.PEER_LOST  # a consequence: never blamed first
+    # the restart agents: no restart is spent on these (a restart would fail the same way)
+    assert TRAINER_FINAL == (TrainerExit.USAGE, TrainerExit.DIVERGED)
     assert summarize([("exited", TrainerExit.STOPPED), ("exited", TrainerExit.OK)]) == "stopped"
     assert summarize([("exited", TrainerExit.STOPPED), ("exited", TrainerExit.PEER_LOST)]) == "failed"
 
