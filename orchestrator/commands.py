@@ -14,15 +14,15 @@ from orchestrator import render
 from orchestrator import state as runs_state
 from orchestrator.discover import discover
 from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
-from orchestrator.facts import HostFacts, clock_warnings, describe_clock
+from orchestrator.facts import clock_warnings, describe_clock
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import RankStatus, parse_status, status_script
-from orchestrator.plan import Plan, plan_launch
+from orchestrator.plan import plan_launch
 from orchestrator.preflight import preflight_facts, preflight_port
 from orchestrator.packing import job_artifacts
 from orchestrator.remote import Connection, resolve_host
 from orchestrator.render import plan_json, render_plan
-from orchestrator.state import HostState, RankState, RunState, save_run
+from orchestrator.state import HostState, RunState, save_run
 from orchestrator.status import RunStatus, log_tail
 from orchestrator.status import query as query_status
 from orchestrator.watch import FAILURE_GRACE, RankEvents, raise_for, stop_everywhere, watch_run
@@ -95,20 +95,6 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
                                                          " (the commands it would run: --show-plan)"))
 
 
-def _state_of(plan: Plan, inv: Inventory, facts: dict[str, HostFacts]) -> RunState:
-    # The host's python resolved: a relative one (a venv job.setup made) is a path on the host.
-    return RunState(plan.run_id, str(Path(inv.path).resolve()), inv.ssh, plan.world_size, plan.master_addr,
-                    plan.port, tuple(HostState(replace(hp.host, python=hp.python), hp.rundir,
-                                               tuple(RankState(r.rank, r.local_rank) for r in hp.ranks),
-                                               _offset(facts.get(hp.host.name)))
-                                     for hp in plan.hosts), trainer=plan.trainer, outputs=inv.job.outputs,
-                    max_restarts=plan.max_restarts)
-
-
-def _offset(facts: HostFacts | None) -> float | None:
-    return round(facts.clock.offset, 3) if facts and facts.clock else None
-
-
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
     inv = _with_options(inv, opts)
     ui.hide(inv.secrets)
@@ -129,7 +115,7 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
             preflight_facts(inv, {n: replace(facts[n], python=f.python, torch=f.torch,
                                                       torchvision=f.torchvision) for n, f in probed.items()},
                                      after_setup=True)
-        state = _state_of(plan, inv, facts)
+        state = plan  # the plan is the run: save_run records its RunState part
         save_run(state)
         try:
             execute.launch(plan, conns, opts.fanout, ui)

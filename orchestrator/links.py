@@ -123,7 +123,7 @@ class HostLinks:
         skip: dict[int, int | str] = {
             r.rank: FROM_PREPARE if r.rank in self._from_prepare else self.seen[r.rank]
             for r in hs.ranks if r.rank in self.wanted and r.rank not in self.ended}
-        return Followed(hs.host.name, conn.open_stream(follow_script(hs.host.python, hs.rundir, skip, live, tail)))
+        return Followed(hs.host.name, conn.open_stream(follow_script(hs.python, hs.rundir, skip, live, tail)))
 
     def _reconnect(self, hs: HostState, old: Followed) -> None:
         name = hs.host.name

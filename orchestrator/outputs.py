@@ -212,7 +212,7 @@ def pull_outputs(state, conns: dict[str, Connection], patterns: list[str], dest:
 
     def listing(name: str) -> HostListing | None:
         try:
-            return list_host(conns[name], hosts[name].host.python, workdir_of(hosts[name]), patterns)
+            return list_host(conns[name], hosts[name].python, workdir_of(hosts[name]), patterns)
         except HostError as exc:
             report.errors.append((name, exc.cause))
             return None
@@ -234,7 +234,7 @@ def pull_outputs(state, conns: dict[str, Connection], patterns: list[str], dest:
         except OSError as exc:
             report.refused.append((p.file.host, p.file.path, str(exc)))
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo) or 1))) as pool:
-        list(pool.map(lambda h: fetch_host(conns[h], hosts[h].host.python, workdir_of(hosts[h]), todo[h],
+        list(pool.map(lambda h: fetch_host(conns[h], hosts[h].python, workdir_of(hosts[h]), todo[h],
                                            root, report), todo))
     report.written.sort()
     report.unchanged.sort()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -17,6 +18,7 @@ from orchestrator.scripts import (FROM_PREPARE, follow_script, launch_script, pr
                                   wait_port_script)
 from orchestrator.facts import HostFacts
 from orchestrator.inventory import EnvVar, Host, Inventory
+from orchestrator.state import HostState, RankState, RunState
 
 RUN_MARKER = "DISTCTL_RUN_ID"  # in every rank's environment; `stop` sweeps /proc for it
 
@@ -60,49 +62,37 @@ class Step:
     artifact: str | None = None
 
 
-@dataclass(frozen=True)
-class RankPlan:
-    rank: int
-    local_rank: int
+@dataclass(frozen=True, kw_only=True)
+class RankPlan(RankState):
     argv: tuple[str, ...]  # the program, the same on every rank
     env: tuple[EnvVar, ...] = ()  # RANK, LOCAL_RANK, ROLE_RANK: set by the rank's wrapper
 
 
-@dataclass(frozen=True)
-class HostPlan:
-    host: Host
+@dataclass(frozen=True, kw_only=True)
+class HostPlan(HostState):
+    ranks: tuple[RankPlan, ...]
     workdir: str
-    rundir: str
     iface: str
     env: tuple[EnvVar, ...]
-    ranks: tuple[RankPlan, ...]
     code_dir: str = ""  # the pushed code, content-addressed and shared by runs: never written to
     setup_dir: str | None = None  # where job.setup ran (its venv lives there)
-    python: str = "python3"  # the host's `python`, a relative path resolved
 
 
-@dataclass(frozen=True)
-class Plan:
-    run_id: str
-    master_addr: str
-    port: int
-    world_size: int
+@dataclass(frozen=True, kw_only=True)
+class Plan(RunState):
+    """The run (state.RunState, what `up` records) plus how it is launched: the ordered steps
+    `up` executes and `--dry-run` prints."""
+
     hosts: tuple[HostPlan, ...]
     artifacts: tuple[Artifact, ...]
     steps: tuple[Step, ...]
     join_timeout: float = 300.0
     resume: bool = False
     notes: tuple[str, ...] = ()
-    trainer: bool = True  # the bundled trainer runs: its exit codes and log lines mean something
     setup: str | None = None
-    max_restarts: int = 0  # > 0: an agent per host restarts the ranks (hostside/agent.py)
 
     def host_plan(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.host.name == name)
-
-    @property
-    def init_method(self) -> str:
-        return f"tcp://{self.master_addr}:{self.port}"
 
 
 def slots_of(host: Host, facts: HostFacts | None) -> int:
@@ -234,16 +224,30 @@ def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
                                       checkpoint_dir=f"{rundir}/ckpt", resume=resume)
         else:
             program = user_program(inv.job.command, python)
-        ranks = tuple(RankPlan(next_rank + i, i, program, rank_env(next_rank + i, i)) for i in range(count))
+        ranks = tuple(RankPlan(rank=next_rank + i, local_rank=i, argv=program, env=rank_env(next_rank + i, i))
+                      for i in range(count))
         env = host_env(run_id, inv, host, iface, master, world, group_rank, count, data_dir, code_dir)
-        host_plans.append(HostPlan(host, workdir, rundir, iface, env, ranks, code_dir, setup_dir, python))
+        host_plans.append(HostPlan(host=host, rundir=rundir, ranks=ranks, clock_offset=_clock_offset(facts, host.name),
+                                   python=python, workdir=workdir, iface=iface, env=env, code_dir=code_dir,
+                                   setup_dir=setup_dir))
         next_rank += count
     notes = tuple(f"{h.name}: slots not set; one rank per GPU found (shown as 1)"
                   for h in inv.hosts if h.slots is None and facts is None)
     notes += tuple(f"--set {o} (on top of {os.path.basename(inv.path)})" for o in inv.overrides)
-    return Plan(run_id, master, inv.job.port, world, tuple(host_plans), artifacts,
-                _steps(host_plans, artifacts, inv, master, run_id), inv.job.join_timeout, resume, notes,
-                inv.job.is_trainer, inv.job.setup, inv.job.max_restarts)
+    return Plan(run_id=run_id, inventory=_inventory_path(inv), ssh=inv.ssh, world_size=world, master_addr=master,
+                port=inv.job.port, hosts=tuple(host_plans), trainer=inv.job.is_trainer, outputs=inv.job.outputs,
+                max_restarts=inv.job.max_restarts,
+                artifacts=artifacts, steps=_steps(host_plans, artifacts, inv, master, run_id),
+                join_timeout=inv.job.join_timeout, resume=resume, notes=notes, setup=inv.job.setup)
+
+
+def _inventory_path(inv: Inventory) -> str:
+    return str(Path(inv.path).resolve()) if inv.path else ""
+
+
+def _clock_offset(facts: dict[str, HostFacts] | None, name: str) -> float | None:
+    clock = facts[name].clock if facts and name in facts else None
+    return round(clock.offset, 3) if clock else None
 
 
 RESTART_GRACE_S = 5.0  # a restart gives ranks this long after SIGTERM, then SIGKILL

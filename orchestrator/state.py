@@ -43,15 +43,27 @@ class HostState:
     rundir: str
     ranks: tuple[RankState, ...]
     clock_offset: float | None = None  # host clock - workstation clock (s) at discovery; None: not measured
+    python: str = ""  # the host's python, a relative one resolved to its path on the host ("": host.python)
+
+    def __post_init__(self) -> None:
+        if not self.python:
+            object.__setattr__(self, "python", self.host.python)
 
 
 @dataclass(frozen=True)
 class RunState:
+    """A run as distctl knows it after launch: who runs which rank where, and how to reach them.
+
+    This is the one run model. `plan.Plan` extends it with what only the launch needs (steps,
+    artifacts, each rank's program and environment): `up` records the plan itself, and the record
+    reads back as this base part.
+    """
+
     run_id: str
     inventory: str
     ssh: Ssh
     world_size: int
-    master: str
+    master_addr: str
     port: int
     hosts: tuple[HostState, ...]
     trainer: bool = True  # the bundled trainer: its exit codes (4 peer lost, 143 stopped) mean something
@@ -60,6 +72,10 @@ class RunState:
     started: str | None = None  # ISO 8601 with offset (save_run fills it)
     last_state: str | None = None  # as distctl last saw it: started, running, finished, failed, stopped
     max_restarts: int = 0  # > 0: each host runs an agent that restarts the ranks (hostside/agent.py)
+
+    @property
+    def init_method(self) -> str:
+        return f"tcp://{self.master_addr}:{self.port}"
 
     def clock_offsets(self) -> dict[int, float]:
         """rank -> its host's clock minus the workstation's (seconds), where discovery measured it."""
@@ -71,6 +87,20 @@ class RunState:
                 return h
         raise DistctlError(f"run {self.run_id} has no host '{name}' "
                            f"(hosts: {', '.join(h.host.name for h in self.hosts)})", ExitCode.BAD_INPUT)
+
+
+def run_record(state: RunState) -> dict[str, Any]:
+    """The run file's content: the RunState part of `state` (a Plan's launch detail and every env,
+    which may hold secrets, left out), in format FORMAT."""
+    def own(obj: object, cls: type) -> dict[str, Any]:
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}
+
+    data: dict[str, Any] = {"format": FORMAT, **own(state, RunState)}
+    data["ssh"] = dataclasses.asdict(state.ssh)
+    data["hosts"] = [{**own(hs, HostState), "host": {**dataclasses.asdict(hs.host), "env": [], "python": hs.python},
+                      "ranks": [own(r, RankState) for r in hs.ranks]} for hs in state.hosts]
+    data["master"] = state.master_addr  # the key before master_addr: what a distctl of early 2026 reads
+    return data
 
 
 @dataclass(frozen=True)
@@ -108,11 +138,8 @@ def save_run(state: RunState, root: Path | None = None) -> None:
         started=state.started or datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         last_state=state.last_state or "started", ssh=_absolute_ssh(state.ssh),
         hosts=tuple(dataclasses.replace(h, host=_absolute_host(h.host)) for h in state.hosts))
-    data = {"format": FORMAT, **dataclasses.asdict(state)}
-    for h in data["hosts"]:
-        h["host"]["env"] = []
     try:
-        _write(_runs(root) / f"{state.run_id}.json", data)
+        _write(_runs(root) / f"{state.run_id}.json", run_record(state))
     except OSError as exc:  # before launch: a run distctl can't find again must not start
         raise DistctlError(f"cannot record the run in {_runs(root)}: {exc.strerror or exc}; set "
                            f"{STATE_DIR_ENV} to a writable folder", ExitCode.BAD_INPUT) from None
@@ -174,13 +201,15 @@ def load_run(path: Path) -> RunState:
     try:
         host_states = tuple(HostState(_build(Host, {**h["host"], "env": ()}), h["rundir"],
                                       tuple(_build(RankState, r) for r in h["ranks"]),
-                                      _seconds(h.get("clock_offset"))) for h in hosts)
+                                      _seconds(h.get("clock_offset")), str(h.get("python") or ""))
+                            for h in hosts)
         ssh = _build(Ssh, data.get("ssh") or {})
     except (KeyError, TypeError) as exc:
         raise _damaged(path, f"missing or malformed {exc}") from None
     world_size = data.get("world_size") or sum(len(h.ranks) for h in host_states)
     return RunState(str(data.get("run_id") or path.stem), data.get("inventory", ""), ssh, world_size,
-                    data.get("master", ""), data.get("port", 0), host_states, bool(data.get("trainer", True)),
+                    data.get("master_addr") or data.get("master", ""), data.get("port", 0), host_states,
+                    bool(data.get("trainer", True)),
                     tuple(data.get("outputs") or ()), data.get("cwd"), data.get("started"), data.get("last_state"),
                     int(data.get("max_restarts") or 0))
 

@@ -24,7 +24,7 @@ def status_command(state: RunState, hs: HostState) -> str:
     trainer, how far each rank got (hostside/progress.py); a user program's log is its own."""
     ranks = [r.rank for r in hs.ranks]
     command = status_script(hs.rundir, ranks)
-    return shell.lines(command, program(hs.host.python, "progress", hs.rundir, *ranks)) if state.trainer else command
+    return shell.lines(command, program(hs.python, "progress", hs.rundir, *ranks)) if state.trainer else command
 
 
 @dataclass(frozen=True)

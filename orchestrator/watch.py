@@ -207,7 +207,7 @@ def unjoined_hosts(state: RunState, conns: dict[str, Connection], exited: set[in
     its own rendezvous, or none) or a host cannot tell, nobody is judged: a healthy run is
     never torn down for a rendezvous distctl cannot see."""
     def count(hs) -> int | None:
-        command = program(hs.host.python, "store_peers", state.master, state.port)
+        command = program(hs.python, "store_peers", state.master_addr, state.port)
         try:
             out = conns[hs.host.name].run(command, timeout=30).stdout
         except HostError:
@@ -223,7 +223,7 @@ def unjoined_hosts(state: RunState, conns: dict[str, Connection], exited: set[in
     for hs, n in zip(state.hosts, counts):
         waiting = [r.rank for r in hs.ranks if r.rank not in exited]
         if n is not None and n < len(waiting):
-            out.append(f"{hs.host.name} ({n} of {len(waiting)} rank(s) connected to {state.master}:{state.port})")
+            out.append(f"{hs.host.name} ({n} of {len(waiting)} rank(s) connected to {state.master_addr}:{state.port})")
     return out
 
 

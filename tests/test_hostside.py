@@ -339,7 +339,7 @@ def test_detach_names_a_command_it_cannot_start():
 
 
 def rank_script(rundir: Path, code: str) -> str:
-    ranks = [RankPlan(r, r, ("sh", "-c", code)) for r in (0, 1)]
+    ranks = [RankPlan(rank=r, local_rank=r, argv=("sh", "-c", code)) for r in (0, 1)]
     return launch_script(str(rundir), ranks, str(rundir / "code"), sys.executable)
 
 

@@ -1,5 +1,6 @@
 """The plan as data: golden renderings and the rules that shape it."""
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -102,12 +103,36 @@ def test_trainer_arguments_are_quoted_words():
         shlex.split(step.command.replace("\n", " ; "), comments=False)
 
 
+def test_the_plan_is_the_run_it_records(tmp_path):
+    """One run model: `up` records the plan itself, and the record reads back as its RunState part
+    (launch detail and every env left out: env may hold secrets)."""
+    import dataclasses
+
+    from orchestrator.state import HostState, RankState, RunState, load_run, save_run
+
+    inv = inventory()
+    plan = plan_launch(inv, "mnist-1", ARTIFACTS, facts(), Network("10.213.0.11", {"node1": "eth0", "node2": "ens5"}))
+    save_run(plan, tmp_path)
+    path = tmp_path / "runs" / "mnist-1.json"
+    text = path.read_text()
+    assert [w for w in ("s3cret value", "DISTCTL_CODE", '"steps"', '"argv"') if w in text] == []
+    assert json.loads(text)["master"] == "10.213.0.11"  # the key an older distctl reads
+    loaded = load_run(path)
+    assert type(loaded) is RunState and all(type(h) is HostState for h in loaded.hosts)
+    assert [h.python for h in loaded.hosts] == [hp.python for hp in plan.hosts]
+    assert [h.ranks for h in loaded.hosts] == [tuple(RankState(r.rank, r.local_rank) for r in hp.ranks)
+                                               for hp in plan.hosts]
+    same = ("run_id", "world_size", "master_addr", "port", "trainer", "outputs", "max_restarts")
+    assert {f: getattr(loaded, f) for f in same} == {f: getattr(plan, f) for f in same}
+    assert loaded.init_method == plan.init_method == "tcp://10.213.0.11:23456"
+    assert {f.name for f in dataclasses.fields(RunState)} < {f.name for f in dataclasses.fields(type(plan))}
+
+
 def test_up_runs_exactly_the_commands_the_plan_renders(tmp_path):
     """TorchX's rule: what `up` executes is the dry run's plan, step for step, host by host."""
     from support.fakes import FakeConnection, FakeStream, RecordingUi, exited
 
     from orchestrator import execute
-    from orchestrator.commands import _state_of
     from orchestrator.watch import watch_run
 
     code = tmp_path / "code"
@@ -121,7 +146,7 @@ def test_up_runs_exactly_the_commands_the_plan_renders(tmp_path):
     prepared = execute.prepare(plan, conns, 4)
     execute.push(plan, conns, prepared, 4)
     execute.launch(plan, conns, 4, RecordingUi())
-    outcome = watch_run(_state_of(plan, inv, facts()), dict(conns), RecordingUi(), 60, after_prepare=True)
+    outcome = watch_run(plan, dict(conns), RecordingUi(), 60, after_prepare=True)
     assert outcome.message == "run mnist-1 finished: 3 rank(s) exited 0"
     executed = {name: c.commands + c.opened for name, c in conns.items()}
     assert executed == {name: [s.command for s in plan.steps if s.host == name] for name in conns}

@@ -90,7 +90,7 @@ def test_a_run_round_trips_with_format_1_and_what_save_adds(state_dir, tmp_path,
     loaded = state.load_run(path)
     assert loaded.cwd == str(tmp_path) and loaded.last_state == "started"
     assert abs(time.time() - state.list_runs()[0].started) < 60
-    assert loaded == RunState(*[getattr(run, f) for f in ("run_id", "inventory", "ssh", "world_size", "master",
+    assert loaded == RunState(*[getattr(run, f) for f in ("run_id", "inventory", "ssh", "world_size", "master_addr",
                                                           "port", "hosts", "trainer", "outputs")],
                               loaded.cwd, loaded.started, "started")
 
@@ -113,7 +113,7 @@ def test_missing_optional_fields_get_defaults(state_dir):
     write(state_dir / "runs" / "x-9.json", {"format": 1, "hosts": [
         {"host": host, "rundir": "/w/r", "ranks": [{"rank": 0, "local_rank": 0}, {"rank": 1, "local_rank": 1}]}]})
     loaded = state.load_run(state_dir / "runs" / "x-9.json")
-    assert (loaded.run_id, loaded.inventory, loaded.ssh, loaded.world_size, loaded.master, loaded.port) == (
+    assert (loaded.run_id, loaded.inventory, loaded.ssh, loaded.world_size, loaded.master_addr, loaded.port) == (
         "x-9", "", Ssh(), 2, "", 0)
     assert loaded.hosts[0].host == Host("node1", "10.0.0.1")
     assert (loaded.cwd, loaded.started, loaded.last_state) == (None, None, None)
@@ -123,7 +123,7 @@ def test_missing_optional_fields_get_defaults(state_dir):
 @pytest.mark.parametrize("recorded, loaded", [(-4.25, -4.25), (3, 3.0), ("4", None), (True, None), (None, None)])
 def test_a_hosts_clock_offset_round_trips_and_anything_else_is_unknown(state_dir, recorded, loaded):
     run = a_run()
-    run = RunState(*[getattr(run, f) for f in ("run_id", "inventory", "ssh", "world_size", "master", "port")],
+    run = RunState(*[getattr(run, f) for f in ("run_id", "inventory", "ssh", "world_size", "master_addr", "port")],
                    (HostState(run.hosts[0].host, "/w/r", (RankState(0, 0), RankState(1, 1)), 1.5),))
     state.save_run(run)
     assert state.run_by_id("t-1").clock_offsets() == {0: 1.5, 1: 1.5}
@@ -171,7 +171,7 @@ def test_relative_key_and_config_paths_are_stored_absolute(state_dir, tmp_path, 
     monkeypatch.chdir(tmp_path)
     run = a_run(identity_file="keys/id")
     run = RunState(run.run_id, "inv.yaml", Ssh(known_hosts=("kh", "~/.ssh/known_hosts", "/etc/kh"), config="cfg"),
-                   *[getattr(run, f) for f in ("world_size", "master", "port", "hosts")])
+                   *[getattr(run, f) for f in ("world_size", "master_addr", "port", "hosts")])
     state.save_run(run)
     loaded = state.load_run(state_dir / "runs" / "t-1.json")
     assert loaded.inventory == str(tmp_path / "inv.yaml")
@@ -238,7 +238,7 @@ def test_runs_of_an_old_dot_distctl_are_still_found(state_dir, tmp_path, monkeyp
     write(tmp_path / ".distctl" / "runs" / f"{OLD_LAYOUT['run_id']}.json", OLD_LAYOUT)
     (tmp_path / ".distctl" / "last").write_text(OLD_LAYOUT["run_id"] + "\n")
     assert state.last_run_here().run_id == OLD_LAYOUT["run_id"]
-    assert state.run_by_id(OLD_LAYOUT["run_id"]).master == "10.0.0.1"
+    assert state.run_by_id(OLD_LAYOUT["run_id"]).master_addr == "10.0.0.1"
     assert state.last_run_of(OLD_LAYOUT["inventory"]).run_id == OLD_LAYOUT["run_id"]
     [listed] = state.list_runs()
     assert listed.legacy and listed.cwd == str(tmp_path)
