@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from orchestrator.errors import DistctlError
 from orchestrator.remote import Connection, connect
-from orchestrator.scripts import FROM_PREPARE, follow_script
+from orchestrator.scripts import FROM_PREPARE, fill_shown, follow_script
 from orchestrator.state import HostState, RunState
 from orchestrator.stream import Followed
 
@@ -123,7 +123,11 @@ class HostLinks:
         skip: dict[int, int | str] = {
             r.rank: FROM_PREPARE if r.rank in self._from_prepare else self.seen[r.rank]
             for r in hs.ranks if r.rank in self.wanted and r.rank not in self.ended}
-        return Followed(hs.host.name, conn.open_stream(follow_script(hs.python, hs.rundir, skip, live, tail)))
+        if live and tail is None:  # the plan's STREAM step, and its REFOLLOW step after a lost link
+            command = fill_shown(self.state.refollow(hs), skip)
+        else:
+            command = follow_script(hs.python, hs.rundir, skip, live, tail)
+        return Followed(hs.host.name, conn.open_stream(command))
 
     def _reconnect(self, hs: HostState, old: Followed) -> None:
         name = hs.host.name

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from orchestrator import shell
-from orchestrator.scripts import (FROM_PREPARE, follow_script, launch_script, prepare_script, push_script, setup_script,
-                                  wait_port_script)
+from orchestrator.scripts import (FROM_PREPARE, follow_script, launch_script, prepare_script, push_script,
+                                  refollow_script, restart_script, setup_script, wait_port_script)
 from orchestrator.facts import HostFacts
 from orchestrator.inventory import EnvVar, Host, Inventory
 from orchestrator.state import HostState, RankState, RunState
@@ -30,6 +30,9 @@ class StepKind(str, Enum):
     LAUNCH = "launch"  # start the host's ranks, detached
     WAIT_PORT = "wait-port"  # rank 0's rendezvous port is listening
     STREAM = "stream"  # follow one rank's log
+    # Run-time decisions: steps with a `when`, run only if it happens, placeholders filled then.
+    REFOLLOW = "refollow"  # the link to a host dropped: follow again from the lines shown (links.py)
+    RESTART = "restart"  # a rank failed, restarts are left: the host's agent starts the next attempt
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Step:
     command: str
     stdin: str = ""  # shown masked; the runner sends the real bytes
     artifact: str | None = None
+    when: str = ""  # a run-time condition: the step runs only if it happens ("": always, in order)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +97,9 @@ class Plan(RunState):
 
     def host_plan(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.host.name == name)
+
+    def refollow(self, hs: HostState) -> str:
+        return next(s.command for s in self.steps if s.kind is StepKind.REFOLLOW and s.host == hs.host.name)
 
 
 def slots_of(host: Host, facts: HostFacts | None) -> int:
@@ -260,23 +267,24 @@ TRAINER_FINAL = (2, 3)  # usage and divergence: a restart would fail the same wa
 def agent_config(inv: Inventory, run_id: str, host_plans: list[HostPlan], index: int, master: str) -> dict:
     """What hostside/agent.py needs on host `index`: every host's ranks (to renumber them when
     one is dropped), this host's wrappers, the coordinator's address, and the restart rules."""
-    from orchestrator.scripts import rank_wrapper
-
     hp = host_plans[index]
     job = inv.job
     return {
         "run": run_id, "me": index,
         "hosts": [{"name": h.host.name, "ranks": [r.rank for r in h.ranks]} for h in host_plans],
-        "ranks": [{"rank": r.rank, "wrapper": rank_wrapper(r, len(hp.ranks), True), "argv": list(r.argv)}
-                  for r in hp.ranks],
+        "ranks": [{"rank": r.rank} for r in hp.ranks],
+        "restart": _restart_command(inv, hp),  # the plan's RESTART step for this host, verbatim
         "coord": [master, job.control_port], "master": [master, job.port],
         "max_restarts": job.max_restarts, "min_hosts": job.min_hosts or len(host_plans),
         "lost_after": job.lost_host_timeout, "grace": RESTART_GRACE_S,
         "final_codes": list(TRAINER_FINAL) if job.is_trainer else [],
         "peer_lost": [PEER_LOST] if job.is_trainer else [],
-        "restart_args": ["--resume"] if job.is_trainer else [],
         "wait_port": job.wait_for_rank0,  # rank 0's host first, and its port open, before the others
     }
+
+
+def _restart_command(inv: Inventory, hp: HostPlan) -> str:
+    return restart_script(hp.rundir, hp.ranks, hp.python, ["--resume"] if inv.job.is_trainer else [])
 
 
 def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inventory,
@@ -306,4 +314,12 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
     steps += [Step(StepKind.STREAM, hp.host.name,
                    follow_script(hp.python, hp.rundir, {r.rank: FROM_PREPARE for r in hp.ranks}))
               for hp in host_plans]
+    steps += [Step(StepKind.REFOLLOW, hp.host.name, refollow_script(hp.python, hp.rundir),
+                   when=f"the link to {hp.host.name} drops") for hp in host_plans]
+    if inv.job.restarts:
+        lost = (f"; a host silent for {inv.job.lost_host_timeout:g}s is dropped, and the others' ranks renumbered, "
+                f"while {inv.job.min_hosts or len(host_plans)} host(s) remain")
+        steps += [Step(StepKind.RESTART, hp.host.name, _restart_command(inv, hp),
+                       when=f"a rank fails and fewer than {inv.job.max_restarts} restart(s) were used{lost}")
+                  for hp in host_plans]
     return tuple(steps)

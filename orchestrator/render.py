@@ -22,6 +22,9 @@ _TITLES = {
     StepKind.LAUNCH: "start ranks {ranks} in the run's copy of the code, detached, one process group each",
     StepKind.WAIT_PORT: "wait until rank 0 listens on {addr}:{port}",
     StepKind.STREAM: "stream the logs of ranks {ranks}",
+    StepKind.REFOLLOW: "reconnect, then stream ranks {ranks} again from the last line shown",
+    StepKind.RESTART: "the host's agent writes each rank's placement and attempt to rankR.env (the wrapper "
+                      "sources it), then starts ranks {ranks} again",
 }
 
 
@@ -36,7 +39,8 @@ def render_plan(plan: Plan) -> str:
         hp = plan.host_plan(step.host)
         title = _TITLES[step.kind].format(artifact=step.artifact, addr=plan.master_addr,
                                           port=plan.port, ranks=", ".join(str(r.rank) for r in hp.ranks))
-        out.append(f"\n# {number}. {step.host}: {title}")
+        when = f"when {step.when}: " if step.when else ""
+        out.append(f"\n# {number}. {step.host}: {when}{title}")
         out.append(step.command)
         if step.stdin:
             out.append("# stdin:")

@@ -35,21 +35,38 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
     if agent is not None:
         commands.append("rm -f stopping agent.state agent.events rank*.env")
     for r in ranks:
-        log, exit_file = f"rank{r.rank}.log", f"rank{r.rank}.exit"
-        commands += [
-            f"rm -f {exit_file}",
-            # A resumed run appends to its logs: mark where the new attempt starts.
-            f"[ -s {log} ] && echo \"--- distctl: resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---\" >>{log}",
-            f"pgid=$({DETACH} sh -c {shell.join([rank_wrapper(r, len(ranks), agent is not None)])} "
-            f"distctl-rank{r.rank} {shell.join(r.argv)}) || exit 1",
-            f"echo \"$pgid\" >rank{r.rank}.pid",
-            f"echo launched rank={r.rank} pgid=$pgid",
-        ]
+        remove_exit, *rest = _start_rank(r, len(ranks), agent is not None)
+        # A resumed run appends to its logs: mark where the new attempt starts.
+        log = f"rank{r.rank}.log"
+        commands += [remove_exit,
+                     f"[ -s {log} ] && echo \"--- distctl: resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---\" >>{log}",
+                     *rest]
     if agent is not None:
         # The agent gets the run's environment (its marker included, so `stop` sweeps it too).
         start = program(python, "agent", json.dumps(agent, separators=(",", ":"), sort_keys=True))
         commands += [f"pgid=$({DETACH} sh -c '. ./env; exec \"$@\"' distctl-agent {start}) || exit 1",
                      "echo \"$pgid\" >agent.pid", "echo launched agent pgid=$pgid"]
+    return shell.lines(*commands)
+
+
+def _start_rank(r: RankPlan, ranks_here: int, restarts: bool, extra: Sequence[str] = ()) -> list[str]:
+    """One rank started detached: its old exit file gone, its process group id in rankR.pid and
+    printed as `launched rank=R pgid=N` (what the restart agent reads back)."""
+    exit_file = f"rank{r.rank}.exit"
+    return [f"rm -f {exit_file}",
+            f"pgid=$({DETACH} sh -c {shell.join([rank_wrapper(r, ranks_here, restarts)])} "
+            f"distctl-rank{r.rank} {shell.join([*r.argv, *extra])}) || exit 1",
+            f"echo \"$pgid\" >rank{r.rank}.pid",
+            f"echo launched rank={r.rank} pgid=$pgid"]
+
+
+def restart_script(rundir: str, ranks: Sequence[RankPlan], python: str, extra: Sequence[str]) -> str:
+    """What a host's restart agent runs to start attempt N of the host's ranks: the launch
+    step's own rank starts, with `extra` (the trainer's --resume) after the program. The agent
+    first writes each rank's placement and attempt to rankR.env, which the wrapper sources."""
+    commands = [f"cd {shell.join([rundir])} || exit 1", "umask 077", detach_function(python)]
+    for r in ranks:
+        commands += _start_rank(r, len(ranks), True, extra)
     return shell.lines(*commands)
 
 
@@ -104,6 +121,22 @@ def follow_script(python: str, rundir: str, ranks: dict[int, int | str], follow:
     return (f"cd {shell.join([rundir])} || exit 1; "
             + program(python, "follow", "follow" if follow else "replay",
                        -1 if tail is None else tail, *args))
+
+
+# Filled at run time by `fill_shown`: each rank still running, as R:N (N lines already shown).
+SHOWN = "<R:lines shown, for each rank of the host still running>"
+
+
+def refollow_script(python: str, rundir: str) -> str:
+    """The follower a lost link reopens (links.py), as the plan shows it: the ranks and the
+    lines the workstation already showed are only known then, so they are a placeholder."""
+    return (f"cd {shell.join([rundir])} || exit 1; "
+            + program(python, "follow", "follow", -1, SHOWN))
+
+
+def fill_shown(command: str, ranks: dict[int, int | str]) -> str:
+    """`refollow_script`'s placeholder filled: exactly `follow_script(..., ranks)`."""
+    return command.replace(shell.join([SHOWN]), " ".join(f"{rank}:{skip}" for rank, skip in sorted(ranks.items())))
 
 
 SETUP_DONE = ".distctl-setup-done"

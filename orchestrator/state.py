@@ -77,6 +77,13 @@ class RunState:
     def init_method(self) -> str:
         return f"tcp://{self.master_addr}:{self.port}"
 
+    def refollow(self, hs: HostState) -> str:
+        """The command that follows `hs` again after a lost link, its placeholder unfilled
+        (scripts.fill_shown); a Plan answers with its own REFOLLOW step."""
+        from orchestrator.scripts import refollow_script
+
+        return refollow_script(hs.python, hs.rundir)
+
     def clock_offsets(self) -> dict[int, float]:
         """rank -> its host's clock minus the workstation's (seconds), where discovery measured it."""
         return {r.rank: hs.clock_offset for hs in self.hosts if hs.clock_offset is not None for r in hs.ranks}

@@ -129,10 +129,12 @@ def test_the_plan_is_the_run_it_records(tmp_path):
 
 
 def test_up_runs_exactly_the_commands_the_plan_renders(tmp_path):
-    """TorchX's rule: what `up` executes is the dry run's plan, step for step, host by host."""
-    from support.fakes import FakeConnection, FakeStream, RecordingUi, exited
+    """TorchX's rule: what `up` executes is the dry run's plan, step for step, host by host; a
+    run-time step (a lost link's re-follow) runs as the plan shows it, its placeholder filled."""
+    from support.fakes import FakeConnection, FakeStream, RecordingUi, exited, said
 
     from orchestrator import execute
+    from orchestrator.scripts import fill_shown
     from orchestrator.watch import watch_run
 
     code = tmp_path / "code"
@@ -141,14 +143,48 @@ def test_up_runs_exactly_the_commands_the_plan_renders(tmp_path):
     inv = inventory()
     plan = plan_launch(inv, "mnist-1", (Artifact("code", "c0de" * 16, str(code)),), facts(),
                        Network("10.213.0.11", {"node1": "eth0", "node2": "ens5"}))
-    conns = {hp.host.name: FakeConnection(hp.host.name, streams=[
-        FakeStream(*(exited(r.rank, 0, 1.0) for r in hp.ranks))]) for hp in plan.hosts}
+    conns = {"node1": FakeConnection("node1", streams=[FakeStream(exited(0, 0, 1.0), exited(1, 0, 1.0))]),
+             # node2's link drops after one line: the follower is opened again from there
+             "node2": FakeConnection("node2", streams=[FakeStream(b"at 2 7\n", said(2, "hello")),
+                                                       FakeStream(exited(2, 0, 1.0))])}
     prepared = execute.prepare(plan, conns, 4)
     execute.push(plan, conns, prepared, 4)
     execute.launch(plan, conns, 4, RecordingUi())
     outcome = watch_run(plan, dict(conns), RecordingUi(), 60, after_prepare=True)
     assert outcome.message == "run mnist-1 finished: 3 rank(s) exited 0"
     executed = {name: c.commands + c.opened for name, c in conns.items()}
-    assert executed == {name: [s.command for s in plan.steps if s.host == name] for name in conns}
+    in_order = {name: [s.command for s in plan.steps if s.host == name and not s.when] for name in conns}
+    refollow = next(s for s in plan.steps if s.kind is StepKind.REFOLLOW and s.host == "node2")
+    assert refollow.when == "the link to node2 drops" and "<R:lines shown" in refollow.command
+    assert executed == {"node1": in_order["node1"], "node2": in_order["node2"] + [fill_shown(refollow.command, {2: 8})]}
     assert [s.kind for s in plan.steps if s.host == "node1"] == [
-        StepKind.PREPARE, StepKind.PUSH, StepKind.LAUNCH, StepKind.WAIT_PORT, StepKind.STREAM]
+        StepKind.PREPARE, StepKind.PUSH, StepKind.LAUNCH, StepKind.WAIT_PORT, StepKind.STREAM, StepKind.REFOLLOW]
+
+
+def test_the_restart_agents_run_the_plans_restart_steps():
+    """With job.max_restarts, each host's agent gets the plan's RESTART step for its host, verbatim
+    (in the launch step's agent config), and the dry run shows when it runs."""
+    import json
+    import shlex
+
+    from orchestrator.plan import agent_config
+
+    inv = parse_inventory(INVENTORY.replace("train: {epochs: 2}", "train: {epochs: 2}, max_restarts: 2, "
+                                            "min_hosts: 1, lost_host_timeout: 30"), "inv.yaml",
+                          environ={"MY_TOKEN": "s3cret value"})
+    plan = plan_launch(inv, "mnist-1", ARTIFACTS, facts(), Network("10.213.0.11", {"node1": "eth0", "node2": "ens5"}))
+    restarts = [s for s in plan.steps if s.kind is StepKind.RESTART]
+    assert [s.host for s in restarts] == ["node1", "node2"]
+    assert restarts[0].when == ("a rank fails and fewer than 2 restart(s) were used; a host silent for 30s is "
+                                "dropped, and the others' ranks renumbered, while 1 host(s) remain")
+    for i, (hp, step) in enumerate(zip(plan.hosts, restarts)):
+        cfg = agent_config(inv, plan.run_id, list(plan.hosts), i, plan.master_addr)
+        assert cfg["restart"] == step.command
+        launch = next(s for s in plan.steps if s.kind is StepKind.LAUNCH and s.host == hp.host.name)
+        assert shlex.quote(json.dumps(cfg, separators=(",", ":"), sort_keys=True)) in launch.command
+        assert [f"--resume distctl-rank{r.rank}" in step.command for r in hp.ranks] == [False] * len(hp.ranks)
+        assert all(f"launched rank={r.rank} pgid=$pgid" in step.command for r in hp.ranks)
+    assert "--resume" in restarts[1].command and "--resume" not in plan.host_plan("node2").ranks[0].argv
+    shown = render_plan(plan)
+    assert f"node1: when {restarts[0].when}: the host's agent writes" in shown
+    assert shown.index("node2: when the link to node2 drops: reconnect") < shown.index("node1: when a rank fails")

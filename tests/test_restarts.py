@@ -82,6 +82,39 @@ def test_placement_renumbers_the_survivors_in_host_order():
     assert agent.placement(cfg(), [0, 1, 2], 0)[1]["RANK"] == 1
 
 
+def test_the_agent_starts_an_attempt_by_running_the_plans_restart_step(tmp_path, monkeypatch):
+    """Ranks.start writes each rank's placement, then runs the RESTART step's command exactly:
+    the ranks come up detached with the new placement and --resume, and their pgids are adopted."""
+    import sys
+    import time
+
+    from orchestrator.plan import RankPlan
+    from orchestrator.scripts import restart_script
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "env").write_text("export WORLD_SIZE=9\n")  # the launch-time env: the attempt's wins
+    (tmp_path / "work").mkdir()
+    argv = ("sh", "-c", 'echo "rank=$RANK world=$WORLD_SIZE attempt=$TORCHELASTIC_RESTART_COUNT args=$*"', "prog")
+    ranks = [RankPlan(rank=r, local_rank=r, argv=argv) for r in (0, 1)]
+    ranks_here = agent.Ranks({"ranks": [{"rank": 0}, {"rank": 1}],
+                              "restart": restart_script(str(tmp_path), ranks, sys.executable, ["--resume"])})
+    ranks_here.start(1, {0: {"RANK": 0, "WORLD_SIZE": 2}, 1: {"RANK": 1, "WORLD_SIZE": 2}}, "restart 1/2 after x")
+    assert all(isinstance(ranks_here.pgid[r], int) for r in (0, 1))
+    assert ranks_here.pgid[0] == int((tmp_path / "rank0.pid").read_text())
+    deadline = time.monotonic() + 30
+    while len(ranks_here.exits) < 2 and time.monotonic() < deadline:
+        ranks_here.poll()
+        time.sleep(0.05)
+    assert {r: code for r, (code, _) in ranks_here.exits.items()} == {0: 0, 1: 0}
+    assert (tmp_path / "rank1.log").read_text() == ("--- distctl: restart 1/2 after x ---\n"
+                                                    "rank=1 world=2 attempt=1 args=--resume\n")
+
+
+def test_launched_reads_the_pgids_a_launch_or_restart_step_printed():
+    text = "launched rank=0 pgid=41\nnoise\nlaunched rank=3 pgid=57\nlaunched agent pgid=60\nlaunched rank=x pgid=1\n"
+    assert agent.launched(text) == [(0, 41), (3, 57)]
+
+
 # ------------------------------------------------------------------ on the cluster
 
 def flaky(cluster, tmp_path, hosts=("node1", "node2"), **job):

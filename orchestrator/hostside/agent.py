@@ -15,8 +15,9 @@ heartbeat. The coordinator alone decides (decide() below, a pure function):
 - any other failure, once SETTLE_S has passed (its peers exit too; the root cause is
   the earliest exit that is not a peer-lost code): every rank on every host is stopped
   (TERM, KILL after `grace`), then rank 0's host starts its ranks, its port is waited
-  for, and the other hosts start theirs: attempt N, with TORCHELASTIC_RESTART_COUNT=N
-  and `restart_args` (the trainer's --resume) appended to the program;
+  for, and the other hosts start theirs: attempt N, with TORCHELASTIC_RESTART_COUNT=N,
+  each host running `restart`, the RESTART step of the plan for it (the launch step's rank
+  starts with the trainer's --resume appended);
 - a host whose agent is not heard from is a link fault until lost_after seconds; when a
   failure needs a restart and a host has been silent that long, it is dropped: the
   survivors restart with a new world size (ranks renumbered in host order), if at least
@@ -143,7 +144,6 @@ class Ranks:
         self.cfg = cfg
         self.slots = {r["rank"]: r for r in cfg["ranks"]}
         self.pgid = {r: read_int("rank%d.pid" % r) for r in self.slots}
-        self.procs = {}
         self.exits = {}  # rank -> (code, time) of this attempt
         self.kill_at = None
 
@@ -153,9 +153,6 @@ class Ranks:
         for rank in self.slots:
             if rank in self.exits:
                 continue
-            proc = self.procs.get(rank)
-            if proc is not None:
-                proc.poll()  # reap our own child, or its group would look alive
             # The wrapper writes rankR.exit last: the rank is over even while its group lingers
             # as zombies (an init that reaps orphans late kept one "alive" 1.6 s, measured).
             code = read_int("rank%d.exit" % rank)
@@ -185,23 +182,39 @@ class Ranks:
         self.kill_at = time.monotonic() + grace
 
     def start(self, attempt, env, marker):
-        """Attempt N of every rank: its exports in rankR.env, a marker in its log, a new group."""
-        for rank, slot in sorted(self.slots.items()):
+        """Attempt N of every rank: its exports in rankR.env and a marker in its log, then the
+        RESTART step of the plan starts them, each in a new group (`launched rank=R pgid=N`)."""
+        for rank in sorted(self.slots):
             values = dict(env[rank], TORCHELASTIC_RESTART_COUNT=attempt)
             write_atomic("rank%d.env" % rank,
                          "export %s\n" % " ".join("%s=%s" % kv for kv in sorted(values.items())))
             append("rank%d.log" % rank, "--- distctl: %s ---\n" % marker)
-            try:
-                os.remove("rank%d.exit" % rank)
-            except OSError:
-                pass
-            argv = ["sh", "-c", slot["wrapper"], "distctl-rank%d" % rank] + slot["argv"] + self.cfg["restart_args"]
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
-            self.procs[rank], self.pgid[rank] = proc, proc.pid
-            write_atomic("rank%d.pid" % rank, "%d\n" % proc.pid)
+            self.pgid[rank] = None  # a rank the step does not start counts as ended (no code)
+        out = run_step(self.cfg["restart"])
+        for rank, pgid in launched(out):
+            if rank in self.pgid:
+                self.pgid[rank] = pgid
         self.exits = {}
         self.kill_at = None
+
+
+def run_step(command):
+    """The shell command of a plan step, run here; what it printed (its errors go to agent.log)."""
+    proc = subprocess.run(["sh", "-c", command], stdin=subprocess.DEVNULL, capture_output=True,
+                          close_fds=True, text=True)
+    if proc.returncode != 0:
+        append("agent.log", "restart step exited %d: %s\n" % (proc.returncode, proc.stderr.strip()))
+    return proc.stdout
+
+
+def launched(text):
+    """[(rank, pgid)] from the `launched rank=R pgid=N` lines of a launch or restart step."""
+    out = []
+    for line in text.splitlines():
+        words = dict(w.split("=", 1) for w in line.split()[1:] if "=" in w)
+        if line.startswith("launched ") and words.get("rank", "").isdigit() and words.get("pgid", "").isdigit():
+            out.append((int(words["rank"]), int(words["pgid"])))
+    return out
 
 
 # ---------------------------------------------------------------- messages
