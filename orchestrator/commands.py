@@ -14,7 +14,7 @@ from orchestrator import render
 from orchestrator import state as runs_state
 from orchestrator.discover import discover
 from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
-from orchestrator.facts import clock_warnings, describe_clock
+from orchestrator.facts import clock_warnings
 from orchestrator.inventory import Inventory, load_inventory, parse_inventory
 from orchestrator.lifecycle import RankStatus, parse_status, status_script
 from orchestrator.plan import plan_launch
@@ -80,19 +80,13 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
     if as_json:
         ui.out(plan_json(plan, facts))
         return
-    for hp in plan.hosts:
-        f = facts[hp.host.name]
-        ui.out(f"{hp.host.name}: hostname {f.hostname}, python {f.python}, torch {f.torch}, "
-               f"{f.gpus} GPU(s), interface {hp.iface}, {describe_clock(f.clock)}, "
-               f"ranks {', '.join(str(r.rank) for r in hp.ranks)}")
-        if not hp.host.is_local:
-            ui.out(f"{hp.host.name}: ssh {resolve_host(hp.host, inv.ssh).describe()}")
-    ui.out(f"rank 0 address: {plan.master_addr} (init method {plan.init_method})")
-    if show_plan or ui.verbose:
+    for line in render.check_lines(plan, facts, lambda host: resolve_host(host, inv.ssh).describe()):
+        ui.out(line)
+    plan_shown = show_plan or ui.verbose
+    if plan_shown:
         ui.out("")
         ui.out(render_plan(plan))
-    ui.info("check passed: 'distctl up' would start" + ("" if show_plan or ui.verbose else
-                                                         " (the commands it would run: --show-plan)"))
+    ui.info(render.check_passed(plan_shown))
 
 
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:

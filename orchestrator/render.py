@@ -1,16 +1,19 @@
 """Human and JSON renderings: of a plan (`up --dry-run` and `check` print the same object `up`
-walks), of the recorded runs (`runs`) and of what `status` found."""
+walks), of `check`'s verdict, of the recorded runs (`runs`) and of what `status` found.
+Pure: commands.py computes, these make the text, and the Ui prints it."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from orchestrator.facts import Clock, HostFacts
-from orchestrator.plan import Plan, StepKind
+from orchestrator.facts import Clock, HostFacts, describe_clock
+from orchestrator.inventory import Host
+from orchestrator.plan import HostPlan, Plan, StepKind
 from orchestrator.state import RunRecord
 from orchestrator.status import RankRow, RunStatus
 
@@ -73,6 +76,31 @@ def _clock_json(clock: Clock | None) -> dict[str, float | None]:
     if clock is None:
         return {"clock_offset_s": None, "clock_error_s": None}
     return {"clock_offset_s": round(clock.offset, 3), "clock_error_s": round(clock.error, 3)}
+
+
+# ------------------------------------------------------------ `distctl check`
+
+
+def check_lines(plan: Plan, facts: dict[str, HostFacts], describe_ssh: Callable[[Host], str]) -> list[str]:
+    """The verdict: each host as discovered, how SSH reaches it, and rank 0's address.
+    `describe_ssh` names a host's SSH chain (remote.py resolves it; rendering opens nothing)."""
+    lines = []
+    for hp in plan.hosts:
+        lines.append(_check_host(hp, facts[hp.host.name]))
+        if not hp.host.is_local:
+            lines.append(f"{hp.host.name}: ssh {describe_ssh(hp.host)}")
+    return [*lines, f"rank 0 address: {plan.master_addr} (init method {plan.init_method})"]
+
+
+def _check_host(hp: HostPlan, f: HostFacts) -> str:
+    return (f"{hp.host.name}: hostname {f.hostname}, python {f.python}, torch {f.torch}, {f.gpus} GPU(s), "
+            f"interface {hp.iface}, {describe_clock(f.clock)}, ranks {', '.join(str(r.rank) for r in hp.ranks)}")
+
+
+def check_passed(plan_shown: bool) -> str:
+    """The last word of `check`; without the plan, where to see it."""
+    hint = "" if plan_shown else " (the commands it would run: --show-plan)"
+    return f"check passed: 'distctl up' would start{hint}"
 
 
 # ------------------------------------------------------------ `distctl runs`
