@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -269,25 +268,13 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
 
 
 def _show_status(found: RunStatus, failure: dict | None, ui) -> None:
-    rows = [(r.host, r.status.rank, render.status_state(r), render.status_epoch(r), r.detail) for r in found.rows]
     if ui.interactive:
-        ui.table(render.status_header(found), ["host", "rank", "state", "epoch", "detail"],
-                 [[h, str(rank), s, e, d] for h, rank, s, e, d in rows])
+        ui.table(render.status_header(found), render.STATUS_COLUMNS, render.status_rows(found))
     else:
-        ui.out(render.status_header(found))
-        for host, rank, text, epoch, detail in rows:
-            ui.out(f"  {ui.prefix(host, rank)} {text}{f', epoch {epoch}' if epoch else ''}"
-                   f"{'  (' + detail + ')' if detail else ''}")
-    for line in render.status_restarts(found):
+        for line in render.status_lines(found, ui.prefix):
+            ui.out(line)
+    for line in render.status_restarts(found) + render.status_outcome(found, failure, ui.shown):
         ui.out(line)
-    if found.stopped:
-        at = found.stopped_epoch
-        ui.out(f"stopped (checkpointed at epoch {at})" if at is not None else "stopped (no checkpoint reported)")
-        ui.out(f"continue it with: distctl up {shlex.quote(found.state.inventory)} --resume")
-    elif failure:
-        ui.out(f"first failure: rank {failure['rank']} on {failure['host']} exited with code {failure['exit_code']}; "
-               "last lines of its log:")
-        ui.out("".join(f"    {ui.shown(line)}\n" for line in failure["log_tail"]).rstrip("\n"))
 
 
 def stop(target: str | None, opts: Options, ui, grace: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -156,6 +157,25 @@ def status_header(found: RunStatus) -> str:
     return f"{head}: started {started}, elapsed {timedelta(seconds=int(found.elapsed))}"
 
 
+STATUS_COLUMNS = ["host", "rank", "state", "epoch", "detail"]
+
+
+def status_rows(found: RunStatus) -> list[list[str]]:
+    """The status table's rows (on a terminal), a rank each."""
+    return [[r.host, str(r.status.rank), status_state(r), status_epoch(r), r.detail] for r in found.rows]
+
+
+def status_lines(found: RunStatus, prefix: Callable[[str, int], str]) -> list[str]:
+    """The table as lines (for a pipe or a log): the header, then `  [node1 r0] running, epoch 2  (detail)`.
+    `prefix` labels a rank (the Ui's `[host rN]`, in the host's colour on a terminal)."""
+    return [status_header(found), *(_status_line(r, prefix(r.host, r.status.rank)) for r in found.rows)]
+
+
+def _status_line(row: RankRow, prefix: str) -> str:
+    epoch, detail = status_epoch(row), row.detail
+    return f"  {prefix} {status_state(row)}{f', epoch {epoch}' if epoch else ''}{f'  ({detail})' if detail else ''}"
+
+
 def status_state(row: RankRow) -> str:
     return f"exited {row.status.code}" if row.status.state == "exited" else row.status.state
 
@@ -176,6 +196,20 @@ def status_restarts(found: RunStatus) -> list[str]:
     if info["outcome"] and info["outcome"] not in ("finished", "stopped"):
         lines.append(f"  agents: {info['outcome']}")
     return lines
+
+
+def status_outcome(found: RunStatus, failure: dict | None, shown: Callable[[str], str]) -> list[str]:
+    """A stopped run: the epoch it checkpointed and how to continue it; a failed one: its first
+    failure and that rank's last log lines, each passed through `shown` (the Ui's guard on remote text)."""
+    if found.stopped:
+        at = found.stopped_epoch
+        return [f"stopped (checkpointed at epoch {at})" if at is not None else "stopped (no checkpoint reported)",
+                f"continue it with: distctl up {shlex.quote(found.state.inventory)} --resume"]
+    if not failure:
+        return []
+    tail = [f"    {shown(line)}" for line in failure["log_tail"]]
+    return [f"first failure: rank {failure['rank']} on {failure['host']} exited with code {failure['exit_code']}; "
+            "last lines of its log:", *(tail or [""])]  # an empty tail still prints its (blank) line
 
 
 def status_json(found: RunStatus, failure: dict | None) -> str:

@@ -7,8 +7,11 @@ from dataclasses import replace
 
 from orchestrator import render
 from orchestrator.facts import Clock, parse_facts
-from orchestrator.inventory import parse_inventory
+from orchestrator.inventory import Host, Ssh, parse_inventory
+from orchestrator.lifecycle import RankStatus
 from orchestrator.plan import Artifact, Network, plan_launch
+from orchestrator.state import HostState, RunState
+from orchestrator.status import Progress, RankRow, RunStatus
 
 INVENTORY = """
 hosts:
@@ -53,3 +56,52 @@ def test_check_passed_says_where_the_plan_is_when_it_was_not_shown():
     assert render.check_passed(True) == "check passed: 'distctl up' would start"
     assert render.check_passed(False) == ("check passed: 'distctl up' would start "
                                           "(the commands it would run: --show-plan)")
+
+
+# ------------------------------------------------------------ status
+
+
+def a_status(rows, trainer=True, inventory="/p/my inv.yaml"):
+    hosts = tuple(HostState(Host(name, "10.0.0.1"), "/w/runs/r-1", ()) for name in ("node1", "node2"))
+    return RunStatus(RunState("r-1", inventory, Ssh(), 2, "10.0.0.1", 29500, hosts, trainer=trainer), rows)
+
+
+RUNNING = RankRow("node1", RankStatus(0, "running"), progress=Progress(epoch=2))
+UNREACHABLE = RankRow("node2", RankStatus(1, "unreachable"), "connection refused")
+
+
+def test_status_rows_and_lines_hold_the_same_ranks():
+    found = a_status([RUNNING, UNREACHABLE])
+    assert render.status_rows(found) == [["node1", "0", "running", "2", ""],
+                                         ["node2", "1", "unreachable", "", "connection refused"]]
+    assert render.status_lines(found, lambda host, rank: f"<{host}/{rank}>") == [
+        "run r-1",  # recorded without a start time: no elapsed either
+        "  <node1/0> running, epoch 2",
+        "  <node2/1> unreachable  (connection refused)",
+    ]
+
+
+def test_a_stopped_run_says_its_checkpoint_and_how_to_continue():
+    rows = [RankRow(host, RankStatus(rank, "exited", 143), progress=Progress(2, stopped))
+            for host, rank, stopped in (("node1", 0, 4), ("node2", 1, 3))]
+    assert render.status_outcome(a_status(rows), None, str.upper) == [
+        "stopped (checkpointed at epoch 3)",  # the earliest of the ranks' stops
+        "continue it with: distctl up '/p/my inv.yaml' --resume"]
+    unknown = [replace(r, progress=Progress(2)) for r in rows]
+    assert render.status_outcome(a_status(unknown), None, str.upper)[0] == "stopped (no checkpoint reported)"
+
+
+def test_the_first_failure_quotes_its_log_through_the_guard():
+    rows = [RankRow("node1", RankStatus(0, "exited", 4)), RankRow("node2", RankStatus(1, "exited", 1))]
+    failure = {"host": "node2", "rank": 1, "exit_code": 1, "log_tail": ["epoch=1 rank=1", "boom"]}
+    assert render.status_outcome(a_status(rows), failure, str.upper) == [
+        "first failure: rank 1 on node2 exited with code 1; last lines of its log:",
+        "    EPOCH=1 RANK=1",
+        "    BOOM"]
+    assert render.status_outcome(a_status(rows), {**failure, "log_tail": []}, str.upper)[1:] == [""]
+
+
+def test_a_running_or_finished_run_has_no_outcome_to_tell():
+    assert render.status_outcome(a_status([RUNNING]), None, str.upper) == []
+    stopped_user_program = [RankRow("node1", RankStatus(0, "exited", 143))]
+    assert render.status_outcome(a_status(stopped_user_program, trainer=False), None, str.upper) == []
