@@ -388,22 +388,13 @@ def pull(target: str | None, opts: Options, ui, dest: str) -> None:
         report = pull_outputs(reachable, conns, list(state.outputs), Path(dest) / "runs") if state.outputs else None
     finally:
         group.close_all(conns)
-    ui.info(f"pulled run {state.run_id} into {out}/: {_files_text(written)}")
+    ui.info(render.pull_done(state.run_id, out, written))
     label = describe_checkpoint(out / "model.pt") if "model.pt" in written else None
     if label:
-        ui.info(f"model.pt: {label}")
+        ui.info(render.pull_checkpoint(label))
     if report is not None:
         for line in format_report(report):
             ui.info(line)
     problems = [f"{h}: {m}" for h, m in (report.errors if report else [])] + [f"{h}: unreachable" for h in down]
     if problems:
         raise DistctlError("pull incomplete: " + "; ".join(problems), ExitCode.PARTIAL)
-
-
-def _files_text(names: list[str]) -> str:
-    """What pull wrote, rank logs counted: `model.pt, 2 rank logs, metrics.jsonl`."""
-    logs = [n for n in names if n.startswith("rank") and n.endswith(".log")]
-    shown = [n for n in names if n not in logs]
-    if logs:
-        shown.insert(min(1, len(shown)), f"{len(logs)} rank log{'s' if len(logs) > 1 else ''}")
-    return ", ".join(shown) or "nothing"

@@ -226,3 +226,25 @@ def status_json(found: RunStatus, failure: dict | None) -> str:
         "first_failure": failure,
         "restarts": found.restarts,
     }, indent=2)
+
+
+# ------------------------------------------------------------ `distctl pull`
+
+
+def pull_done(run_id: str, into: Path, names: list[str]) -> str:
+    """`pulled run R into runs/R/: model.pt, 2 rank logs, metrics.jsonl`."""
+    return f"pulled run {run_id} into {into}/: {pull_files(names)}"
+
+
+def pull_files(names: list[str]) -> str:
+    """What pull wrote, rank logs counted: `model.pt, 2 rank logs, metrics.jsonl`."""
+    logs = [n for n in names if n.startswith("rank") and n.endswith(".log")]
+    shown = [n for n in names if n not in logs]
+    if logs:
+        shown.insert(min(1, len(shown)), f"{len(logs)} rank log{'s' if len(logs) > 1 else ''}")
+    return ", ".join(shown) or "nothing"
+
+
+def pull_checkpoint(label: str) -> str:
+    """The pulled model.pt, as ckptinfo.describe_checkpoint labels it."""
+    return f"model.pt: {label}"

@@ -4,6 +4,7 @@ asserted exactly (the CLI and cluster tests compare the same text end to end).""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from orchestrator import render
 from orchestrator.facts import Clock, parse_facts
@@ -105,3 +106,16 @@ def test_a_running_or_finished_run_has_no_outcome_to_tell():
     assert render.status_outcome(a_status([RUNNING]), None, str.upper) == []
     stopped_user_program = [RankRow("node1", RankStatus(0, "exited", 143))]
     assert render.status_outcome(a_status(stopped_user_program, trainer=False), None, str.upper) == []
+
+
+# ------------------------------------------------------------ pull
+
+
+def test_pull_names_what_it_wrote_with_the_rank_logs_counted():
+    written = ["model.pt", "rank0.log", "rank1.log", "metrics.jsonl", "metrics.png"]
+    assert render.pull_done("r-1", Path("out/runs/r-1"), written) == (
+        "pulled run r-1 into out/runs/r-1/: model.pt, 2 rank logs, metrics.jsonl, metrics.png")
+    assert render.pull_files(["rank0.log"]) == "1 rank log"
+    assert render.pull_files(["metrics.jsonl", "rank3.log"]) == "metrics.jsonl, 1 rank log"
+    assert render.pull_files([]) == "nothing"
+    assert render.pull_checkpoint("epoch 3 (end of epoch)") == "model.pt: epoch 3 (end of epoch)"
