@@ -120,9 +120,9 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
             # rendezvous timeout. The launches already under way have finished by now.
             stop_everywhere(state, conns, FAILURE_GRACE)
             runs_state.note_state(state.run_id, "stopped")
-            ui.info(f"interrupted while starting run {state.run_id}: stopped what had started; nothing runs")
+            ui.info(render.up_start_interrupted(state.run_id))
             raise DistctlError("interrupted", ExitCode.DETACHED) from None
-        ui.info(f"run {plan.run_id} started: {plan.world_size} rank(s), init method {plan.init_method}")
+        ui.info(render.up_started(plan))
         if detach:
             _verify_started(state, conns, opts.fanout)
             _report_detached(state)
@@ -130,8 +130,7 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
         try:
             outcome = watch_run(state, conns, ui, plan.join_timeout, after_prepare=True)
         except KeyboardInterrupt:
-            ui.info(f"detached; run {state.run_id} goes on. Follow it: distctl logs -f {state.run_id}   "
-                    f"Stop it: distctl stop {state.run_id}")
+            ui.info(render.up_watch_interrupted(state.run_id))
             raise DistctlError("detached", ExitCode.DETACHED) from None
         runs_state.note_state(state.run_id, "finished" if outcome.code == ExitCode.OK else "failed",
                               keep=("stopped",))  # `distctl stop` from another shell ended it
@@ -186,9 +185,8 @@ def _verify_started(state: RunState, conns: dict[str, Connection], fanout: int) 
 def _report_detached(state: RunState) -> None:
     from click import echo
 
-    run = state.run_id
-    echo(f"distctl: detached from run {run}. Follow it: distctl logs -f {run}   "
-         f"Status: distctl status {run}   Stop it: distctl stop {run}", err=True)
+    # Not ui.info: this shows even under -q (it names the run `up -d` leaves running).
+    echo(f"distctl: {render.up_detached(state.run_id)}", err=True)
 
 
 def _resumable_run_of(inv: Inventory) -> RunState:
@@ -285,14 +283,13 @@ def stop(target: str | None, opts: Options, ui, grace: float) -> None:
     finally:
         group.close_all(conns)
     problems.update({h: f"unreachable: {cause}" for h, cause in down.items()})
-    for hs in state.hosts:
-        name = hs.host.name
-        ui.info(f"{name}: {problems.get(name, 'stopped')}")
+    for line in render.stop_lines(state, problems):
+        ui.info(line)
     if problems:
         raise DistctlError(f"stop of {state.run_id} incomplete on {', '.join(sorted(problems))}",
                            ExitCode.STOP_INCOMPLETE)
     runs_state.note_state(state.run_id, "stopped")
-    ui.info(f"run {state.run_id} stopped; no process of it is left on any host")
+    ui.info(render.stop_done(state.run_id))
 
 
 def _hide_secrets_of(state: RunState, ui) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from orchestrator.facts import Clock, HostFacts, describe_clock
 from orchestrator.inventory import Host
 from orchestrator.plan import HostPlan, Plan, StepKind
-from orchestrator.state import RunRecord
+from orchestrator.state import RunRecord, RunState
 from orchestrator.status import RankRow, RunStatus
 
 _TITLES = {
@@ -102,6 +102,38 @@ def check_passed(plan_shown: bool) -> str:
     """The last word of `check`; without the plan, where to see it."""
     hint = "" if plan_shown else " (the commands it would run: --show-plan)"
     return f"check passed: 'distctl up' would start{hint}"
+
+
+# ------------------------------------------------------------ `distctl up` and `stop`
+
+
+def up_started(plan: Plan) -> str:
+    return f"run {plan.run_id} started: {plan.world_size} rank(s), init method {plan.init_method}"
+
+
+def up_detached(run_id: str) -> str:
+    """`up --detach` returned: where to follow, see and stop the run."""
+    return (f"detached from run {run_id}. Follow it: distctl logs -f {run_id}   "
+            f"Status: distctl status {run_id}   Stop it: distctl stop {run_id}")
+
+
+def up_watch_interrupted(run_id: str) -> str:
+    """Ctrl-C while `up` follows the logs: the run goes on."""
+    return f"detached; run {run_id} goes on. Follow it: distctl logs -f {run_id}   Stop it: distctl stop {run_id}"
+
+
+def up_start_interrupted(run_id: str) -> str:
+    """Ctrl-C while `up` launches: what had started was stopped."""
+    return f"interrupted while starting run {run_id}: stopped what had started; nothing runs"
+
+
+def stop_lines(state: RunState, problems: dict[str, str]) -> list[str]:
+    """A line per host, in the run's order: `node1: stopped`, or what kept it from stopping."""
+    return [f"{hs.host.name}: {problems.get(hs.host.name, 'stopped')}" for hs in state.hosts]
+
+
+def stop_done(run_id: str) -> str:
+    return f"run {run_id} stopped; no process of it is left on any host"
 
 
 # ------------------------------------------------------------ `distctl runs`

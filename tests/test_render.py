@@ -119,3 +119,24 @@ def test_pull_names_what_it_wrote_with_the_rank_logs_counted():
     assert render.pull_files(["metrics.jsonl", "rank3.log"]) == "metrics.jsonl, 1 rank log"
     assert render.pull_files([]) == "nothing"
     assert render.pull_checkpoint("epoch 3 (end of epoch)") == "model.pt: epoch 3 (end of epoch)"
+
+
+# ------------------------------------------------------------ up and stop
+
+
+def test_up_names_the_run_and_how_to_reach_it_when_it_lets_go():
+    plan, _ = a_plan()
+    assert render.up_started(plan) == "run mnist-1 started: 3 rank(s), init method tcp://10.213.0.11:23456"
+    assert render.up_detached("r-1") == ("detached from run r-1. Follow it: distctl logs -f r-1   "
+                                         "Status: distctl status r-1   Stop it: distctl stop r-1")
+    assert render.up_watch_interrupted("r-1") == ("detached; run r-1 goes on. Follow it: distctl logs -f r-1   "
+                                                  "Stop it: distctl stop r-1")
+    assert render.up_start_interrupted("r-1") == ("interrupted while starting run r-1: stopped what had started; "
+                                                  "nothing runs")
+
+
+def test_stop_reports_every_host_in_the_runs_order():
+    state = a_status([]).state
+    assert render.stop_lines(state, {"node1": "unreachable: connection refused"}) == [
+        "node1: unreachable: connection refused", "node2: stopped"]
+    assert render.stop_done("r-1") == "run r-1 stopped; no process of it is left on any host"
