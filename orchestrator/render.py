@@ -1,6 +1,7 @@
 """Human and JSON renderings: of a plan (`up --dry-run` and `check` print the same object `up`
-walks), of `check`'s verdict, of the recorded runs (`runs`) and of what `status` found.
-Pure: commands.py computes, these make the text, and the Ui prints it."""
+walks), of `check`'s verdict, of the recorded runs (`runs`), of what `status` found, and the
+lines `up`, `stop` and `pull` report. Pure: commands.py decides, these make the text, the Ui
+prints it (colours and the guard on remote text come in as callables)."""
 
 from __future__ import annotations
 
