@@ -52,19 +52,18 @@ def push(plan: Plan, conns: dict[str, Connection], prepared: dict[str, Prepared]
 
 
 def launch(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> None:
-    """The plan's launch steps in its order: consecutive launches run at once; a port wait
-    (rank 0 first, by default) holds the launches after it back until rank 0 listens."""
-    batch: list = []
-    for step in [s for s in plan.steps if s.kind in (StepKind.LAUNCH, StepKind.WAIT_PORT)] + [None]:
-        if step is not None and step.kind is StepKind.LAUNCH:
-            batch.append(step)
-            continue
-        fan_out("launch", batch, lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP),
+    """The plan's launch phases in order, each phase's steps at once: a port wait (rank 0 first,
+    by default) holds the phases after it back until rank 0 listens."""
+    kinds = (StepKind.LAUNCH, StepKind.WAIT_PORT)
+    for phase in sorted({s.phase for s in plan.steps if s.kind in kinds}):
+        steps = [s for s in plan.steps if s.phase == phase]
+        waits = [s for s in steps if s.kind is StepKind.WAIT_PORT]
+        for wait in waits:
+            ui.detail(f"{wait.host}: rank 0 started; waiting for {plan.master_addr}:{plan.port}")
+            wait_port(plan, conns, wait)
+        fan_out("launch", [s for s in steps if s.kind is StepKind.LAUNCH],
+                lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP),
                 fanout, lambda s: s.host).raise_for("launch")
-        batch = []
-        if step is not None:
-            ui.detail(f"{step.host}: rank 0 started; waiting for {plan.master_addr}:{plan.port}")
-            wait_port(plan, conns, step)
 
 
 def wait_port(plan: Plan, conns: dict[str, Connection], wait: Step) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from orchestrator import shell
@@ -64,6 +64,7 @@ class Step:
     stdin: str = ""  # shown masked; the runner sends the real bytes
     artifact: str | None = None
     when: str = ""  # a run-time condition: the step runs only if it happens ("": always, in order)
+    phase: int = 0  # steps of one phase run at once, phases one after another (0: a `when` step)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,15 +290,18 @@ def _restart_command(inv: Inventory, hp: HostPlan) -> str:
 
 def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inventory,
            master: str, run_id: str) -> tuple[Step, ...]:
-    steps: list[Step] = []
-    for hp in host_plans:
-        dirs = [a.remote_dir(hp.workdir) for a in artifacts]
-        prepare = prepare_script(hp.workdir, hp.rundir, dirs, [r.rank for r in hp.ranks])
-        steps.append(Step(StepKind.PREPARE, hp.host.name, prepare, stdin=shell.env_file(hp.env, masked=True)))
-        steps += [Step(StepKind.PUSH, hp.host.name, push_script(a.remote_dir(hp.workdir)), artifact=a.name)
-                  for a in artifacts]
-    steps += [Step(StepKind.SETUP, hp.host.name, setup_script(hp.setup_dir, hp.code_dir, inv.job.setup, hp.python))
-              for hp in host_plans if hp.setup_dir and inv.job.setup]
+    """The launch as phases: each phase's steps run on their hosts at once, phase after phase;
+    then the steps that run only when something happens."""
+    phases: list[list[Step]] = []
+    phases.append([Step(StepKind.PREPARE, hp.host.name,
+                        prepare_script(hp.workdir, hp.rundir, [a.remote_dir(hp.workdir) for a in artifacts],
+                                       [r.rank for r in hp.ranks]),
+                        stdin=shell.env_file(hp.env, masked=True)) for hp in host_plans])
+    phases.append([Step(StepKind.PUSH, hp.host.name, push_script(a.remote_dir(hp.workdir)), artifact=a.name)
+                   for hp in host_plans for a in artifacts])
+    phases.append([Step(StepKind.SETUP, hp.host.name, setup_script(hp.setup_dir, hp.code_dir, inv.job.setup,
+                                                                    hp.python))
+                   for hp in host_plans if hp.setup_dir and inv.job.setup])
     launches = [Step(StepKind.LAUNCH, hp.host.name, launch_script(
                     hp.rundir, hp.ranks, hp.code_dir, hp.python,
                     agent_config(inv, run_id, host_plans, i, master) if inv.job.restarts else None))
@@ -306,14 +310,14 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
     if inv.job.wait_for_rank0:
         # Rank 0 first: it hosts the rendezvous store on MASTER_PORT (torchrun's env contract
         # makes any torch.distributed program do so), then every other host at once.
-        steps += [launches[0], Step(StepKind.WAIT_PORT, first.host.name, wait_port_script(
-            first.python, first.rundir, master, inv.job.port, 0, inv.job.join_timeout))]
-        steps += launches[1:]
+        phases += [launches[:1], [Step(StepKind.WAIT_PORT, first.host.name, wait_port_script(
+            first.python, first.rundir, master, inv.job.port, 0, inv.job.join_timeout))], launches[1:]]
     else:
-        steps += launches
-    steps += [Step(StepKind.STREAM, hp.host.name,
-                   follow_script(hp.python, hp.rundir, {r.rank: FROM_PREPARE for r in hp.ranks}))
-              for hp in host_plans]
+        phases.append(launches)
+    phases.append([Step(StepKind.STREAM, hp.host.name,
+                        follow_script(hp.python, hp.rundir, {r.rank: FROM_PREPARE for r in hp.ranks}))
+                   for hp in host_plans])
+    steps = [replace(s, phase=number) for number, phase in enumerate((p for p in phases if p), 1) for s in phase]
     steps += [Step(StepKind.REFOLLOW, hp.host.name, refollow_script(hp.python, hp.rundir),
                    when=f"the link to {hp.host.name} drops") for hp in host_plans]
     if inv.job.restarts:

@@ -40,7 +40,11 @@ def render_plan(plan: Plan) -> str:
         out.append(f"  {hp.host.name} ({hp.host.address}): ranks {ranks}; interface {hp.iface}; "
                    f"run dir {hp.rundir}")
     out += [f"  note: {n}" for n in plan.notes]
+    phase = None
     for number, step in enumerate(plan.steps, 1):
+        if step.phase != phase:
+            phase = step.phase
+            out.append(f"\n## {_phase_title(plan, phase)}")
         hp = plan.host_plan(step.host)
         title = _TITLES[step.kind].format(artifact=step.artifact, addr=plan.master_addr,
                                           port=plan.port, ranks=", ".join(str(r.rank) for r in hp.ranks))
@@ -51,6 +55,13 @@ def render_plan(plan: Plan) -> str:
             out.append("# stdin:")
             out += [f"#   {line}" for line in step.stdin.splitlines()]
     return "\n".join(out)
+
+
+def _phase_title(plan: Plan, phase: int) -> str:
+    if phase == 0:
+        return "only if it happens, at run time"
+    count = sum(s.phase == phase for s in plan.steps)
+    return f"phase {phase}: " + ("one step" if count == 1 else f"{count} steps at once")
 
 
 def plan_json(plan: Plan, facts: dict[str, HostFacts]) -> str:

@@ -188,3 +188,18 @@ def test_the_restart_agents_run_the_plans_restart_steps():
     shown = render_plan(plan)
     assert f"node1: when {restarts[0].when}: the host's agent writes" in shown
     assert shown.index("node2: when the link to node2 drops: reconnect") < shown.index("node1: when a rank fails")
+
+
+def test_phases_say_what_runs_at_once():
+    """Each phase's steps run on their hosts at once, phases in order; `when` steps have none."""
+    network = Network("10.213.0.11", {"node1": "eth0", "node2": "ens5"})
+    plan = plan_launch(inventory(), "r", ARTIFACTS, facts(), network)
+    assert [(s.phase, s.kind.value, s.host) for s in plan.steps] == [
+        (1, "prepare", "node1"), (1, "prepare", "node2"), (2, "push", "node1"), (2, "push", "node2"),
+        (3, "launch", "node1"), (4, "wait-port", "node1"), (5, "launch", "node2"),
+        (6, "stream", "node1"), (6, "stream", "node2"), (0, "refollow", "node1"), (0, "refollow", "node2")]
+    together = parse_inventory(INVENTORY.replace("port: 23456", "port: 23456, wait_for_rank0: false"), "inv.yaml",
+                               environ={"MY_TOKEN": "x"})
+    launches = [s.phase for s in plan_launch(together, "r", ARTIFACTS, facts(), network).steps
+                if s.kind is StepKind.LAUNCH]
+    assert launches == [3, 3]
