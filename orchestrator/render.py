@@ -64,8 +64,12 @@ def _phase_title(plan: Plan, phase: int) -> str:
     return f"phase {phase}: " + ("one step" if count == 1 else f"{count} steps at once")
 
 
+CHECK_JSON_FORMAT = 1  # `check --json` layout; new keys may be added, readers ignore those they don't know
+
+
 def plan_json(plan: Plan, facts: dict[str, HostFacts]) -> str:
     return json.dumps({
+        "format": CHECK_JSON_FORMAT,
         "run_id": plan.run_id,
         "init_method": plan.init_method,
         "world_size": plan.world_size,

@@ -140,3 +140,12 @@ def test_stop_reports_every_host_in_the_runs_order():
     assert render.stop_lines(state, {"node1": "unreachable: connection refused"}) == [
         "node1: unreachable: connection refused", "node2: stopped"]
     assert render.stop_done("r-1") == "run r-1 stopped; no process of it is left on any host"
+
+
+def test_check_json_is_versioned():
+    import json
+
+    plan, facts = a_plan()
+    data = json.loads(render.plan_json(plan, facts))
+    assert (data["format"], [h["interface"] for h in data["hosts"]]) == (1, ["eth0", "lo"])
+    assert data["hosts"][0]["clock_offset_s"] == 0.012
