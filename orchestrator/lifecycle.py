@@ -27,15 +27,22 @@ def _sweep(run_id: str, action: str) -> str:
             f"if tr '\\000' '\\n' 2>/dev/null <\"$e\" | grep -qxF {marker}; then {action}; fi; done")
 
 
+# `ours G`: process group G (from a pid file) may be signalled. Its leader (a rank's wrapper, the
+# agent) was started in the run directory and never leaves it. A leader there elsewhere is
+# a recycled pid: the run's group ended long ago, or the host rebooted since the pid file was
+# written; it is left alone. No readable cwd (no /proc on macOS, a zombie leader whose group
+# still holds the id, no such process) keeps the old rule: the group is ours.
+OURS = 'here=$(pwd -P); ours() { c=$(readlink "/proc/$1/cwd" 2>/dev/null) || return 0; [ "$c" = "$here" ]; }'
 # The agent was started by distctl_detach in a session of its own: its pid is its group's id.
-HALT_AGENT = 'touch stopping; [ -f agent.pid ] && kill -KILL -"$(cat agent.pid)" 2>/dev/null; true'
+HALT_AGENT = ('touch stopping; [ -f agent.pid ] && g=$(cat agent.pid) && ours "$g" && kill -KILL -"$g" 2>/dev/null; '
+              'true')
 
 
 def halt_script(rundir: str) -> str:
     """No restart from now on: the `stopping` file, then the restart agent killed (ranks untouched).
     `stop` runs this on every host before it signals any rank: otherwise a rank stopped on one
     host looks like a failure to an agent on another, which would restart the run."""
-    return shell.lines(f"cd {shell.join([rundir])} 2>/dev/null || exit 0", HALT_AGENT, "echo halted")
+    return shell.lines(f"cd {shell.join([rundir])} 2>/dev/null || exit 0", OURS, HALT_AGENT, "echo halted")
 
 
 def stop_script(rundir: str, run_id: str, grace: float) -> str:
@@ -43,10 +50,11 @@ def stop_script(rundir: str, run_id: str, grace: float) -> str:
     ticks = max(0, int(grace * 10))
     return shell.lines(
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo left=0; exit 0; }}",
+        OURS,
         HALT_AGENT,
         # `kill -SIG -PGID`, never `kill -SIG -- -PGID`: dash's kill (Debian's sh) reads `--`
         # as a process id ("Illegal number: -"), and the group would go unsignalled.
-        "pgids=$(cat rank*.pid 2>/dev/null)",
+        "pgids=$(for g in $(cat rank*.pid 2>/dev/null); do ours \"$g\" && echo \"$g\"; done)",
         "alive() { for g in $pgids; do kill -0 -\"$g\" 2>/dev/null && return 0; done; return 1; }",
         "for g in $pgids; do kill -TERM -\"$g\" 2>/dev/null; done",
         f"i=0; while alive && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done",
@@ -67,9 +75,11 @@ def status_script(rundir: str, ranks: list[int]) -> str:
     `restarting`: the rank is not running (or failed) while its host's restart agent lives."""
     return shell.lines(
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo missing=1; exit 0; }}",
-        'agent=0; [ -f agent.pid ] && kill -0 -"$(cat agent.pid)" 2>/dev/null && agent=1',
+        OURS,
+        'alive() { [ -f "$1" ] && g=$(cat "$1") && ours "$g" && kill -0 -"$g" 2>/dev/null; }',
+        "agent=0; alive agent.pid && agent=1",
         f"for r in {' '.join(str(r) for r in ranks)}; do",
-        '  live=0; [ -f rank$r.pid ] && kill -0 -"$(cat rank$r.pid)" 2>/dev/null && live=1',
+        "  live=0; alive rank$r.pid && live=1",
         '  if [ $agent = 1 ] && [ $live = 0 ] && [ "$(cat rank$r.exit 2>/dev/null)" != 0 ]; then '
         'echo "rank=$r state=restarting";',
         '  elif [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) '

@@ -59,9 +59,10 @@ class Lines:
 
 
 @pytest.fixture
-def group():
-    """A live process group of our own (a new session, like a detached rank)."""
-    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+def group(tmp_path):
+    """A live process group of our own (a new session, like a detached rank), led by a process
+    working in the test's run directory, tmp_path, as a rank's wrapper does in its run's."""
+    proc = subprocess.Popen(["sleep", "300"], cwd=tmp_path, start_new_session=True)
     yield proc
     proc.kill()
     proc.wait()
@@ -464,3 +465,38 @@ def test_status_says_restarting_for_a_rank_between_attempts_of_a_live_agent(tmp_
     (tmp_path / "agent.pid").write_text(f"{dead_pid()}\n")  # the agent gone: what the files say
     out = subprocess.run(["sh", "-c", status_script(str(tmp_path), [0, 1])], capture_output=True, text=True).stdout
     assert [(s.rank, s.state, s.code) for s in parse_status(out)] == [(0, "exited", 137), (1, "exited", 0)]
+
+
+def test_stop_status_and_follow_leave_a_recycled_process_group_alone(tmp_path, monkeypatch):
+    """A pid file outlives its process: after a reboot, or long after the run, its id may lead
+    another program's group. stop must not signal it, status must not call the rank running,
+    and a follower must not wait on it; the run's own group is still stopped."""
+    import subprocess
+
+    from orchestrator.hostside import follow
+    from orchestrator.lifecycle import parse_left, parse_status, status_script, stop_script
+
+    rundir, elsewhere = tmp_path / "run", tmp_path / "other"
+    rundir.mkdir()
+    elsewhere.mkdir()
+    stranger = subprocess.Popen(["sleep", "60"], cwd=elsewhere, start_new_session=True)
+    ours = subprocess.Popen(["sh", "-c", "sleep 60"], cwd=rundir, start_new_session=True)
+    try:
+        (rundir / "rank0.pid").write_text(f"{stranger.pid}\n")  # the recycled id
+        (rundir / "rank1.pid").write_text(f"{ours.pid}\n")
+        (rundir / "agent.pid").write_text(f"{stranger.pid}\n")
+
+        def sh(script: str) -> str:
+            return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60).stdout
+
+        assert [(s.rank, s.state) for s in parse_status(sh(status_script(str(rundir), [0, 1])))] == [
+            (0, "killed"), (1, "running")]
+        monkeypatch.chdir(rundir)
+        assert (follow.group_alive("rank0.pid"), follow.group_alive("rank1.pid")) == (False, True)
+        assert parse_left(sh(stop_script(str(rundir), "run-x", 0.5))) == 0
+        assert ours.wait(timeout=10) == -signal.SIGTERM
+        assert stranger.poll() is None
+    finally:
+        for proc in (stranger, ours):
+            proc.kill()
+            proc.wait()

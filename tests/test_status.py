@@ -91,7 +91,7 @@ def a_rank(rundir: Path, rank: int, log: str, code: int | None, at: float | None
     rundir.mkdir(parents=True, exist_ok=True)
     (rundir / f"rank{rank}.log").write_text(log)
     if code is None:  # running: a live process group of our own
-        proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        proc = subprocess.Popen(["sleep", "300"], cwd=rundir, start_new_session=True)  # a leader works there
         (rundir / f"rank{rank}.pid").write_text(str(proc.pid))
         return
     (rundir / f"rank{rank}.pid").write_text("999999")

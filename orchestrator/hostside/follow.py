@@ -108,12 +108,18 @@ def recorded_start(rank: int) -> int:
 
 
 def group_alive(pidfile: str) -> bool:
+    """The process group in PIDFILE lives, and is ours: a leader whose working directory is not
+    this run directory holds a recycled id (the run ended long ago, or the host rebooted)."""
     try:
         with open(pidfile) as f:
-            os.kill(-int(f.read()), 0)
-        return True
+            pgid = int(f.read())
+        os.kill(-pgid, 0)
     except (OSError, ValueError):
         return False
+    try:
+        return os.readlink("/proc/%d/cwd" % pgid) == os.getcwd()
+    except OSError:  # no /proc (macOS), or a zombie leader whose group still holds the id
+        return True
 
 
 class Events:
