@@ -208,6 +208,20 @@ class Cluster:
             self._sshd[host.name] = self._spawn_sshd(host)
             self._wait_ready(host)
 
+    def crash(self, host: str | TestHost) -> None:
+        """The host goes down hard: its sshd stopped, then every process in it SIGKILLed at
+        once, ranks and wrappers alike (no exit code is written). `start_sshd` brings it back,
+        as a reboot would.
+
+        Unlike real machines, the test hosts share this machine's file system, home included.
+        A login shell killed halfway through `pyenv rehash` (a .bashrc may run it) leaves
+        pyenv's lock file behind, and then every login on every host waits 60 s for it: a
+        crash of one real host cannot do that to the others, so that lock is released."""
+        host = self.host(host)
+        self.stop_sshd(host)
+        _kill_all(host.processes)
+        _release_orphaned_rehash_lock()
+
     def close(self) -> None:
         """Kill what this cluster started and delete what it created; safe to call twice."""
         if self._closed:
@@ -639,6 +653,13 @@ def _kill_all(find: Callable[[], list[int]], timeout: float = 5.0) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.01)  # poll until the kernel has reaped or zombified them
+
+
+def _release_orphaned_rehash_lock() -> None:
+    """Remove pyenv's rehash lock when no `pyenv-rehash` process is left to release it."""
+    lock = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "shims" / ".pyenv-shim"
+    if lock.exists() and not any(b"pyenv-rehash" in procfs.cmdline(pid) for pid in procfs.all_pids()):
+        lock.unlink(missing_ok=True)
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

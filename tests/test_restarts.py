@@ -257,12 +257,7 @@ def test_a_host_lost_for_good_is_dropped_and_the_run_finishes_on_the_others(clus
         run_id = wait_for(lambda: last_run_id(tmp_path), 60, "the run to start")
         wait_for(lambda: re.search(r"^epoch=2 ", host_file(cluster, "node3", run_id, "rank2.log"), re.M), 120,
                  "rank 2 to finish its second epoch")
-        cluster.stop_sshd("node3")  # the host is gone: no sshd, none of its processes
-        for pid in cluster.host("node3").processes():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        cluster.crash("node3")  # the host is gone: no sshd, none of its processes
         out, err = up.communicate(timeout=300)
     finally:
         kill_tree(up)
