@@ -1,8 +1,11 @@
 """The launch plan: inventory + discovered facts → a frozen `Plan` of steps.
 
-`up --dry-run` renders this object; `up` walks it. Values only discovery can
-supply (rank 0's address, interfaces, home directories) are named placeholders
-when `plan_launch` gets no facts.
+`up --dry-run` renders this object; `up` walks it, phase by phase (a phase's steps
+run on their hosts at once). Values only discovery can supply (rank 0's address,
+interfaces, home directories) are named placeholders when `plan_launch` gets no
+facts. Steps with a `when` run only if that happens at run time (a lost link, a
+failed rank), their run-time values filled in then. A Plan is a `state.RunState`:
+`up` records it, and every later command reads that record back.
 """
 
 from __future__ import annotations
