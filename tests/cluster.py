@@ -216,11 +216,14 @@ class Cluster:
         Unlike real machines, the test hosts share this machine's file system, home included.
         A login shell killed halfway through `pyenv rehash` (a .bashrc may run it) leaves
         pyenv's lock file behind, and then every login on every host waits 60 s for it: a
-        crash of one real host cannot do that to the others, so that lock is released."""
+        crash of one real host cannot do that to the others, so that lock is removed when
+        a rehash was among the processes killed."""
         host = self.host(host)
         self.stop_sshd(host)
+        rehashing = [pid for pid in host.processes() if b"pyenv-rehash" in procfs.cmdline(pid)]
         _kill_all(host.processes)
-        _release_orphaned_rehash_lock()
+        if rehashing:  # one of them held the lock (other hosts' rehashes may be waiting for it)
+            _rehash_lock().unlink(missing_ok=True)
 
     def close(self) -> None:
         """Kill what this cluster started and delete what it created; safe to call twice."""
@@ -655,11 +658,9 @@ def _kill_all(find: Callable[[], list[int]], timeout: float = 5.0) -> None:
         time.sleep(0.01)  # poll until the kernel has reaped or zombified them
 
 
-def _release_orphaned_rehash_lock() -> None:
-    """Remove pyenv's rehash lock when no `pyenv-rehash` process is left to release it."""
-    lock = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "shims" / ".pyenv-shim"
-    if lock.exists() and not any(b"pyenv-rehash" in procfs.cmdline(pid) for pid in procfs.all_pids()):
-        lock.unlink(missing_ok=True)
+def _rehash_lock() -> Path:
+    """The file `pyenv rehash` creates as its lock, and removes when it exits (not on SIGKILL)."""
+    return Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "shims" / ".pyenv-shim"
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

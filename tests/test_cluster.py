@@ -209,6 +209,30 @@ def test_stop_and_start_sshd_keeps_the_host(cluster):
         assert after.stdout.splitlines()[0] == "node4"
 
 
+def test_a_crash_kills_every_process_and_frees_the_rehash_lock_a_killed_rehash_held(isolated, tmp_path,
+                                                                                      monkeypatch):
+    node4 = isolated.host("node4")
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))  # never the machine's own pyenv
+    lock = tmp_path / "shims" / ".pyenv-shim"
+    lock.parent.mkdir()
+    lock.write_text("held\n")
+    # Stand-ins: node4's rehash holds the lock; one here waits for it, and must not keep it held.
+    waiter = subprocess.Popen(["sh", "-c", "sleep 300; true", "pyenv-rehash"])
+    node4.run("setsid sh -c 'sleep 300; true' pyenv-rehash >/dev/null 2>&1 </dev/null &")
+    wait_for_pids = time.monotonic() + 10
+    while not any(b"pyenv-rehash" in procfs.cmdline(p) for p in node4.processes()):
+        assert time.monotonic() < wait_for_pids, "the stand-in rehash did not start"
+        time.sleep(0.05)
+    try:
+        isolated.crash(node4)
+        assert (node4.processes(), lock.exists(), isolated.sshd_pid(node4)) == ([], False, None)
+    finally:
+        waiter.kill()
+        waiter.wait()
+        isolated.start_sshd(node4)
+    assert ssh(isolated, "node4", "true").returncode == 0
+
+
 def test_processes_and_env_markers_are_per_host(cluster):
     node1, node3 = cluster.host("node1"), cluster.host("node3")
     marker = f"DISTCTL_RUN_ID={uuid.uuid4().hex}"
