@@ -121,8 +121,9 @@ def trace(inv: str, work: Path) -> None:
     """Run `up --detach` in this process with every connect, remote command and stream open
     timed; print the remote commands per host and, per kind of command, when the first started
     and the last ended (a step's span across all hosts)."""
-    from orchestrator import group, remote
-    from orchestrator.cli import cli
+    from orchestrator.ssh import group
+    from orchestrator.ssh import remote
+    from orchestrator.cli.main import cli
 
     events: list[tuple[str, str, float, float]] = []  # host, what, start, end
     t0 = time.perf_counter()

@@ -30,12 +30,13 @@ from pathlib import Path
 
 from common import cluster_of, print_table, write_inventory
 
-from orchestrator import execute, group
-from orchestrator.discover import discover
-from orchestrator.commands import new_run_id
-from orchestrator.inventory import load_inventory
-from orchestrator.plan import plan_launch, push_script
-from orchestrator.packing import _files, artifact, build_tar, trainer_root
+from orchestrator.launch import execute
+from orchestrator.ssh import group
+from orchestrator.launch.discover import discover
+from orchestrator.cli.commands import new_run_id
+from orchestrator.inventory.model import load_inventory
+from orchestrator.plan.model import plan_launch, push_script
+from orchestrator.launch.packing import _files, artifact, build_tar, trainer_root
 
 
 class Counting:

@@ -98,7 +98,7 @@ def main() -> None:
 
 def follower(cluster, log: str) -> str:
     """The command `distctl logs` runs on the host for rank 0 of a finished run."""
-    from orchestrator.scripts import follow_script
+    from orchestrator.plan.scripts import follow_script
 
     return follow_script(cluster.python, log.rpartition("/")[0], {0: 0}, follow=False)
 
@@ -107,7 +107,7 @@ def profile(run_id: str, work: Path) -> None:
     """One `distctl logs` in this process under cProfile (output to /dev/null), top 25 by own time."""
     import sys
 
-    from orchestrator.cli import cli
+    from orchestrator.cli.main import cli
 
     os.chdir(work)
     stdout = os.dup(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable, Sequence
 
-from orchestrator.inventory import EnvVar
+from orchestrator.inventory.model import EnvVar
 
 
 def join(argv: Sequence[object]) -> str:

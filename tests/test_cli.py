@@ -7,8 +7,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import remote
-from orchestrator.cli import cli
+from orchestrator.ssh import remote
+from orchestrator.cli.main import cli
 
 INVENTORY = """
 hosts:
@@ -74,7 +74,7 @@ def test_init_from_a_hostfile_writes_an_inventory_that_loads(tmp_path):
     out = tmp_path / "inv.yaml"
     result = CliRunner().invoke(cli, ["init", "--hostfile", str(tmp_path / "hostfile"), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    from orchestrator.inventory import load_inventory
+    from orchestrator.inventory.model import load_inventory
 
     inv = load_inventory(out)
     assert [(h.name, h.address, h.user, h.slots) for h in inv.hosts] == [

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.codepack import (CodeSummary, code_artifact, code_summary, format_bytes, format_summary,
+from orchestrator.launch.codepack import (CodeSummary, code_artifact, code_summary, format_bytes, format_summary,
                                    pack_folder, select_files, size_warning, summarize, write_tar)
-from orchestrator.packing import tar_of
+from orchestrator.launch.packing import tar_of
 
 
 def make(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -175,7 +175,7 @@ def test_the_packed_tree_extracts_to_the_selected_files(tmp_path):
 
 
 def test_a_missing_folder_or_a_file_vanishing_is_one_clear_error(tmp_path, monkeypatch):
-    from orchestrator import codepack
+    from orchestrator.launch import codepack
     from orchestrator.errors import DistctlError, ExitCode
 
     with pytest.raises(DistctlError, match=r"job.code: .*/nope is not a folder") as err:

@@ -20,13 +20,13 @@ from e2e import digests
 from support.fakes import FakeStream, exited, said
 from support.watched import a_run, host, stops, watch
 
-from orchestrator import watch as watching
-from orchestrator.ckptinfo import describe_checkpoint
+from orchestrator.run import watch as watching
+from orchestrator.results.ckptinfo import describe_checkpoint
 from orchestrator.errors import ExitCode
-from orchestrator.plan import TRAINER_FINAL
-from orchestrator.state import summarize
-from orchestrator.ui import Ui
-from orchestrator.watch import Outcome
+from orchestrator.plan.model import TRAINER_FINAL
+from orchestrator.plan.state import summarize
+from orchestrator.console.ui import Ui
+from orchestrator.run.watch import Outcome
 from trainer.errors import ExitCode as TrainerExit
 from trainer.log import emit, parse_line
 
@@ -39,7 +39,7 @@ LATE_S = 10.0  # a scripted rank nobody stops exits this late
 
 def parse_metrics(log: str) -> list[dict]:
     """pull's reader of the epoch lines."""
-    from orchestrator.pull import parse_metrics as read
+    from orchestrator.results.pull import parse_metrics as read
 
     return read(log)
 

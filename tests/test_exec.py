@@ -10,9 +10,9 @@ import yaml
 
 from e2e import distctl, kill_tree, start_distctl, write_inventory
 from support.fakes import RecordingUi
-from orchestrator.adhoc import HostOutcome, command_for, report, select_hosts
+from orchestrator.run.adhoc import HostOutcome, command_for, report, select_hosts
 from orchestrator.errors import DistctlError, ExitCode
-from orchestrator.inventory import parse_inventory
+from orchestrator.inventory.model import parse_inventory
 
 INVENTORY = parse_inventory("""
 defaults: {python: /opt/py/bin/python3}

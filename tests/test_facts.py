@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.facts import (Clock, HostFacts, IfAddr, Route, choose_master, choose_route, clock_warnings,
+from orchestrator.plan.facts import (Clock, HostFacts, IfAddr, Route, choose_master, choose_route, clock_warnings,
                                 describe_clock, master_candidates, measure_clock, parse_facts, parse_routes,
                                 reaches_directly)
 
@@ -123,8 +123,8 @@ def test_reaches_directly_decides_whether_discovery_looks_further(address, table
 
 def test_preflight_names_a_host_whose_python_is_below_the_floor():
     from orchestrator.errors import GroupError
-    from orchestrator.inventory import parse_inventory
-    from orchestrator.preflight import preflight_facts, trainer_python_floor
+    from orchestrator.inventory.model import parse_inventory
+    from orchestrator.launch.preflight import preflight_facts, trainer_python_floor
 
     assert trainer_python_floor() == (3, 10)  # pyproject's requires-python, stated once
     text = "hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]\n"

@@ -1,5 +1,5 @@
 """The shared fakes behave like the interface they stand in for (a wrong fake misleads every test
-that uses it): orchestrator/stream.py's loop reads a FakeStream like an SSH channel."""
+that uses it): orchestrator/run/stream.py's loop reads a FakeStream like an SSH channel."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from support.fakes import Call, FakeConnection, FakeStream, exited, said
 
 from orchestrator.errors import HostError
-from orchestrator.remote import Result
-from orchestrator.stream import Followed, follow
+from orchestrator.ssh.remote import Result
+from orchestrator.run.stream import Followed, follow
 
 
 def test_a_fake_stream_is_followed_line_by_line_through_its_pauses():

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import ExitCode, GroupError, HostError
-from orchestrator.group import GroupResult, fan_out
-from orchestrator.inventory import Host, Ssh
-from orchestrator.remote import Result
-from orchestrator.state import HostState, RankState, RunState
-from orchestrator.watch import stop_everywhere
+from orchestrator.ssh.group import GroupResult, fan_out
+from orchestrator.inventory.model import Host, Ssh
+from orchestrator.ssh.remote import Result
+from orchestrator.plan.state import HostState, RankState, RunState
+from orchestrator.run.watch import stop_everywhere
 
 
 def work(n: int) -> int:

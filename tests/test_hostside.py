@@ -25,9 +25,9 @@ from support.net import ephemeral_port
 
 from orchestrator import hostside, shell
 from orchestrator.hostside import wait_port
-from orchestrator.lifecycle import status_script, stop_script
-from orchestrator.plan import RankPlan
-from orchestrator.scripts import launch_script
+from orchestrator.run.lifecycle import status_script, stop_script
+from orchestrator.plan.model import RankPlan
+from orchestrator.plan.scripts import launch_script
 
 
 def run(name: str, *args: object, cwd: Path | None = None, python: tuple[str, ...] = (sys.executable,),
@@ -453,7 +453,7 @@ def test_the_session_runs_commands_one_after_another_with_stdin_exit_codes_and_t
 
 
 def test_status_says_restarting_for_a_rank_between_attempts_of_a_live_agent(tmp_path, group):
-    from orchestrator.lifecycle import parse_status, status_script
+    from orchestrator.run.lifecycle import parse_status, status_script
 
     (tmp_path / "agent.pid").write_text(f"{group.pid}\n")
     (tmp_path / "rank0.pid").write_text(f"{dead_pid()}\n")
@@ -474,7 +474,7 @@ def test_stop_status_and_follow_leave_a_recycled_process_group_alone(tmp_path, m
     import subprocess
 
     from orchestrator.hostside import follow
-    from orchestrator.lifecycle import parse_left, parse_status, status_script, stop_script
+    from orchestrator.run.lifecycle import parse_left, parse_status, status_script, stop_script
 
     rundir, elsewhere = tmp_path / "run", tmp_path / "other"
     rundir.mkdir()

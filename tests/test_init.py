@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
+from orchestrator.cli.main import cli
 from orchestrator.errors import InventoryError
-from orchestrator.inventory import parse_inventory
-from orchestrator.init import Defaults, HostEntry, host_entries, parse_hostfile, render_inventory
+from orchestrator.inventory.model import parse_inventory
+from orchestrator.inventory.init import Defaults, HostEntry, host_entries, parse_hostfile, render_inventory
 
 HOSTFILES = [
     ("deepspeed", "worker-1 slots=4\nworker-2 slots=2\n", [("worker-1", 4), ("worker-2", 2)]),

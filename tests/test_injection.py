@@ -19,10 +19,11 @@ from e2e import wait_for
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import remote, shell
+from orchestrator import shell
+from orchestrator.ssh import remote
 from orchestrator.errors import InventoryError
-from orchestrator.inventory import Host, Ssh, parse_inventory
-from orchestrator.plan import RUN_MARKER, Artifact, StepKind, plan_launch
+from orchestrator.inventory.model import Host, Ssh, parse_inventory
+from orchestrator.plan.model import RUN_MARKER, Artifact, StepKind, plan_launch
 
 cluster_test = pytest.mark.cluster  # the pure properties below run without a cluster
 

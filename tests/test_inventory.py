@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import cli as cli_module
-from orchestrator.cli import cli
+from orchestrator.cli import main as cli_module
+from orchestrator.cli.main import cli
 from orchestrator.errors import ExitCode, InventoryError
-from orchestrator.inventory import MNIST_FILES, EnvVar, Job, Ssh, Train, load_inventory, parse_inventory
+from orchestrator.inventory.model import MNIST_FILES, EnvVar, Job, Ssh, Train, load_inventory, parse_inventory
 
 ENVIRON = {"TOKEN_SRC": "s3cret value", "OTHER_SRC": "other"}
 UNSET = "DISTCTL_TEST_NEVER_SET"

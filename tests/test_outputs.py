@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.hostside import outputs as hostside
-from orchestrator.destinations import HostListing, Placement, RemoteFile, place, unsafe_reason
+from orchestrator.results.destinations import HostListing, Placement, RemoteFile, place, unsafe_reason
 
 HOSTSIDE = Path(hostside.__file__).read_text()
 
@@ -157,7 +157,7 @@ def _frame(path: str, body: bytes, sha: str | None = None) -> bytes:
 
 
 def test_receive_writes_whole_files_only(tmp_path):
-    from orchestrator.outputs import _Reader, _receive
+    from orchestrator.results.outputs import _Reader, _receive
 
     good, bad = Placement(f("h", "a/b.txt"), "a/b.txt"), Placement(f("h", "c.txt"), "c.txt")
     reader = _Reader(Replay(_frame("a/b.txt", b"hello\n" * 1000) + _frame("c.txt", b"xyz", sha="0" * 64)))
@@ -175,7 +175,7 @@ def test_receive_writes_whole_files_only(tmp_path):
     b"[1, 2]\n",
 ])
 def test_a_broken_or_hostile_reply_stops_the_host_and_leaves_nothing(tmp_path, reply):
-    from orchestrator.outputs import _Reader, _receive
+    from orchestrator.results.outputs import _Reader, _receive
 
     with pytest.raises((EOFError, ValueError)):
         _receive(_Reader(Replay(reply, piece=65536)), tmp_path, Placement(f("h", "c.txt"), "c.txt"))
@@ -208,7 +208,7 @@ def test_describe_the_trainers_checkpoints_without_importing_torch(tmp_path):
     _checkpoints((tmp_path / "a", 3, 0), (tmp_path / "b", 3, 120))
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     paths = [str(tmp_path / "a" / "latest.pt"), str(tmp_path / "b" / "latest.pt"), str(tmp_path / "junk.pt")]
-    code = ("import sys; from orchestrator.ckptinfo import describe_checkpoint as d\n"
+    code = ("import sys; from orchestrator.results.ckptinfo import describe_checkpoint as d\n"
             "print([d(p) for p in sys.argv[1:]]); print('torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines() == [
@@ -226,7 +226,7 @@ def test_a_hostile_pickle_runs_nothing(tmp_path):
     path = tmp_path / "evil.pt"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("evil/data.pkl", pickle.dumps({"epoch": 1, "step": 0, "x": Boom()}))
-    from orchestrator.ckptinfo import describe_checkpoint
+    from orchestrator.results.ckptinfo import describe_checkpoint
 
     assert describe_checkpoint(path) == "epoch 1 (end of epoch)"
     assert not (tmp_path / "pwned").exists()

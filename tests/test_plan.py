@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.facts import parse_facts
-from orchestrator.inventory import parse_inventory
-from orchestrator.plan import Artifact, Network, StepKind, plan_launch
-from orchestrator.render import render_plan
+from orchestrator.plan.facts import parse_facts
+from orchestrator.inventory.model import parse_inventory
+from orchestrator.plan.model import Artifact, Network, StepKind, plan_launch
+from orchestrator.cli.render import render_plan
 
 GOLDEN = Path(__file__).parent / "golden"
 ARTIFACTS = (Artifact("code", "c0de" * 16, "/src/trainer"),)
@@ -108,7 +108,7 @@ def test_the_plan_is_the_run_it_records(tmp_path):
     (launch detail and every env left out: env may hold secrets)."""
     import dataclasses
 
-    from orchestrator.state import HostState, RankState, RunState, load_run, save_run
+    from orchestrator.plan.state import HostState, RankState, RunState, load_run, save_run
 
     inv = inventory()
     plan = plan_launch(inv, "mnist-1", ARTIFACTS, facts(), Network("10.213.0.11", {"node1": "eth0", "node2": "ens5"}))
@@ -133,9 +133,9 @@ def test_up_runs_exactly_the_commands_the_plan_renders(tmp_path):
     run-time step (a lost link's re-follow) runs as the plan shows it, its placeholder filled."""
     from support.fakes import FakeConnection, FakeStream, RecordingUi, exited, said
 
-    from orchestrator import execute
-    from orchestrator.scripts import fill_shown
-    from orchestrator.watch import watch_run
+    from orchestrator.launch import execute
+    from orchestrator.plan.scripts import fill_shown
+    from orchestrator.run.watch import watch_run
 
     code = tmp_path / "code"
     code.mkdir()
@@ -167,7 +167,7 @@ def test_the_restart_agents_run_the_plans_restart_steps():
     import json
     import shlex
 
-    from orchestrator.plan import agent_config
+    from orchestrator.plan.model import agent_config
 
     inv = parse_inventory(INVENTORY.replace("train: {epochs: 2}", "train: {epochs: 2}, max_restarts: 2, "
                                             "min_hosts: 1, lost_host_timeout: 30"), "inv.yaml",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import remote
-from orchestrator.inventory import Host, Ssh
-from orchestrator.outputs import format_report, pull_outputs
-from orchestrator.state import HostState, RankState, RunState
+from orchestrator.ssh import remote
+from orchestrator.inventory.model import Host, Ssh
+from orchestrator.results.outputs import format_report, pull_outputs
+from orchestrator.plan.state import HostState, RankState, RunState
 
 RUN = "t-20260101-000000-pull"
 BIG = bytes(range(256)) * 20480  # 5 MiB, the same recipe as on the host below

@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator import render
-from orchestrator.facts import Clock, parse_facts
-from orchestrator.inventory import Host, Ssh, parse_inventory
-from orchestrator.lifecycle import RankStatus
-from orchestrator.plan import Artifact, Network, plan_launch
-from orchestrator.state import HostState, RunState
-from orchestrator.status import Progress, RankRow, RunStatus
+from orchestrator.cli import render
+from orchestrator.plan.facts import Clock, parse_facts
+from orchestrator.inventory.model import Host, Ssh, parse_inventory
+from orchestrator.run.lifecycle import RankStatus
+from orchestrator.plan.model import Artifact, Network, plan_launch
+from orchestrator.plan.state import HostState, RunState
+from orchestrator.run.status import Progress, RankRow, RunStatus
 
 INVENTORY = """
 hosts:

@@ -88,8 +88,8 @@ def test_the_agent_starts_an_attempt_by_running_the_plans_restart_step(tmp_path,
     import sys
     import time
 
-    from orchestrator.plan import RankPlan
-    from orchestrator.scripts import restart_script
+    from orchestrator.plan.model import RankPlan
+    from orchestrator.plan.scripts import restart_script
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "env").write_text("export WORLD_SIZE=9\n")  # the launch-time env: the attempt's wins

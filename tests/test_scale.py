@@ -20,10 +20,10 @@ from cluster import HostSpec
 from conftest import serve_cluster
 from e2e import digests, distctl, write_inventory
 from support.fakes import Call, FakeConnection
-from orchestrator import group
-from orchestrator.discover import discover
-from orchestrator.inventory import parse_inventory
-from orchestrator.remote import Result
+from orchestrator.ssh import group
+from orchestrator.launch.discover import discover
+from orchestrator.inventory.model import parse_inventory
+from orchestrator.ssh.remote import Result
 
 # ------------------------------------------------------------ fan-out bound
 
@@ -146,7 +146,7 @@ def test_a_large_stdin_arrives_intact(cluster, tmp_path):
     import hashlib
     import os
 
-    from orchestrator.inventory import load_inventory
+    from orchestrator.inventory.model import load_inventory
 
     inv = load_inventory(str(write_inventory(tmp_path / "inv.yaml", cluster, ["node1"])))
     conn = group.connect_all(inv.hosts, inv.ssh, 1)["node1"]

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import knownhosts, remote, sshconfig
+from orchestrator.ssh import knownhosts
+from orchestrator.ssh import remote
+from orchestrator.ssh import config as sshconfig
 from orchestrator.errors import ExitCode
-from orchestrator.inventory import Host, Ssh
-from orchestrator.sshconfig import SshConfigError, SshSettings
+from orchestrator.inventory.model import Host, Ssh
+from orchestrator.ssh.config import SshConfigError, SshSettings
 
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenSSH's ssh client")
 

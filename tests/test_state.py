@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from orchestrator import render, state
+from orchestrator.cli import render
+from orchestrator.plan import state
 from orchestrator.errors import DistctlError, ExitCode
-from orchestrator.inventory import Host, Ssh
-from orchestrator.state import HostState, RankState, RunState
+from orchestrator.inventory.model import Host, Ssh
+from orchestrator.plan.state import HostState, RankState, RunState
 
 # What distctl wrote into .distctl/runs/<id>.json before run files had a format version.
 OLD_LAYOUT = {

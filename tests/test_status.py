@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import group, hostside
-from orchestrator.cli import cli
+from orchestrator import hostside
+from orchestrator.ssh import group
+from orchestrator.cli.main import cli
 from orchestrator.errors import HostError
-from orchestrator.inventory import Host, Ssh
-from orchestrator.remote import LocalConnection
-from orchestrator.state import HostState, RankState, RunState, save_run
+from orchestrator.inventory.model import Host, Ssh
+from orchestrator.ssh.remote import LocalConnection
+from orchestrator.plan.state import HostState, RankState, RunState, save_run
 
 
 def progress(rundir: Path, *ranks: int) -> str:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from support.net import ephemeral_port
 
-from orchestrator.terminal import RESET, escape_controls, for_terminal, last_redraw
+from orchestrator.console.terminal import RESET, escape_controls, for_terminal, last_redraw
 
 ESCAPED = [
     ("plain", "epoch=1 loss=0.25", "epoch=1 loss=0.25"),
@@ -77,7 +77,7 @@ def test_for_terminal_takes_the_last_redraw_then_escapes():
 
 
 def test_secrets_belong_to_one_ui():
-    from orchestrator.ui import Ui
+    from orchestrator.console.ui import Ui
 
     one, other = Ui(color=False), Ui(color=False)
     one.hide(["tok3n", ""])
@@ -87,7 +87,7 @@ def test_secrets_belong_to_one_ui():
 
 
 def test_ui_escapes_on_a_terminal_only_and_masks_first(capsys):
-    from orchestrator.ui import Ui
+    from orchestrator.console.ui import Ui
 
     ui = Ui(color=False)
     ui.hide(["s3cr\x07t"])

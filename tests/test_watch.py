@@ -13,11 +13,11 @@ import pytest
 from support.fakes import HEARTBEAT, FakeStream, exited, relayed, said
 from support.watched import MASTER, PORT, RUNDIR, STOP, a_run, host, stops, watch
 
-from orchestrator import links
+from orchestrator.run import links
 from orchestrator.errors import ExitCode, HostError
-from orchestrator.remote import Result
-from orchestrator.scripts import follow_script, program
-from orchestrator.watch import Outcome, on_workstation_clock, root_causes
+from orchestrator.ssh.remote import Result
+from orchestrator.plan.scripts import follow_script, program
+from orchestrator.run.watch import Outcome, on_workstation_clock, root_causes
 
 pytestmark = pytest.mark.timeout(60)  # a decision that never comes must not hold up the suite
 

@@ -1,9 +1,9 @@
 """Stand-ins for a host connection and for the user's terminal, for unit tests of pure logic.
 
-What a test can do with them is what orchestrator/remote.py's `Connection` offers: `run` a
+What a test can do with them is what orchestrator/ssh/remote.py's `Connection` offers: `run` a
 command (answered from rules, every call recorded) and `open_stream` one (handing out
 scripted `FakeStream`s, also recorded). A `FakeStream` gives its bytes through a real pipe,
-so the `selectors` loop of orchestrator/stream.py watches it like an SSH channel.
+so the `selectors` loop of orchestrator/run/stream.py watches it like an SSH channel.
 
 Behaviour a user relies on is tested on the real cluster (tests/cluster.py); these are for
 decisions that can be driven without one (STYLE.md: "Fakes are for unit tests of pure logic").
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from orchestrator.errors import HostError
-from orchestrator.remote import Result
+from orchestrator.ssh.remote import Result
 
 OK = Result(0, "", "")
 HEARTBEAT = b"hb\n"  # what hostside/follow.py writes when its ranks are quiet
@@ -92,7 +92,7 @@ class FakeStream:
     def ended(self) -> bool:
         return self._write_fd < 0
 
-    # ------------------------------------------------------------------ orchestrator.remote.Stream
+    # ------------------------------------------------------------------ orchestrator.ssh.remote.Stream
 
     def fileno(self) -> int:
         return self._read_fd
@@ -159,7 +159,7 @@ class FakeConnection:
     def commands(self) -> list[str]:
         return [c.command for c in self.calls]
 
-    # ------------------------------------------------------------------ orchestrator.remote.Connection
+    # ------------------------------------------------------------------ orchestrator.ssh.remote.Connection
 
     def run(self, command: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
         call = Call(command, stdin, timeout)

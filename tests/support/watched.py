@@ -1,4 +1,4 @@
-"""A run on fake hosts, watched in process the way `up` watches one (orchestrator.watch.watch_run).
+"""A run on fake hosts, watched in process the way `up` watches one (orchestrator.run.watch.watch_run).
 
 Each host is a FakeConnection whose follower is a scripted FakeStream and whose answer to
 teardown's stop command is given (by default: nothing left). Used by test_watch (the decisions)
@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 from support.fakes import Call, FakeConnection, FakeStream, RecordingUi, exited
 
-from orchestrator.inventory import Host, Ssh
-from orchestrator.lifecycle import stop_script
-from orchestrator.remote import Result
-from orchestrator.state import HostState, RankState, RunState
-from orchestrator.watch import FAILURE_GRACE, Outcome, watch_run
+from orchestrator.inventory.model import Host, Ssh
+from orchestrator.run.lifecycle import stop_script
+from orchestrator.ssh.remote import Result
+from orchestrator.plan.state import HostState, RankState, RunState
+from orchestrator.run.watch import FAILURE_GRACE, Outcome, watch_run
 
 RUN_ID, RUNDIR, MASTER, PORT = "t-1", "/w/runs/t-1", "10.0.0.1", 23456
 STOP = stop_script(RUNDIR, RUN_ID, FAILURE_GRACE)  # what teardown runs on every host

@@ -1,0 +1,1 @@
+"""The command line: Click options in `main`, each command's work in `commands`, its text in `render`."""

@@ -1,0 +1,399 @@
+"""What each CLI command does, free of Click: `cli.py` parses options and calls these."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from orchestrator import shell
+from orchestrator.launch import execute
+from orchestrator.ssh import group
+from orchestrator.cli import render
+from orchestrator.plan import state as runs_state
+from orchestrator.launch.discover import discover
+from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
+from orchestrator.plan.facts import clock_warnings
+from orchestrator.inventory.model import Inventory, load_inventory, parse_inventory
+from orchestrator.run.lifecycle import RankStatus, parse_status, status_script
+from orchestrator.plan.model import plan_launch
+from orchestrator.launch.preflight import preflight_facts, preflight_port
+from orchestrator.launch.packing import job_artifacts
+from orchestrator.ssh.remote import Connection, resolve_host
+from orchestrator.cli.render import plan_json, render_plan
+from orchestrator.plan.state import HostState, RunState, save_run
+from orchestrator.run.status import RunStatus, log_tail
+from orchestrator.run.status import query as query_status
+from orchestrator.run.watch import FAILURE_GRACE, RankEvents, raise_for, stop_everywhere, watch_run
+from orchestrator.run.links import HostLinks
+from orchestrator.run.stream import follow
+
+
+@dataclass(frozen=True)
+class Options:
+    fanout: int = group.DEFAULT_FANOUT
+    accept_new_host_keys: bool = False
+
+
+def new_run_id(job: str) -> str:
+    return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _with_options(inv: Inventory, opts: Options) -> Inventory:
+    if not opts.accept_new_host_keys:
+        return inv
+    return replace(inv, ssh=replace(inv.ssh, accept_new_host_keys=True))
+
+
+def dry_run(inv: Inventory, ui, resume: bool = False) -> None:
+    """Print the plan from the inventory alone; opens no connection."""
+    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.name)
+    plan = plan_launch(inv, run_id, job_artifacts(inv.job), resume=resume)
+    ui.out(render_plan(plan))
+
+
+def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = False):
+    """Connect, discover and preflight; returns connections, facts and the real plan."""
+    ui.info(f"connecting to {len(inv.hosts)} host(s)")
+    with ui.host_progress([h.name for h in inv.hosts]):
+        conns = group.connect_all(inv.hosts, inv.ssh, opts.fanout)
+        try:
+            facts, network = discover(inv, conns, opts.fanout)
+            preflight_facts(inv, facts)
+            preflight_port(inv, conns, network.master_addr, opts.fanout)
+            plan = plan_launch(inv, run_id, job_artifacts(inv.job), facts, network, resume)
+        except BaseException:
+            group.close_all(conns)
+            raise
+    for line in clock_warnings({h.name: facts[h.name].clock for h in inv.hosts}):
+        ui.warn(line)
+    return conns, facts, plan
+
+
+def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = False) -> None:
+    """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request)."""
+    inv = _with_options(inv, opts)
+    # The plan needs a run id; this one names no run (check starts none).
+    conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.name}-<run id>")
+    group.close_all(conns)
+    if as_json:
+        ui.out(plan_json(plan, facts))
+        return
+    for line in render.check_lines(plan, facts, lambda host: resolve_host(host, inv.ssh).describe()):
+        ui.out(line)
+    plan_shown = show_plan or ui.verbose
+    if plan_shown:
+        ui.out("")
+        ui.out(render_plan(plan))
+    ui.info(render.check_passed(plan_shown))
+
+
+def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
+    inv = _with_options(inv, opts)
+    ui.hide(inv.secrets)
+    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.name)
+    _describe_code(inv, ui)
+    try:
+        conns, facts, plan = _resolve(inv, opts, ui, run_id, resume)
+    except DistctlError as exc:
+        raise _still_running(inv, exc, resume) from None
+    try:
+        with ui.host_progress([h.name for h in inv.hosts]):
+            prepared = execute.prepare(plan, conns, opts.fanout)
+            sent = execute.push(plan, conns, prepared, opts.fanout)
+        ui.info(f"pushed {sent} bytes" + (" (every host was up to date)" if sent == 0 else ""))
+        if plan.setup:
+            ui.info("running job.setup on every host")
+            probed = execute.run_setup(plan, conns, opts.fanout, ui)
+            preflight_facts(inv, {n: replace(facts[n], python=f.python, torch=f.torch,
+                                                      torchvision=f.torchvision) for n, f in probed.items()},
+                                     after_setup=True)
+        state = plan  # the plan is the run: save_run records its RunState part
+        save_run(state)
+        try:
+            execute.launch(plan, conns, opts.fanout, ui)
+        except DistctlError as exc:
+            runs_state.note_state(state.run_id, "failed")
+            raise _launch_failed(exc, state, conns) from None
+        except KeyboardInterrupt:
+            # Half a run is worse than none: rank 0 alone would hold the port for its whole
+            # rendezvous timeout. The launches already under way have finished by now.
+            stop_everywhere(state, conns, FAILURE_GRACE)
+            runs_state.note_state(state.run_id, "stopped")
+            ui.info(render.up_start_interrupted(state.run_id))
+            raise DistctlError("interrupted", ExitCode.DETACHED) from None
+        ui.info(render.up_started(plan))
+        if detach:
+            _verify_started(state, conns, opts.fanout)
+            _report_detached(state)
+            return
+        try:
+            outcome = watch_run(state, conns, ui, plan.join_timeout, after_prepare=True)
+        except KeyboardInterrupt:
+            ui.info(render.up_watch_interrupted(state.run_id))
+            raise DistctlError("detached", ExitCode.DETACHED) from None
+        runs_state.note_state(state.run_id, "finished" if outcome.code == ExitCode.OK else "failed",
+                              keep=("stopped",))  # `distctl stop` from another shell ended it
+        raise_for(outcome)
+        ui.info(outcome.message)
+    finally:
+        group.close_all(conns)
+
+
+def _describe_code(inv: Inventory, ui) -> None:
+    """How much of job.code goes to each host, and a warning when that is a lot."""
+    if not inv.job.code:
+        return
+    from orchestrator.launch.codepack import code_summary, format_summary, size_warning
+
+    summary = code_summary(Path(inv.job.code))
+    ui.info(format_summary(summary))
+    warning = size_warning(summary)
+    if warning:
+        ui.warn(warning)
+
+
+def _launch_failed(exc: DistctlError, state: RunState, conns: dict[str, Connection]) -> DistctlError:
+    """Stop whatever did start, and show why rank 0 did not come up."""
+    stop_everywhere(state, conns, FAILURE_GRACE)
+    first = state.hosts[0]
+    log = shell.join([f"{first.rundir}/rank0.log"])
+    try:
+        tail = conns[first.host.name].run(f"tail -n 10 {log} 2>/dev/null", timeout=30).stdout
+    except HostError:
+        tail = ""
+    shown = "".join(f"\n    {line}" for line in tail.splitlines())
+    return DistctlError(f"{exc}; the run was stopped on every host."
+                        + (f" Last lines of rank 0's log:{shown}" if shown else ""), exc.exit_code)
+
+
+def _verify_started(state: RunState, conns: dict[str, Connection], fanout: int) -> None:
+    """Detached `up` returns only once every rank runs (or already finished cleanly)."""
+    def one(hs: HostState) -> list[RankStatus]:
+        return parse_status(conns[hs.host.name].run(status_script(hs.rundir, [r.rank for r in hs.ranks]),
+                                                    timeout=30).stdout)
+
+    found = group.fan_out("verify", state.hosts, one, fanout, lambda hs: hs.host.name).raise_for("verify")
+    for host, ranks in found.items():
+        for s in ranks:
+            if s.state not in ("running", "exited") or (s.state == "exited" and s.code != 0):
+                raise DistctlError(f"rank {s.rank} on {host} is {s.state}"
+                                   f"{f' with code {s.code}' if s.code is not None else ''} right after launch; "
+                                   f"see: distctl logs --rank {s.rank}", ExitCode.RUN_FAILED)
+
+
+def _report_detached(state: RunState) -> None:
+    from click import echo
+
+    # Not ui.info: this shows even under -q (it names the run `up -d` leaves running).
+    echo(f"distctl: {render.up_detached(state.run_id)}", err=True)
+
+
+def _resumable_run_of(inv: Inventory) -> RunState:
+    run = runs_state.last_run_of(inv.path, doing="to resume")
+    if run.last_state == "finished":
+        raise DistctlError(f"run {run.run_id} of {inv.path} finished: nothing to resume "
+                           f"(start a new run: distctl up {inv.path})", ExitCode.BAD_INPUT)
+    return run
+
+
+def _still_running(inv: Inventory, exc: DistctlError, resume: bool) -> DistctlError:
+    """A taken port while this inventory's last run is recorded as running: say which run holds it."""
+    if resume or not isinstance(exc, PortTakenError):
+        return exc
+    try:
+        last = runs_state.last_run_of(inv.path)
+    except DistctlError:
+        return exc
+    if last.last_state not in ("started", "running"):
+        return exc
+    return DistctlError(f"run {last.run_id} of {inv.path} may still be running (its port {last.port} is taken). "
+                        f"See: distctl status {last.run_id}   Stop it: distctl stop {last.run_id}   "
+                        "Or run another one alongside: set another job.port", exc.exit_code)
+
+
+# ------------------------------------------------------------ after launch
+
+
+def find_run(target: str | None) -> RunState:
+    """`target` is a run id, an inventory file (its last run), or None (the last run here)."""
+    if target and Path(target).is_file():
+        return runs_state.last_run_of(target)
+    return runs_state.run_by_id(target) if target else runs_state.last_run_here()
+
+
+def runs(inventory: str | None, ui, as_json: bool) -> None:
+    """List recorded runs, newest last; read locally, connects to nothing."""
+    records = runs_state.list_runs(inventory)
+    if as_json:
+        ui.out(render.runs_json(records))
+        return
+    if not records:
+        ui.info(f"no runs{f' of {inventory}' if inventory else ''} recorded in {runs_state.state_dir() / 'runs'}")
+        return
+    if ui.interactive:
+        ui.table("runs", render.RUNS_COLUMNS, render.runs_rows(records))
+    else:
+        ui.out(render.runs_text(records))
+
+
+def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connection], dict[str, str]]:
+    """Connect to every host of a run; unreachable hosts are reported (host -> cause), not fatal."""
+    connected = group.connect_each([h.host for h in state.hosts], state.ssh, opts.fanout)
+    return connected.ok, {name: e.cause for name, e in connected.failed.items()}
+
+
+def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
+    """Each rank's state and last epoch, every host asked at once; then how the run ended, when it
+    did. Unreachable hosts are named in the table, and make the exit code UNREACHABLE."""
+    state = find_run(target)
+    conns, down = _connect_reachable(state, opts)
+    try:
+        found = query_status(state, conns, down, opts.fanout)
+        first = found.failed_first()
+        failure = {"host": first.host, "rank": first.status.rank, "exit_code": first.status.code,
+                   "log_tail": log_tail(state, conns, first)} if first else None
+    finally:
+        group.close_all(conns)
+    runs_state.note_ranks(state.run_id, [(r.status.state, r.status.code) for r in found.rows])
+    if as_json:
+        ui.out(render.status_json(found, failure))
+    else:
+        _show_status(found, failure, ui)
+    if found.unreachable:
+        raise DistctlError(f"status of run {state.run_id} is incomplete: {', '.join(found.unreachable)} "
+                           f"could not be reached", ExitCode.UNREACHABLE)
+
+
+def _show_status(found: RunStatus, failure: dict | None, ui) -> None:
+    if ui.interactive:
+        ui.table(render.status_header(found), render.STATUS_COLUMNS, render.status_rows(found))
+    else:
+        for line in render.status_lines(found, ui.prefix):
+            ui.out(line)
+    for line in render.status_restarts(found) + render.status_outcome(found, failure, ui.shown):
+        ui.out(line)
+
+
+def stop(target: str | None, opts: Options, ui, grace: float) -> None:
+    state = find_run(target)
+    conns, down = _connect_reachable(state, opts)
+    try:
+        problems = stop_everywhere(state, conns, grace, opts.fanout)
+    finally:
+        group.close_all(conns)
+    problems.update({h: f"unreachable: {cause}" for h, cause in down.items()})
+    for line in render.stop_lines(state, problems):
+        ui.info(line)
+    if problems:
+        raise DistctlError(f"stop of {state.run_id} incomplete on {', '.join(sorted(problems))}",
+                           ExitCode.STOP_INCOMPLETE)
+    runs_state.note_state(state.run_id, "stopped")
+    ui.info(render.stop_done(state.run_id))
+
+
+def _hide_secrets_of(state: RunState, ui) -> None:
+    """Secrets are not stored with the run: take them from its inventory, when readable."""
+    try:
+        ui.hide(load_inventory(state.inventory).secrets)
+    except DistctlError:
+        pass
+
+
+def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | None, rank: int | None,
+         tail: int | None) -> None:
+    state = find_run(target)
+    _hide_secrets_of(state, ui)
+    if host:
+        state.host(host)
+    wanted = {r.rank for hs in state.hosts for r in hs.ranks
+              if (host is None or hs.host.name == host) and (rank is None or r.rank == rank)}
+    if not wanted:
+        raise DistctlError(f"no rank {rank} in run {state.run_id}", ExitCode.BAD_INPUT)
+    hosts = [h.host for h in state.hosts if any(r.rank in wanted for r in h.ranks)]
+    connected = group.connect_each(hosts, state.ssh, opts.fanout)
+    conns, down = connected.ok, {name: e.cause for name, e in connected.failed.items()}
+    for name, cause in down.items():  # show what can be reached; say what cannot
+        ui.warn(f"{name}: unreachable, its ranks' logs are not shown: {cause}")
+    reached = {r.rank for hs in state.hosts if hs.host.name not in down for r in hs.ranks} & wanted
+    links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, ranks=reached)
+    events = RankEvents(ui.rank_line)
+    followers: list = []
+    try:
+        followers = links.open_all(follow_live, tail)
+        # Replaying (no -f) reads what is there: a dropped link is only healed while following.
+        follow(followers, lambda f, text: links.line(f, text, events.line), links=links if follow_live else None)
+    except KeyboardInterrupt:
+        ui.info(f"stopped following; run {state.run_id} goes on")
+        raise DistctlError("interrupted", ExitCode.DETACHED) from None
+    finally:
+        links.stop()
+        for f in followers:
+            f.stream.close()
+        group.close_all(conns)
+    if links.unreachable or down:
+        lost = sorted(set(links.unreachable) | set(down))
+        raise DistctlError(f"logs of {', '.join(lost)} could not be shown (unreachable)", ExitCode.PARTIAL)
+
+
+def load(path: str, overrides: tuple[str, ...] = ()) -> Inventory:
+    return load_inventory(path, overrides=overrides)
+
+
+def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, force: bool, ui) -> None:
+    from orchestrator.inventory.init import host_entries, parse_hostfile, render_inventory
+
+    if bool(hosts) == bool(hostfile):
+        raise DistctlError("give host names or --hostfile (one of the two)", ExitCode.BAD_INPUT)
+    entries = parse_hostfile(Path(hostfile).read_text(), hostfile) if hostfile else host_entries(hosts)
+    path = Path(output)
+    if path.exists() and not force:
+        raise DistctlError(f"{output} exists; use --force to overwrite it", ExitCode.BAD_INPUT)
+    text = render_inventory(entries, defaults)
+    written = parse_inventory(text, output, check_files=False)  # what we write must load
+    for key in sorted({h.identity_file for h in written.hosts if h.identity_file}):
+        if not os.path.isfile(os.path.expanduser(key)):
+            ui.warn(f"identity_file {key} does not exist yet; create it before 'distctl check'")
+    path.write_text(text)
+    ui.info(f"wrote {output} ({len(entries)} host(s)); next: distctl check {output}")
+
+
+def exec_command(inv: Inventory, argv: tuple[str, ...], hosts: tuple[str, ...], opts: Options, ui) -> None:
+    from orchestrator.run.adhoc import exec_everywhere
+
+    inv = _with_options(inv, opts)
+    ui.hide(inv.secrets)
+    exec_everywhere(inv, argv, hosts, opts.fanout, ui)
+
+
+def pull(target: str | None, opts: Options, ui, dest: str) -> None:
+    from orchestrator.results.pull import pull_run
+
+    from orchestrator.results.ckptinfo import describe_checkpoint
+    from orchestrator.results.outputs import format_report, pull_outputs
+
+    state = find_run(target)
+    conns, down = _connect_reachable(state, opts)
+    if len(down) == len(state.hosts):
+        raise DistctlError(f"no host of run {state.run_id} could be reached: "
+                           + "; ".join(f"{h}: {c}" for h, c in down.items()), ExitCode.UNREACHABLE)
+    for name, cause in down.items():
+        ui.warn(f"{name}: unreachable, nothing pulled from it: {cause}")
+    reachable = replace(state, hosts=tuple(hs for hs in state.hosts if hs.host.name in conns))
+    try:
+        out, written = pull_run(state, conns, Path(dest) / "runs", ui)
+        report = pull_outputs(reachable, conns, list(state.outputs), Path(dest) / "runs") if state.outputs else None
+    finally:
+        group.close_all(conns)
+    ui.info(render.pull_done(state.run_id, out, written))
+    label = describe_checkpoint(out / "model.pt") if "model.pt" in written else None
+    if label:
+        ui.info(render.pull_checkpoint(label))
+    if report is not None:
+        for line in format_report(report):
+            ui.info(line)
+    problems = [f"{h}: {m}" for h, m in (report.errors if report else [])] + [f"{h}: unreachable" for h in down]
+    if problems:
+        raise DistctlError("pull incomplete: " + "; ".join(problems), ExitCode.PARTIAL)

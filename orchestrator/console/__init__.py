@@ -1,0 +1,1 @@
+"""Terminal output: `ui` (the one printer, secrets masked) and `terminal` (what a tty can show)."""

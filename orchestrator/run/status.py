@@ -1,0 +1,147 @@
+"""`distctl status`: every host of a run asked at once (one command each) what became of its
+ranks and how far the bundled trainer got, and what that says about the run: running,
+finished, stopped at a checkpoint, or which rank failed first."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from orchestrator import shell
+from orchestrator.ssh import group
+from orchestrator.errors import HostError
+from orchestrator.run.lifecycle import RankStatus, parse_agent, parse_status, status_script
+from orchestrator.ssh.remote import Connection
+from orchestrator.plan.scripts import program
+from orchestrator.plan.state import HostState, RunState, summarize
+from orchestrator.run.watch import STOPPED, on_workstation_clock, root_causes
+
+GONE_DETAIL = "gone without an exit code: host rebooted or processes killed"
+
+
+def status_command(state: RunState, hs: HostState) -> str:
+    """One command per host: each rank's state (lifecycle.status_script), then, for the bundled
+    trainer, how far each rank got (hostside/progress.py); a user program's log is its own."""
+    ranks = [r.rank for r in hs.ranks]
+    command = status_script(hs.rundir, ranks)
+    return shell.lines(command, program(hs.python, "progress", hs.rundir, *ranks)) if state.trainer else command
+
+
+@dataclass(frozen=True)
+class Progress:
+    epoch: int | None = None  # the last epoch the trainer logged as done
+    stopped_epoch: int | None = None  # the epoch of its `stopped` line (exit 143 after a checkpoint)
+
+
+def parse_progress(output: str) -> dict[int, Progress]:
+    """`progress R EPOCH STOPPED` lines (hostside/progress.py) by rank."""
+    def number(text: str) -> int | None:
+        return int(text) if text.isdigit() else None
+
+    found = {}
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[0] == "progress" and fields[1].isdigit():
+            found[int(fields[1])] = Progress(number(fields[2]), number(fields[3]))
+    return found
+
+
+@dataclass(frozen=True)
+class RankRow:
+    host: str
+    status: RankStatus
+    detail: str = ""  # why the host could not be asked
+    progress: Progress = Progress()
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What `status` found, and what it makes of it."""
+
+    state: RunState
+    rows: list[RankRow]
+    unreachable: dict[str, str] = field(default_factory=dict)  # host -> cause
+    checked_at: float = 0.0  # workstation clock
+    agents: list[dict] = field(default_factory=list)  # each host's restart agent state (lifecycle.parse_agent)
+
+    @property
+    def summary(self) -> str | None:
+        """One word for the run (running, finished, stopped, failed), None when unknown."""
+        return summarize([(r.status.state, r.status.code) for r in self.rows])
+
+    @property
+    def stopped(self) -> bool:
+        """The bundled trainer's ranks all exited 143 (or 0): stopped after a checkpoint, resumable."""
+        return self.state.trainer and self.summary == "stopped"
+
+    @property
+    def stopped_epoch(self) -> int | None:
+        epochs = [r.progress.stopped_epoch for r in self.rows
+                  if r.status.code == STOPPED and r.progress.stopped_epoch is not None]
+        return min(epochs) if self.stopped and epochs else None
+
+    @property
+    def started(self) -> float | None:
+        return datetime.fromisoformat(self.state.started).timestamp() if self.state.started else None
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds from the start to the last rank's exit, or to now while the run may go on
+        (a rank running, a host unreachable). The exit times are the hosts' clocks."""
+        if self.started is None:
+            return None
+        ends = [r.status.at for r in self.rows if r.status.state == "exited"]
+        ended = self.rows and len(ends) == len(self.rows) and None not in ends
+        return max(0.0, (max(e for e in ends if e is not None) if ended else self.checked_at) - self.started)
+
+    @property
+    def restarts(self) -> dict | None:
+        """The restart agents' view (the newest attempt any host knows of); None without job.max_restarts."""
+        if not self.state.max_restarts:
+            return None
+        newest = max(self.agents, key=lambda a: int(a.get("attempt") or 0), default={})
+        return {"attempt": int(newest.get("attempt") or 0), "max_restarts": self.state.max_restarts,
+                "restarts": list(newest.get("restarts") or []), "dropped": list(newest.get("dropped") or []),
+                "outcome": newest.get("outcome")}
+
+    def failed_first(self) -> RankRow | None:
+        """The rank that most likely failed first (see watch.root_causes); none for a stopped run."""
+        if self.stopped:
+            return None
+        exited = {r.status.rank: r.status.code for r in self.rows if r.status.state == "exited"}
+        times = {r.status.rank: r.status.at for r in self.rows if r.status.at is not None}
+        ranked = root_causes(exited, on_workstation_clock(times, self.state.clock_offsets()), self.state.trainer)
+        return next(r for r in self.rows if r.status.rank == ranked[0]) if ranked else None
+
+
+def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], fanout: int) -> RunStatus:
+    """Ask every reachable host at once; `down` holds the hosts that could not be connected."""
+    def one(hs: HostState) -> tuple[list[RankStatus], dict[int, Progress], dict | None]:
+        out = conns[hs.host.name].run(status_command(state, hs), timeout=30).stdout
+        return parse_status(out), parse_progress(out), parse_agent(out)
+
+    found = group.fan_out("status", [hs for hs in state.hosts if hs.host.name in conns], one, fanout,
+                          lambda hs: hs.host.name)
+    unreachable = {**down, **{name: e.cause for name, e in found.failed.items()}}
+    rows: list[RankRow] = []
+    agents: list[dict] = []
+    for hs in state.hosts:
+        name = hs.host.name
+        if name in found.ok:
+            statuses, progress, agent = found.ok[name]
+            rows += [RankRow(name, s, GONE_DETAIL if s.state == "killed" else "",
+                             progress=progress.get(s.rank, Progress())) for s in statuses]
+            agents += [agent] if agent else []
+        else:
+            rows += [RankRow(name, RankStatus(r.rank, "unreachable"), unreachable[name]) for r in hs.ranks]
+    return RunStatus(state, rows, {h: unreachable[h] for h in sorted(unreachable)}, time.time(), agents)
+
+
+def log_tail(state: RunState, conns: dict[str, Connection], row: RankRow, lines: int = 10) -> list[str]:
+    """The last lines of one rank's log ([] when the host cannot say)."""
+    log = shell.join([f"{state.host(row.host).rundir}/rank{row.status.rank}.log"])
+    try:
+        return conns[row.host].run(f"tail -n {lines} {log} 2>/dev/null", timeout=30).stdout.splitlines()
+    except HostError:
+        return []

@@ -1,0 +1,288 @@
+"""Attached to a run: stream every rank's log, tear the run down when a rank fails,
+and stop it when ranks never join (the hang watchdog)."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from collections.abc import Callable
+
+from orchestrator.plan.scripts import program
+from orchestrator.errors import DistctlError, ExitCode, HostError
+from orchestrator.ssh.group import fan_out
+from orchestrator.run.lifecycle import halt_host, stop_host
+from orchestrator.run.links import HostLinks
+from orchestrator.plan.model import PEER_LOST, STOPPED
+from orchestrator.ssh.remote import Connection
+from orchestrator.plan.state import RunState
+from orchestrator.run.stream import Followed, follow
+
+FAILURE_GRACE = 2.0  # seconds survivors get to exit after a rank failed; then SIGKILL
+# A rank whose wrapper left no exit code: its whole process group was killed at once (a reboot,
+# kill -9 of the group, an OOM kill of the wrapper), which no program's exit path reports.
+GONE = "processes are gone without an exit code (host rebooted or processes killed)"
+
+
+@dataclass
+class Outcome:
+    code: ExitCode
+    message: str
+
+
+def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float,
+                    fanout: int = 64) -> dict[str, str]:
+    """Stop the run on every host in parallel; per-host problems are returned, not raised.
+    With restart agents, every agent is halted first, on every host (lifecycle.halt_script)."""
+    def halt(hs) -> None:
+        conn = conns.get(hs.host.name)
+        if conn is not None:
+            halt_host(conn, hs.rundir)
+
+    if state.max_restarts:  # a host that fails to halt: the stop itself halts it again, and reports the host
+        fan_out("halt", state.hosts, halt, fanout, lambda hs: hs.host.name)
+
+    def one(hs) -> None:
+        conn = conns.get(hs.host.name)
+        if conn is None:
+            raise HostError(hs.host.name, "unreachable")
+        left = stop_host(conn, hs.rundir, state.run_id, grace)
+        if left:
+            raise HostError(hs.host.name, f"{left} process(es) left")
+
+    stopped = fan_out("stop", state.hosts, one, fanout, lambda hs: hs.host.name)
+    return {name: exc.cause for name, exc in stopped.failed.items()}
+
+
+@dataclass
+class RankEvents:
+    """Demultiplexes `R line` / `exit R CODE` from host followers into per-rank callbacks."""
+
+    on_line: Callable[[str, int, str], None]
+    on_exit: Callable[[str, int, int | None, float | None], None] = lambda host, rank, code, at: None
+    on_event: Callable[[str, str], None] = lambda host, text: None  # the restart agent's decisions
+    tails: dict[int, deque] = field(default_factory=dict)
+
+    def line(self, f: Followed, text: str) -> None:
+        head, _, rest = text.partition(" ")
+        if head == "ev":
+            self.on_event(f.host, rest)
+        elif head == "exit":
+            which, code, at = (rest.split(" ") + ["-", "-"])[:3]
+            self.on_exit(f.host, int(which), int(code) if code.lstrip("-").isdigit() else None,
+                         float(at) if at.replace(".", "", 1).isdigit() else None)
+        elif head.isdigit():
+            rank = int(head)
+            if rank not in self.tails:  # not setdefault: that builds a deque for every line
+                self.tails[rank] = deque(maxlen=20)
+            self.tails[rank].append(rest)
+            self.on_line(f.host, rank, rest)
+
+
+def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: float,
+              after_prepare: bool = False) -> Outcome:
+    """Follow the run to its end. Returns the outcome; raises KeyboardInterrupt on Ctrl-C."""
+    links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, after_prepare=after_prepare)
+    followers = links.open_all()
+    host_of = {r.rank: hs.host.name for hs in state.hosts for r in hs.ranks}
+    joined: set[int] = set()
+    started: set[int] = set()
+    exits: dict[int, int | None] = {}
+    exit_times: dict[int, float] = {}
+    vanished: set[int] = set()  # gone without an exit code before distctl stopped anything
+    torn_down: list[bool] = []
+    first_failure: list[int] = []
+    fallback_told: set[str] = set()
+    deadline = time.monotonic() + join_timeout
+    hang: list[str] = []
+    agent = AgentNews()
+
+    def on_line(host: str, rank: int, line: str) -> None:
+        ui.rank_line(host, rank, line)
+        if line.startswith("joined "):
+            joined.add(rank)
+        elif line.startswith("rendezvous "):
+            started.add(rank)
+        elif state.trainer and line.startswith("fallback ") and host not in fallback_told:
+            fallback_told.add(host)
+            ui.warn(f"{host}: MNIST could not be had: training on generated digits, not MNIST "
+                    "(job.fallback: generated; set job.data to push your copy of MNIST)")
+
+    def on_event(host: str, text: str) -> None:
+        if text in agent.seen:
+            return  # every host relays the same decision
+        agent.seen.add(text)
+        kind, _, rest = text.partition(" ")
+        if kind == "restart":
+            ui.warn(text)
+        elif kind == "dropped" and rest in links.hosts and rest not in agent.dropped:
+            agent.dropped.append(rest)
+            links.abandon(rest)
+            for r in [r for r, h in host_of.items() if h == rest]:
+                del host_of[r]
+                exits.pop(r, None)
+            ui.warn(f"{rest}: dropped from the run; it goes on without it")
+        elif kind == "end":
+            outcome, _, why = rest.partition(": ")
+            agent.end = (outcome, why)
+
+    def on_exit(host: str, rank: int, code: int | None, at: float | None) -> None:
+        if host in agent.dropped:
+            return
+        exits[rank] = code
+        if at is not None:
+            exit_times[rank] = at
+        if code is None and not torn_down:
+            vanished.add(rank)
+        if code != 0 and not first_failure:
+            first_failure.append(rank)
+            # After the hang watchdog's teardown the ranks exit from its SIGTERM: not a new failure.
+            if (code != STOPPED or not state.trainer) and not hang:
+                teardown(_ended(host, rank, code))
+
+    def teardown(reason: str) -> None:
+        torn_down.append(True)
+        ui.warn(f"{reason}; stopping the run on every host")
+        for host, problem in stop_everywhere(state, conns, FAILURE_GRACE).items():
+            ui.warn(f"{host}: stop: {problem}")
+
+    judged: list[bool] = []
+
+    def tick() -> None:
+        if time.monotonic() <= deadline or first_failure or hang or judged or agent.seen:
+            return  # (after a restart the agents judge: the rendezvous may be under way again)
+        if not state.trainer:
+            judged.append(True)
+            hang.extend(unjoined_hosts(state, conns, set(exits)))
+        elif len(joined) < state.world_size:
+            missing = sorted(set(host_of) - joined)
+            # Rank 0 waits in the rendezvous for the others: name the ranks that never reached
+            # it, when the trainer said which did; otherwise every rank still missing.
+            culprits = [r for r in missing if r not in started] if started else missing
+            hang.extend(f"{host_of[r]} r{r}" for r in (culprits or missing))
+        if hang:
+            teardown(f"ranks never joined within job.join_timeout={join_timeout:g}s: {', '.join(hang)}")
+
+    events = RankEvents(on_line, on_exit, on_event)
+    try:
+        follow(followers, lambda f, text: links.line(f, text, events.line), tick, links=links)
+    finally:
+        links.stop()
+        for f in followers:
+            f.stream.close()
+    ranked = root_causes(exits, on_workstation_clock(exit_times, state.clock_offsets()), state.trainer, vanished)
+    outcome = _outcome(state, exits, ranked, hang, events.tails, host_of, links.unreachable)
+    outcome = agent.amend(outcome)
+    if fallback_told and outcome.code == ExitCode.OK:  # said again at the end: easy to miss mid-run
+        outcome.message += " (on generated digits, not MNIST: MNIST could not be had)"
+    return outcome
+
+
+@dataclass
+class AgentNews:
+    """What the restart agents said (hostside/agent.py), relayed by the followers."""
+
+    seen: set[str] = field(default_factory=set)
+    dropped: list[str] = field(default_factory=list)
+    end: tuple[str, str] | None = None  # (outcome, why) when they gave up
+
+    def amend(self, outcome: Outcome) -> Outcome:
+        restarts = sum(1 for text in self.seen if text.startswith("restart "))
+        if outcome.code == ExitCode.OK and (restarts or self.dropped):
+            extra = [f"after {restarts} restart(s)"] if restarts else []
+            extra += [f"without {', '.join(self.dropped)} (dropped)"] if self.dropped else []
+            return Outcome(outcome.code, f"{outcome.message}, {'; '.join(extra)}")
+        if self.end and self.end[0] == "exhausted" and outcome.code == ExitCode.RUN_FAILED:
+            return Outcome(ExitCode.RESTARTS_EXHAUSTED, f"{self.end[1]}\n{outcome.message}")
+        if self.end and self.end[0] == "failed" and outcome.code == ExitCode.RUN_FAILED:
+            return Outcome(outcome.code, f"{self.end[1]}\n{outcome.message}")
+        return outcome
+
+
+def unjoined_hosts(state: RunState, conns: dict[str, Connection], exited: set[int]) -> list[str]:
+    """Ranks that never reached rank 0's store, judged by each host's connections to it: every
+    rank that joined through env:// holds one. Where no host holds any (a program that brings
+    its own rendezvous, or none) or a host cannot tell, nobody is judged: a healthy run is
+    never torn down for a rendezvous distctl cannot see."""
+    def count(hs) -> int | None:
+        command = program(hs.python, "store_peers", state.master_addr, state.port)
+        try:
+            out = conns[hs.host.name].run(command, timeout=30).stdout
+        except HostError:
+            return None
+        value = out.strip().rpartition("connected=")[2]
+        return int(value) if value.isdigit() else None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(state.hosts)))) as pool:
+        counts = list(pool.map(count, state.hosts))
+    if None in counts or not any(counts):
+        return []
+    out = []
+    for hs, n in zip(state.hosts, counts):
+        waiting = [r.rank for r in hs.ranks if r.rank not in exited]
+        if n is not None and n < len(waiting):
+            out.append(f"{hs.host.name} ({n} of {len(waiting)} rank(s) connected to {state.master_addr}:{state.port})")
+    return out
+
+
+def root_causes(exits: dict[int, int | None], times: dict[int, float], trainer: bool = True,
+                vanished: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """Failed ranks, most likely cause first: the order distctl saw them in is the order of
+    its reads, not of the failures. Ranks that `vanished` (no exit code, before distctl stopped
+    anything: their host rebooted) come first: what happened to them explains the others, and
+    nothing else does. For the bundled trainer a peer-lost exit is a consequence, and so is no
+    exit code (distctl's own SIGKILL); then earliest first. A user program's codes mean
+    nothing to distctl: earliest first."""
+    failed = [r for r, code in exits.items() if code != 0]
+    lost = (PEER_LOST, None) if trainer else (None,)
+    return sorted(failed, key=lambda r: (r not in vanished, exits[r] in lost, times.get(r, float("inf"))))
+
+
+def on_workstation_clock(times: dict[int, float], offsets: dict[int, float]) -> dict[int, float]:
+    """Exit times as each host's clock wrote them (file mtimes), moved onto the workstation's clock
+    so that hosts compare: `offsets` maps a rank to its host's clock minus the workstation's, as
+    discovery measured it (0 where unknown). A host 5 s ahead otherwise looks 5 s late to fail."""
+    return {rank: at - offsets.get(rank, 0.0) for rank, at in times.items()}
+
+
+def _ended(host: str, rank: int, code: int | None) -> str:
+    """How a rank ended, naming its host: `rank 1 on node2 exited with code 1`."""
+    return f"{host}: rank {rank}'s {GONE}" if code is None else f"rank {rank} on {host} exited with {_code_text(code)}"
+
+
+def _code_text(code: int) -> str:
+    if code > 128:
+        return f"code {code} (signal {code - 128})"
+    return f"code {code}"
+
+
+def _outcome(state: RunState, exits: dict[int, int | None], failures: list[int], hang: list[str],
+             tails: dict[int, deque], host_of: dict[int, str], unreachable: dict[str, str]) -> Outcome:
+    if hang:
+        return Outcome(ExitCode.HANG, f"ranks never joined: {', '.join(hang)}; the run was stopped. "
+                       "Check the interface and firewall (distctl check), and the rank logs (distctl logs)")
+    if not failures and len(exits) == len(host_of) and all(c == 0 for c in exits.values()):
+        return Outcome(ExitCode.OK, f"run {state.run_id} finished: {len(exits)} rank(s) exited 0")
+    if not failures:
+        lost = sorted(set(host_of) - set(exits))
+        hosts = sorted({host_of[r] for r in lost})
+        why = "; ".join(f"{h}: {unreachable[h]}" for h in hosts if h in unreachable)
+        return Outcome(ExitCode.UNREACHABLE, f"{', '.join(hosts)} unreachable (rank(s) {', '.join(map(str, lost))}): "
+                       f"run state unknown{f' ({why})' if why else ''}. Re-attach: distctl logs -f {state.run_id}   "
+                       f"Status: distctl status {state.run_id}")
+    rank = failures[0]
+    if state.trainer and exits.get(rank) == STOPPED and all(c in (STOPPED, 0) for c in exits.values()):
+        return Outcome(ExitCode.RUN_FAILED, f"run {state.run_id} was stopped (checkpointed); "
+                       f"continue it with: distctl up {shlex.quote(state.inventory)} --resume")
+    tail = "\n".join(f"    {line}" for line in list(tails.get(rank, ()))[-10:])
+    code = exits.get(rank)
+    first = (f"{host_of[rank]}: rank {rank} failed first: its {GONE}" if code is None else
+             f"rank {rank} on {host_of[rank]} failed first: exited with {_code_text(code)}")
+    return Outcome(ExitCode.RUN_FAILED, f"{first}; last lines of its log:\n{tail}")
+
+
+def raise_for(outcome: Outcome) -> None:
+    if outcome.code != ExitCode.OK:
+        raise DistctlError(outcome.message, outcome.code)
