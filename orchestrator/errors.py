@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
+from orchestrator.contract import ExitCode
 
-
-class ExitCode(IntEnum):
-    """distctl's documented exit codes (README: "Exit codes")."""
-
-    OK = 0
-    RUN_FAILED = 1  # a rank exited non-zero, or the run was stopped from elsewhere
-    BAD_INPUT = 2  # malformed inventory, bad option, unset secret variable
-    UNREACHABLE = 3  # connection refused, timeout, unknown name, authentication
-    HOST_KEY = 4  # unknown or changed host key
-    PREFLIGHT = 5  # a host is reachable but the job cannot run there
-    HANG = 6  # ranks never joined within job.join_timeout
-    NO_RUN = 7  # logs/status/stop found no run to act on
-    STOP_INCOMPLETE = 8  # stop could not reach a host or left processes behind
-    REMOTE_STEP = 9  # a step after preflight failed on a host (prepare, push, launch): host, step, cause
-    SETUP_FAILED = 10  # job.setup exited non-zero on a host; nothing was launched
-    EXEC_FAILED = 11  # `distctl exec`: the command exited non-zero on at least one host
-    PARTIAL = 12  # logs/pull/status: done for the reachable hosts only; the rest are named
-    RESTARTS_EXHAUSTED = 13  # job.max_restarts used up (or fewer than job.min_hosts left)
-    INTERNAL = 70  # a bug in distctl (EX_SOFTWARE); --debug shows the traceback
-    DETACHED = 130  # Ctrl-C while attached: the run goes on
+__all__ = ["ExitCode", "DistctlError", "InventoryError", "HostError", "HostKeyError", "PortTakenError",
+           "RemoteCommandError", "GroupError", "remote_cause"]
 
 
 class DistctlError(Exception):

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
-from orchestrator.inventory.model import EnvVar
+
+class EnvVar(Protocol):
+    """What `env_file` needs of a variable (an inventory.model.EnvVar); the shell sits below the inventory."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> str: ...
+    @property
+    def shown(self) -> str: ...
 
 
 def join(argv: Sequence[object]) -> str:

@@ -23,7 +23,7 @@ from support.watched import a_run, host, stops, watch
 from orchestrator.run import watch as watching
 from orchestrator.results.ckptinfo import describe_checkpoint
 from orchestrator.errors import ExitCode
-from orchestrator.plan.model import TRAINER_FINAL
+from orchestrator.contract import TRAINER_FINAL
 from orchestrator.plan.state import summarize
 from orchestrator.console.ui import Ui
 from orchestrator.run.watch import Outcome

@@ -1,5 +1,5 @@
 """The shared fakes behave like the interface they stand in for (a wrong fake misleads every test
-that uses it): orchestrator/run/stream.py's loop reads a FakeStream like an SSH channel."""
+that uses it): orchestrator/ssh/stream.py's loop reads a FakeStream like an SSH channel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from support.fakes import Call, FakeConnection, FakeStream, exited, said
 
 from orchestrator.errors import HostError
 from orchestrator.ssh.remote import Result
-from orchestrator.run.stream import Followed, follow
+from orchestrator.ssh.stream import Followed, follow
 
 
 def test_a_fake_stream_is_followed_line_by_line_through_its_pauses():

@@ -23,7 +23,8 @@ from orchestrator import shell
 from orchestrator.ssh import remote
 from orchestrator.errors import InventoryError
 from orchestrator.inventory.model import Host, Ssh, parse_inventory
-from orchestrator.plan.model import RUN_MARKER, Artifact, StepKind, plan_launch
+from orchestrator.contract import RUN_MARKER
+from orchestrator.plan.model import Artifact, StepKind, plan_launch
 
 cluster_test = pytest.mark.cluster  # the pure properties below run without a cluster
 

@@ -28,7 +28,7 @@ from orchestrator.run.status import RunStatus, log_tail
 from orchestrator.run.status import query as query_status
 from orchestrator.run.watch import FAILURE_GRACE, RankEvents, raise_for, stop_everywhere, watch_run
 from orchestrator.run.links import HostLinks
-from orchestrator.run.stream import follow
+from orchestrator.ssh.stream import follow
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from orchestrator import shell
+
 PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session",
             "agent", "progress")
 
@@ -37,3 +39,8 @@ def source(name: str) -> str:
     if text.startswith('"""'):
         text = text[text.index('"""', 3) + 3:].lstrip("\n")
     return text
+
+
+def program(python: str, name: str, *args: object) -> str:
+    """`python -c <source of hostside/NAME.py> ARGS...`: one command, nothing installed on the host."""
+    return shell.join([python, "-c", source(name), *args])

@@ -15,7 +15,7 @@ from orchestrator.plan.model import Plan, Step, StepKind
 from orchestrator.launch.packing import tar_of
 from orchestrator.ssh.remote import Connection
 from orchestrator.plan.scripts import PROBE_MARK
-from orchestrator.run.stream import Followed
+from orchestrator.ssh.stream import Followed
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from orchestrator.plan.facts import HostFacts
 from orchestrator.ssh.group import fan_out
 from orchestrator.inventory.model import Host, Inventory
 from orchestrator.ssh.remote import Connection, Stream
-from orchestrator.plan.scripts import program
+from orchestrator.hostside import program
 
 
 HOSTSIDE_PYTHON = (3, 8)  # orchestrator/hostside/ keeps to 3.8 syntax: any program's host needs this much

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator import shell
-from orchestrator.plan.scripts import program
+from orchestrator.hostside import program
 
 
 @dataclass(frozen=True)

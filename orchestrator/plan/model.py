@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from orchestrator import shell
+from orchestrator.contract import PEER_LOST, RUN_MARKER, TRAINER_FINAL
 from orchestrator.plan.scripts import (FROM_PREPARE, follow_script, launch_script, prepare_script, push_script,
                                   refollow_script, restart_script, setup_script, wait_port_script)
 from orchestrator.plan.facts import HostFacts
 from orchestrator.inventory.model import EnvVar, Host, Inventory
 from orchestrator.plan.state import HostState, RankState, RunState
 
-RUN_MARKER = "DISTCTL_RUN_ID"  # in every rank's environment; `stop` sweeps /proc for it
 
 
 class StepKind(str, Enum):
@@ -263,9 +263,6 @@ def _clock_offset(facts: dict[str, HostFacts] | None, name: str) -> float | None
 
 RESTART_GRACE_S = 5.0  # a restart gives ranks this long after SIGTERM, then SIGKILL
 # The bundled trainer's exit codes distctl decides by (tests/test_contract.py ties them to trainer.errors):
-STOPPED = 143  # stopped by SIGTERM after checkpointing
-PEER_LOST = 4  # a peer died or a collective timed out: a consequence, never the cause
-TRAINER_FINAL = (2, 3)  # usage and divergence: a restart would fail the same way
 
 
 def agent_config(inv: Inventory, run_id: str, host_plans: list[HostPlan], index: int, master: str) -> dict:

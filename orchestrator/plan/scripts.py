@@ -9,7 +9,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from orchestrator import hostside, shell
+from orchestrator import shell
+from orchestrator.hostside import program
 
 if TYPE_CHECKING:
     from orchestrator.plan.model import RankPlan
@@ -91,11 +92,6 @@ def detach_function(python: str) -> str:
     """A shell function `distctl_detach COMMAND...`: `setsid COMMAND &` and `echo $!` in one,
     through Python's os.setsid, because macOS and the BSDs have no setsid binary."""
     return f"{DETACH}() {{ {program(python, 'detach')} \"$@\"; }}"
-
-
-def program(python: str, name: str, *args: object) -> str:
-    """`python -c <source of hostside/NAME.py> ARGS...`: one command, nothing installed on the host."""
-    return shell.join([python, "-c", hostside.source(name), *args])
 
 
 def wait_port_script(python: str, rundir: str, addr: str, port: int, rank: int, timeout: float) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from orchestrator.results.destinations import (HostListing, Placement, RemoteFile, is_unchanged, local_parent, place,
                                        shown)
 from orchestrator.errors import HostError
-from orchestrator.plan.scripts import program
+from orchestrator.hostside import program
 from orchestrator.ssh.remote import Connection, Stream
 
 BATCH_ARG_BYTES = 64 * 1024  # the paths asked for in one `send` command line

@@ -22,7 +22,7 @@ from orchestrator.ssh import group
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.inventory.model import Host, Inventory
 from orchestrator.ssh.remote import Connection
-from orchestrator.run.stream import Followed
+from orchestrator.ssh.stream import Followed
 
 
 @dataclass(frozen=True)

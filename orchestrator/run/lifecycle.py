@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from orchestrator import shell
 from orchestrator.errors import HostError
-from orchestrator.plan.model import RUN_MARKER
+from orchestrator.contract import RUN_MARKER
 from orchestrator.ssh.remote import Connection
 
 

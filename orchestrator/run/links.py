@@ -18,11 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from orchestrator.contract import RECORD_AT, RECORD_EXIT, RECORD_HEARTBEAT
 from orchestrator.errors import DistctlError
 from orchestrator.ssh.remote import Connection, connect
 from orchestrator.plan.scripts import FROM_PREPARE, fill_shown, follow_script
 from orchestrator.plan.state import HostState, RunState
-from orchestrator.run.stream import Followed
+from orchestrator.ssh.stream import Followed
 
 HEARTBEAT_S = 2.0  # hostside/follow.py writes `hb` after this long without output
 # No byte for this long: the link is stalled. Generous: 16 ranks importing torch on 2 cores kept a
@@ -69,15 +70,15 @@ class HostLinks:
     def line(self, f: Followed, text: str, on_line: Callable[[Followed, str], None]) -> None:
         """Count what reached the workstation, so a reopened follower skips exactly that."""
         head, _, rest = text.partition(" ")
-        if text == "hb":
+        if text == RECORD_HEARTBEAT:
             return
-        if head == "at":  # a follower started at a tail: the lines before it count as seen
+        if head == RECORD_AT:  # a follower started at a tail: the lines before it count as seen
             rank, _, count = rest.partition(" ")
             if rank.isdigit() and count.isdigit() and int(rank) in self.seen:
                 self.seen[int(rank)] = int(count)
                 self._from_prepare.discard(int(rank))
             return
-        if head == "exit":
+        if head == RECORD_EXIT:
             self.ended.add(int(rest.split(" ")[0]))
         elif head.isdigit() and int(head) in self.seen:
             self.seen[int(head)] += 1

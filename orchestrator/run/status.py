@@ -13,7 +13,7 @@ from orchestrator.ssh import group
 from orchestrator.errors import HostError
 from orchestrator.run.lifecycle import RankStatus, parse_agent, parse_status, status_script
 from orchestrator.ssh.remote import Connection
-from orchestrator.plan.scripts import program
+from orchestrator.hostside import program
 from orchestrator.plan.state import HostState, RunState, summarize
 from orchestrator.run.watch import STOPPED, on_workstation_clock, root_causes
 

@@ -10,15 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
-from orchestrator.plan.scripts import program
+from orchestrator.hostside import program
 from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.ssh.group import fan_out
 from orchestrator.run.lifecycle import halt_host, stop_host
 from orchestrator.run.links import HostLinks
-from orchestrator.plan.model import PEER_LOST, STOPPED
+from orchestrator.contract import PEER_LOST, RECORD_EVENT, RECORD_EXIT, STOPPED
 from orchestrator.ssh.remote import Connection
 from orchestrator.plan.state import RunState
-from orchestrator.run.stream import Followed, follow
+from orchestrator.ssh.stream import Followed, follow
 
 FAILURE_GRACE = 2.0  # seconds survivors get to exit after a rank failed; then SIGKILL
 # A rank whose wrapper left no exit code: its whole process group was killed at once (a reboot,
@@ -67,9 +67,9 @@ class RankEvents:
 
     def line(self, f: Followed, text: str) -> None:
         head, _, rest = text.partition(" ")
-        if head == "ev":
+        if head == RECORD_EVENT:
             self.on_event(f.host, rest)
-        elif head == "exit":
+        elif head == RECORD_EXIT:
             which, code, at = (rest.split(" ") + ["-", "-"])[:3]
             self.on_exit(f.host, int(which), int(code) if code.lstrip("-").isdigit() else None,
                          float(at) if at.replace(".", "", 1).isdigit() else None)

@@ -213,7 +213,7 @@ class _Session:
 
     @classmethod
     def start(cls, conn: SshConnection, chan) -> _Session:
-        from orchestrator.plan.scripts import program
+        from orchestrator.hostside import program
 
         session = cls(conn.name, chan)
         try:

@@ -3,7 +3,7 @@
 What a test can do with them is what orchestrator/ssh/remote.py's `Connection` offers: `run` a
 command (answered from rules, every call recorded) and `open_stream` one (handing out
 scripted `FakeStream`s, also recorded). A `FakeStream` gives its bytes through a real pipe,
-so the `selectors` loop of orchestrator/run/stream.py watches it like an SSH channel.
+so the `selectors` loop of orchestrator/ssh/stream.py watches it like an SSH channel.
 
 Behaviour a user relies on is tested on the real cluster (tests/cluster.py); these are for
 decisions that can be driven without one (STYLE.md: "Fakes are for unit tests of pure logic").
