@@ -36,7 +36,7 @@ from orchestrator.launch.discover import discover
 from orchestrator.cli.commands import new_run_id
 from orchestrator.inventory.model import load_inventory
 from orchestrator.plan.model import plan_launch, push_script
-from orchestrator.launch.packing import _files, artifact, build_tar, trainer_root
+from orchestrator.launch.artifacts import TREE, folder_artifact, pack_folder, select_files, trainer_root
 
 
 class Counting:
@@ -58,7 +58,7 @@ class Counting:
 
 
 def tree_size(root: Path) -> tuple[int, int]:
-    files = [p for _, p in _files(root, ".")]
+    files = [Path(e.path) for e in select_files(root, TREE).entries]
     return len(files), sum(p.stat().st_size for p in files)
 
 
@@ -73,9 +73,10 @@ def part1(cluster, n: int, work: Path, code_root: Path, data_root: Path, reps: i
         facts, network = discover(inv, raw, 32)
 
         def push_all(stage: str) -> None:
-            build_tar.cache_clear()  # a one-file change must be seen; each `distctl up` builds afresh
+            pack_folder.cache_clear()  # a one-file change must be seen; each `distctl up` builds afresh
             start = time.perf_counter()
-            artifacts = (artifact("code", code_root, "trainer"), artifact("data", data_root, "."))
+            artifacts = (folder_artifact("code", code_root, "trainer", TREE),
+                         folder_artifact("data", data_root, ".", TREE))
             built = time.perf_counter()
             plan = plan_launch(inv, new_run_id("bench"), artifacts, facts, network)
             for c in conns.values():
@@ -110,7 +111,7 @@ def sftp_put_tree(client, root: Path, target: str) -> None:
     try:
         sftp.mkdir(target)
         made = {target}
-        for arcname, path in _files(root, "."):
+        for arcname, path in ((e.arcname, Path(e.path)) for e in select_files(root, TREE).entries):
             remote = str(Path(target, arcname))
             for folder in reversed([str(p) for p in Path(remote).parents]):
                 if folder.startswith(target + "/") and folder not in made:
@@ -144,8 +145,8 @@ def part2(cluster, work: Path, trees: dict[str, Path], reps: int) -> list[tuple]
             for rep in range(-1, reps):  # rep -1 warms caches, untimed
                 base = f"{host.workdir}/bench-{label.split()[0]}-{rep + 1}"
                 start = time.perf_counter()
-                build_tar.cache_clear()
-                group.check(ours, push_script(base + "-tar"), "tar push", stdin=build_tar(str(root), "."))
+                pack_folder.cache_clear()
+                group.check(ours, push_script(base + "-tar"), "tar push", stdin=pack_folder(str(root), ".", TREE).tar)
                 tar_s = time.perf_counter() - start
                 start = time.perf_counter()
                 sftp_put_tree(fab.client, root, base + "-sftp")

@@ -20,7 +20,7 @@ from orchestrator.inventory.model import Inventory, load_inventory, parse_invent
 from orchestrator.run.lifecycle import RankStatus, parse_status, status_script
 from orchestrator.plan.model import plan_launch
 from orchestrator.launch.preflight import preflight_facts, preflight_port
-from orchestrator.launch.packing import job_artifacts
+from orchestrator.launch.artifacts import job_artifacts
 from orchestrator.ssh.remote import Connection, resolve_host
 from orchestrator.cli.render import plan_json, render_plan
 from orchestrator.plan.state import HostState, RunState, save_run
@@ -146,7 +146,7 @@ def _describe_code(inv: Inventory, ui) -> None:
     """How much of job.code goes to each host, and a warning when that is a lot."""
     if not inv.job.code:
         return
-    from orchestrator.launch.codepack import code_summary, format_summary, size_warning
+    from orchestrator.launch.artifacts import code_summary, format_summary, size_warning
 
     summary = code_summary(Path(inv.job.code))
     ui.info(format_summary(summary))

@@ -12,7 +12,7 @@ from orchestrator.errors import ExitCode, HostError
 from orchestrator.plan.facts import HostFacts
 from orchestrator.ssh.group import check, fan_out
 from orchestrator.plan.model import Plan, Step, StepKind
-from orchestrator.launch.packing import tar_of
+from orchestrator.launch.artifacts import tar_of
 from orchestrator.ssh.remote import Connection
 from orchestrator.plan.scripts import PROBE_MARK
 from orchestrator.ssh.stream import Followed

@@ -46,6 +46,7 @@ class Artifact:
     digest: str
     local_path: str
     prefix: str = "."  # the folder's name inside the tar ("trainer" for the bundled trainer)
+    walk: str = "code"  # which files go (launch/artifacts.py): "code" as git would, "tree" all of it
 
     def remote_dir(self, workdir: str) -> str:
         return f"{workdir}/{self.name}/{self.digest[:16]}"

@@ -245,7 +245,7 @@ def pull_outputs(state, conns: dict[str, Connection], patterns: list[str], dest:
 
 def format_report(report: PullReport, limit: int = 20) -> list[str]:
     """What `pull` prints: each file written (up to `limit`), then the counts and the problems."""
-    from orchestrator.launch.codepack import format_bytes
+    from orchestrator.launch.artifacts import format_bytes
 
     lines = [f"  {shown(path)} ({format_bytes(n)})" for path, n in report.written[:limit]]
     if len(report.written) > limit:

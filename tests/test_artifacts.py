@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.launch.codepack import (CodeSummary, code_artifact, code_summary, format_bytes, format_summary,
+from orchestrator.launch.artifacts import (CodeSummary, code_artifact, code_summary, format_bytes, format_summary,
                                    pack_folder, select_files, size_warning, summarize, write_tar)
-from orchestrator.launch.packing import tar_of
+from orchestrator.launch.artifacts import tar_of
 
 
 def make(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -175,20 +175,37 @@ def test_the_packed_tree_extracts_to_the_selected_files(tmp_path):
 
 
 def test_a_missing_folder_or_a_file_vanishing_is_one_clear_error(tmp_path, monkeypatch):
-    from orchestrator.launch import codepack
+    from orchestrator.launch import artifacts
     from orchestrator.errors import DistctlError, ExitCode
 
     with pytest.raises(DistctlError, match=r"job.code: .*/nope is not a folder") as err:
         code_artifact(tmp_path / "nope")
     assert err.value.exit_code == ExitCode.BAD_INPUT
     make(tmp_path, {"a.py": "x", "b.py": "y"})
-    real = codepack.select_files
+    real = artifacts.select_files
 
-    def select_then_remove(root):
-        sel = real(root)
+    def select_then_remove(root, walk_kind):
+        sel = real(root, walk_kind)
         (tmp_path / "b.py").unlink()  # gone between the walk and the tar
         return sel
 
-    monkeypatch.setattr(codepack, "select_files", select_then_remove)
+    monkeypatch.setattr(artifacts, "select_files", select_then_remove)
     with pytest.raises(DistctlError, match=r"job.code: cannot read .*/b.py: No such file or directory; fix it"):
         code_artifact(tmp_path)
+
+
+def test_the_trainer_and_data_walk_sends_the_whole_tree_through_the_same_tar_writer(tmp_path):
+    """A data folder is not a git checkout: its .gitignore does not apply, a symlinked file goes
+    as its content, a symlinked folder is not entered; the tar is the code walk's writer."""
+    from orchestrator.launch.artifacts import TREE, folder_artifact, tar_of
+
+    make(tmp_path / "elsewhere", {"big.bin": "B" * 10})
+    make(tmp_path / "data", {".gitignore": "*.bin\n", "train.bin": "T", "raw/x.idx": "X", "__pycache__/c.pyc": ""})
+    (tmp_path / "data" / "linked.bin").symlink_to(tmp_path / "elsewhere" / "big.bin")
+    (tmp_path / "data" / "linked_dir").symlink_to(tmp_path / "elsewhere")
+    a = folder_artifact("data", tmp_path / "data", ".", TREE)
+    with tarfile.open(fileobj=io.BytesIO(tar_of(a))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert sorted(members) == [".gitignore", "linked.bin", "raw/x.idx", "train.bin"]
+        assert members["linked.bin"].isfile() and tar.extractfile("linked.bin").read() == b"B" * 10
+    assert a.digest == hashlib.sha256(tar_of(a)).hexdigest()

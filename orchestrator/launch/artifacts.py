@@ -1,6 +1,11 @@
-"""A user's code folder as a deterministic tar: which files go, and what it weighs.
+"""What `up` pushes: folders as deterministic, content-addressed tars, and what they weigh.
 
-What is left out, as git would leave it out:
+Three artifacts, one walker and one tar writer: the job's code (`job.code`, or the bundled
+trainer package as `trainer/`) and its data (`job.data`). An artifact's name on the host is
+its tar's sha256, so a host that already has it is sent nothing; one tar stream over one
+channel beats per-file SFTP (each `put` costs several round trips; see bench/bench_push.py).
+
+A user's code folder (the "code" walk) leaves out what git would leave out:
   * files matched by the folder's `.gitignore` files, nested ones included (a deeper file's
     patterns win over a shallower one's, later lines over earlier ones, `!` re-includes), and by
     `.distctlignore` files (same syntax; in the same folder they come after `.gitignore`, so
@@ -15,7 +20,11 @@ A symlink that stays inside is stored as a relative link (one to a file left out
 the host, as it would in a git clone). Empty folders are not stored (git does not keep them
 either).
 
-The tar is byte-identical for identical content (sorted names, zero times, no owners, only the
+The trainer package and a data folder (the "tree" walk) are sent whole: no ignore files, only
+`.git`, `__pycache__/`, `.pytest_cache/` and `*.pyc`/`*.pyo` left out; a symlinked file is sent
+as the file it points to, and a symlinked folder is not entered.
+
+Every tar is byte-identical for identical content (sorted names, zero times, no owners, only the
 executable bit kept from the mode), so its sha256 names it on the hosts and an unchanged
 folder is sent 0 bytes.
 """
@@ -23,6 +32,7 @@ folder is sent 0 bytes.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import os
 import stat
@@ -34,12 +44,15 @@ from pathlib import Path
 import pathspec
 
 from orchestrator.errors import DistctlError, ExitCode
+from orchestrator.inventory.model import Job
 from orchestrator.plan.model import Artifact
 
 IGNORE_FILES = (".gitignore", ".distctlignore")
 ALWAYS_SKIPPED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv"})
 TOP_SKIPPED_DIRS = frozenset({".distctl", "runs"})
 VENV_MARKERS = ("pyvenv.cfg", "conda-meta")
+TREE_SKIPPED_DIRS = frozenset({".git", "__pycache__", ".pytest_cache"})
+CODE, TREE = "code", "tree"  # the two walks
 WARN_BYTES = 100 * 1000 * 1000  # `up` warns above this and names the largest entries
 
 
@@ -116,27 +129,34 @@ def _inside_link(root_real: str, path: Path, rel: str) -> str | None:
     return os.path.relpath(target, parent).replace(os.sep, "/")
 
 
-def select_files(root: Path) -> Selection:
-    """Walk `root` applying the rules in the module docstring; entries sorted by name."""
+def select_files(root: Path, walk_kind: str = CODE) -> Selection:
+    """Walk `root` applying the rules of `walk_kind` (the module docstring); entries sorted by name."""
     root = Path(root)
     root_real = os.path.realpath(root)
     entries: list[Entry] = []
     skipped_links: list[str] = []
     skipped_special: list[str] = []
 
+    code = walk_kind == CODE
+
     def walk(folder: Path, rel: str, rules: _Rules) -> None:
-        rules = rules.below(folder, rel)
+        if code:
+            rules = rules.below(folder, rel)
         with os.scandir(folder) as it:
             children = sorted(it, key=lambda e: e.name)
         for child in children:
             crel = f"{rel}/{child.name}" if rel else child.name
             st = child.stat(follow_symlinks=False)
             is_dir = stat.S_ISDIR(st.st_mode)
-            if child.name == ".git" or rules.ignored(crel, is_dir):
+            if child.name == ".git" or (code and rules.ignored(crel, is_dir)):
                 continue
             if is_dir:
-                if not _always_skipped_dir(Path(child.path), crel):
+                if not (_always_skipped_dir(Path(child.path), crel) if code else child.name in TREE_SKIPPED_DIRS):
                     walk(Path(child.path), crel, rules)
+            elif stat.S_ISLNK(st.st_mode) and not code:
+                if os.path.isfile(child.path) and not child.name.endswith((".pyc", ".pyo")):  # sent as its target
+                    pointed = os.stat(child.path)
+                    entries.append(Entry(crel, child.path, pointed.st_size, bool(pointed.st_mode & 0o111)))
             elif stat.S_ISLNK(st.st_mode):
                 target = _inside_link(root_real, Path(child.path), crel)
                 if target is None:
@@ -182,34 +202,53 @@ class Pack:
     digest: str
 
 
-@lru_cache(maxsize=4)
-def pack_folder(root: str) -> Pack:
+@lru_cache(maxsize=8)
+def pack_folder(root: str, prefix: str = ".", walk_kind: str = CODE) -> Pack:
     """The folder's selection and tar, built once per process (the push sends the same bytes)."""
+    what = "job.code" if walk_kind == CODE else "job.data"
     if not os.path.isdir(root):
-        raise DistctlError(f"job.code: {root} is not a folder", ExitCode.BAD_INPUT)
+        raise DistctlError(f"{what}: {root} is not a folder", ExitCode.BAD_INPUT)
     try:
-        selection = select_files(Path(root))
-        tar = write_tar(selection.entries)
+        selection = select_files(Path(root), walk_kind)
+        tar = write_tar(selection.entries, prefix)
     except OSError as exc:  # unreadable, or removed while we packed (an editor's temp file)
-        raise DistctlError(f"job.code: cannot read {exc.filename}: {exc.strerror or exc}; "
-                           f"fix it or list it in .distctlignore", ExitCode.BAD_INPUT) from None
+        hint = "; fix it or list it in .distctlignore" if walk_kind == CODE else ""
+        raise DistctlError(f"{what}: cannot read {exc.filename}: {exc.strerror or exc}{hint}",
+                           ExitCode.BAD_INPUT) from None
     return Pack(selection, tar, hashlib.sha256(tar).hexdigest())
 
 
-_PACKED: dict[str, str] = {}  # digest -> folder, for every artifact code_artifact made
+def folder_artifact(name: str, root: Path, prefix: str = ".", walk_kind: str = CODE) -> Artifact:
+    """A folder as a content-addressed artifact; `tar_of` gives its bytes back."""
+    pack = pack_folder(str(root), prefix, walk_kind)
+    return Artifact(name, pack.digest, str(root), prefix, walk_kind)
 
 
 def code_artifact(root: Path, name: str = "code") -> Artifact:
-    """The code folder as a content-addressed artifact; `packed_tar` gives its bytes back."""
-    pack = pack_folder(str(root))
-    _PACKED[pack.digest] = str(root)
-    return Artifact(name, pack.digest, str(root))
+    """A user's code folder (job.code), walked as git would."""
+    return folder_artifact(name, root)
 
 
-def packed_tar(a: Artifact) -> bytes | None:
-    """The tar of an artifact `code_artifact` made, or None for any other."""
-    root = _PACKED.get(a.digest)
-    return pack_folder(root).tar if root is not None else None
+def trainer_root() -> Path:
+    """The installed `trainer` package's folder; found without importing it (no torch here)."""
+    spec = importlib.util.find_spec("trainer")
+    if spec is None or not spec.submodule_search_locations:
+        raise DistctlError("the 'trainer' package is not installed next to distctl "
+                           "(reinstall with: pip install .)", ExitCode.BAD_INPUT)
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def job_artifacts(job: Job) -> tuple[Artifact, ...]:
+    """The code (job.code's contents, or the trainer package as `trainer/`), and job.data's."""
+    out = [code_artifact(Path(job.code)) if job.code else folder_artifact("code", trainer_root(), "trainer", TREE)]
+    if job.data:
+        out.append(folder_artifact("data", Path(job.data), ".", TREE))
+    return tuple(out)
+
+
+def tar_of(a: Artifact) -> bytes:
+    """The artifact's tar, exactly the bytes its digest names."""
+    return pack_folder(a.local_path, a.prefix, a.walk).tar
 
 
 # ------------------------------------------------------------------- summary
