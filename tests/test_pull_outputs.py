@@ -16,7 +16,7 @@ from orchestrator.plan.state import HostState, RankState, RunState
 RUN = "t-20260101-000000-pull"
 BIG = bytes(range(256)) * 20480  # 5 MiB, the same recipe as on the host below
 ODD = "odd name 'q' \"dq\" $x `y` ü.txt"
-PATTERNS = ["*.pt", "*.jsonl", "*.log", "*.txt", "*.bin", "etc/*", "missing/*"]
+PATTERNS = ["*.pt", "*.jsonl", "*.log", "*.txt", "*.out", "etc/*", "missing/*"]
 
 
 def put(host, path: str, text: str) -> None:
@@ -55,7 +55,7 @@ def run(cluster):
     sh(n1, f"ln -s /etc/passwd {w1}/passwd.txt")
     sh(n2, f"ln -s /etc {w2}/etc")
     sh(n1, f"{shlex.quote(cluster.python)} -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 20480)'"
-           f" > {w1}/big.bin")
+           f" > {w1}/big.out")
     state = RunState(RUN, "inventory.yaml", ssh, 2, n1.address, 0, tuple(states))
     yield state, conns
     for conn in conns.values():
@@ -74,7 +74,7 @@ def tree(root: Path) -> dict[str, bytes]:
 EXPECTED = {
     "node1/model.pt": b"weights from node1", "node2/model.pt": b"weights from node2",
     "node1/metrics.jsonl": b'{"epoch": 1, "host": 1}\n', "node2/metrics.jsonl": b'{"epoch": 1, "host": 2}\n',
-    "rank0.log": b"rank 0 log\n", "rank1.log": b"rank 1 log\n", ODD: b"odd\n", "big.bin": BIG,
+    "rank0.log": b"rank 0 log\n", "rank1.log": b"rank 1 log\n", ODD: b"odd\n", "big.out": BIG,
 }
 
 
@@ -91,7 +91,7 @@ def test_pull_outputs_from_two_hosts_writes_exactly_what_is_safe_and_then_nothin
     assert report.unmatched == ["etc/*", "missing/*"]
     assert format_report(report) == [
         f"outputs: wrote 8 files (5.2 MB) into {root}/",
-        "  big.bin (5.2 MB)", "  node1/metrics.jsonl (24 B)", "  node1/model.pt (18 B)",
+        "  big.out (5.2 MB)", "  node1/metrics.jsonl (24 B)", "  node1/model.pt (18 B)",
         "  node2/metrics.jsonl (24 B)", "  node2/model.pt (18 B)",
         f"  {ODD} (4 B)", "  rank0.log (11 B)", "  rank1.log (11 B)",
         "  not pulled: node1: 'new\\nline.txt': control character",

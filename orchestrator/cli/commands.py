@@ -383,7 +383,7 @@ def pull(target: str | None, opts: Options, ui, dest: str) -> None:
         ui.warn(f"{name}: unreachable, nothing pulled from it: {cause}")
     reachable = replace(state, hosts=tuple(hs for hs in state.hosts if hs.host.name in conns))
     try:
-        out, written = pull_run(state, conns, Path(dest) / "runs", ui)
+        out, written, own = pull_run(state, conns, Path(dest) / "runs", ui)
         report = pull_outputs(reachable, conns, list(state.outputs), Path(dest) / "runs") if state.outputs else None
     finally:
         group.close_all(conns)
@@ -394,6 +394,7 @@ def pull(target: str | None, opts: Options, ui, dest: str) -> None:
     if report is not None:
         for line in format_report(report):
             ui.info(line)
-    problems = [f"{h}: {m}" for h, m in (report.errors if report else [])] + [f"{h}: unreachable" for h in down]
+    problems = [f"{h}: {m}" for h, m in own.errors + (report.errors if report else [])]
+    problems += [f"{h}: unreachable" for h in down]
     if problems:
         raise DistctlError("pull incomplete: " + "; ".join(problems), ExitCode.PARTIAL)

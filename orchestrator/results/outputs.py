@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +199,12 @@ def fetch_host(conn: Connection, python: str, workdir: str, placements: list[Pla
 
 def pull_outputs(state, conns: dict[str, Connection], patterns: list[str], dest: Path,
                  workdir_of: Callable[[Any], str] = lambda hs: f"{hs.rundir}/work",
-                 parallel: int = 8) -> PullReport:
+                 parallel: int = 8, rename: Mapping[str, str] | None = None) -> PullReport:
     """Pull the files matching `patterns` from every host of `state` into `dest/<run id>/`.
 
     Per-host failures are recorded in the report (`errors`), never raised: the other hosts'
-    files still arrive. `workdir_of(host_state)` is the folder the globs are relative to.
+    files still arrive. `workdir_of(host_state)` is the folder the globs are relative to;
+    `rename` gives some placed paths another destination (the checkpoint lands as model.pt).
     """
     root = dest / state.run_id
     root.mkdir(parents=True, exist_ok=True)
@@ -223,6 +224,7 @@ def pull_outputs(state, conns: dict[str, Connection], patterns: list[str], dest:
         report.refused += [(lst.host, path, why) for path, why in lst.skipped]
     report.unmatched = [p for p in patterns if listings and all(p in lst.unmatched for lst in listings)]
     placements, refused = place(listings)
+    placements = [replace(p, dest=rename.get(p.dest, p.dest)) for p in placements] if rename else placements
     report.refused += refused
     todo: dict[str, list[Placement]] = {}
     for p in placements:

@@ -1,31 +1,18 @@
 """`distctl pull`: a run's results back on the workstation, under `runs/<run id>/`:
-the final checkpoint (`model.pt`), each rank's log, per-epoch metrics as JSON lines,
-and a PNG plot of loss and test accuracy per epoch."""
+each rank's log and, for the bundled trainer, the final checkpoint (`model.pt`), per-epoch
+metrics as JSON lines and a PNG plot of loss and test accuracy per epoch. A user program's own
+files are its job.outputs (outputs.py), pulled over the same path."""
 
 from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
-from orchestrator import shell
 from orchestrator.errors import DistctlError, ExitCode
+from orchestrator.results.outputs import PullReport, pull_outputs
 from orchestrator.ssh.remote import Connection
-
-
-def fetch(conn: Connection, path: str) -> bytes | None:
-    """A remote file's bytes, or None when it does not exist."""
-    stream = conn.open_stream(f"cat {shell.join([path])} 2>/dev/null")
-    chunks = []
-    try:
-        while True:
-            data = stream.read()
-            if not data:
-                break
-            chunks.append(data)
-        return b"".join(chunks) if stream.exit_code() == 0 else None
-    finally:
-        stream.close()
 
 
 def parse_metrics(log: str) -> list[dict]:
@@ -71,33 +58,41 @@ def plot_metrics(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path, list[str]]:
-    """Pull into `dest/<run id>/`; returns that folder and the names of the files written there."""
-    out = dest / state.run_id
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
-    rows: list[dict] = []
-    for hs in state.hosts:
-        if hs.host.name not in conns:  # unreachable: the caller says so
-            continue
+LOGS = "rank*.log"  # each rank's log, in its host's run directory
+CHECKPOINT = "ckpt/latest.pt"  # the trainer's, read from rank 0's host; it lands as model.pt
+
+
+def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path, list[str], PullReport]:
+    """Pull into `dest/<run id>/` the rank logs and, for the trainer, the checkpoint (as model.pt)
+    and the metrics read from the logs; returns that folder, the names of the files now there, and
+    the transfer's report (its per-host errors).
+
+    Everything comes over the one verified path job.outputs uses (outputs.py: streamed into a
+    temp file, renamed once its sha256 checks; a file already there unchanged is not sent again).
+    """
+    reachable = replace(state, hosts=tuple(hs for hs in state.hosts if hs.host.name in conns))
+    report = pull_outputs(reachable, conns, [LOGS], dest, workdir_of=lambda hs: hs.rundir)
+    out = report.dest
+    present = {path for path, _ in report.written} | set(report.unchanged)
+    for hs in reachable.hosts:
         for r in hs.ranks:
-            log = fetch(conns[hs.host.name], f"{hs.rundir}/rank{r.rank}.log")
-            if log is None:
+            if f"rank{r.rank}.log" not in present:
                 ui.warn(f"{hs.host.name}: no log for rank {r.rank}")
-                continue
-            (out / f"rank{r.rank}.log").write_bytes(log)
-            written.append(f"rank{r.rank}.log")
-            rows += parse_metrics(log.decode("utf-8", errors="replace"))
-    if not state.trainer:  # a user program's results are its job.outputs (orchestrator/results/outputs.py)
-        return out, written
+    written = sorted(present, key=_log_order)
+    if not state.trainer:  # a user program's results are its job.outputs
+        return out, written, report
     first = state.hosts[0]
-    model = fetch(conns[first.host.name], f"{first.rundir}/ckpt/latest.pt") if first.host.name in conns else None
-    if model is None and first.host.name in conns:
-        raise DistctlError(f"{first.host.name}: run {state.run_id} has no checkpoint yet "
-                           f"(rank 0 writes one after each epoch)", ExitCode.NO_RUN)
-    if model is not None:
-        (out / "model.pt").write_bytes(model)
-        written.append("model.pt")
+    if first.host.name in conns:
+        ckpt = pull_outputs(replace(state, hosts=(first,)), conns, [CHECKPOINT], dest,
+                            workdir_of=lambda hs: hs.rundir, rename={CHECKPOINT: "model.pt"})
+        report.errors += ckpt.errors
+        if CHECKPOINT in ckpt.unmatched:
+            raise DistctlError(f"{first.host.name}: run {state.run_id} has no checkpoint yet "
+                               f"(rank 0 writes one after each epoch)", ExitCode.NO_RUN)
+        if ckpt.written or ckpt.unchanged:
+            written.append("model.pt")
+    rows = [row for name in written if name.endswith(".log")
+            for row in parse_metrics((out / name).read_text(encoding="utf-8", errors="replace"))]
     rows.sort(key=lambda r: (r.get("epoch", 0), r.get("rank", 0)))
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     written.append("metrics.jsonl")
@@ -105,4 +100,9 @@ def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path,
         written.append("metrics.png")
     else:
         ui.warn("matplotlib is not installed: no metrics.png (pip install matplotlib)")
-    return out, written
+    return out, written, report
+
+
+def _log_order(name: str) -> tuple[int, str]:
+    digits = name.removeprefix("rank").removesuffix(".log")
+    return (int(digits), name) if digits.isdigit() else (1 << 30, name)
