@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator import shell
 from orchestrator.errors import DistctlError, ExitCode
 from orchestrator.ssh.remote import Connection
+
+if TYPE_CHECKING:
+    from orchestrator.console.ui import Ui
 
 
 def fetch(conn: Connection, path: str) -> bytes | None:
@@ -71,7 +75,7 @@ def plot_metrics(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path, list[str]]:
+def pull_run(state, conns: dict[str, Connection], dest: Path, ui: Ui) -> tuple[Path, list[str]]:
     """Pull into `dest/<run id>/`; returns that folder and the names of the files written there."""
     out = dest / state.run_id
     out.mkdir(parents=True, exist_ok=True)

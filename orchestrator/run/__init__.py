@@ -1,9 +1,0 @@
-"""A launched run: following it, healing links, watching for failures, stopping it, asking its state.
-
-    watch      the attached `up`: rank exits, teardown, restarts' news
-    stream     one selectors loop turning every host's follower output into lines
-    links      a follower per host, re-followed after a lost link
-    lifecycle  stop and the host-side status script
-    status     `distctl status`: every host at once
-    adhoc      `distctl exec`
-"""
