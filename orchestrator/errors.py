@@ -19,6 +19,14 @@ class DistctlError(Exception):
             self.exit_code = exit_code
 
 
+class Detached(DistctlError):
+    """Ctrl-C: distctl lets go (`up` or `logs -f` while attached: the run goes on; `up` while
+    starting: what had started was stopped). The command has said which already; the CLI exits
+    DETACHED (130) with no error line."""
+
+    exit_code = ExitCode.DETACHED
+
+
 class InventoryError(DistctlError):
     exit_code = ExitCode.BAD_INPUT
 

@@ -1,5 +1,6 @@
 """The CLI in-process: --dry-run connects to nothing, help everywhere, errors as exit codes."""
 
+import re
 import socket
 import subprocess
 import sys
@@ -89,3 +90,25 @@ def test_init_refuses_to_overwrite_and_bad_hostfile_lines(tmp_path):
     (tmp_path / "hf").write_text("good slots=1\nbad slots=x\n")
     result = CliRunner().invoke(cli, ["init", "--hostfile", str(tmp_path / "hf"), "-o", str(tmp_path / "o.yaml")])
     assert result.exit_code == 2
+
+
+def test_detaching_is_exit_130_with_no_error_line(monkeypatch):
+    """Ctrl-C while attached raises errors.Detached: the command has said what goes on; no error."""
+    from orchestrator.cli import commands
+    from orchestrator.errors import Detached
+
+    def detached(*args):
+        raise Detached("detached")
+
+    monkeypatch.setattr(commands, "runs", detached)
+    result = CliRunner().invoke(cli, ["runs"])
+    assert (result.exit_code, result.output) == (130, "")
+
+
+def test_a_user_programs_dry_run_names_the_run_by_its_script(tmp_path, no_network):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(INVENTORY.replace("job: {name: mnist, port: 23456}",
+                                     "job: {port: 23456, command: [python, train.py, --epochs, '3']}"))
+    result = CliRunner().invoke(cli, ["up", str(inv), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert re.match(r"run train-\d{8}-\d{6}-[0-9a-f]{4}: ", result.output), result.output

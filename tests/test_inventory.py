@@ -8,6 +8,7 @@ exit 2 with exactly one `distctl: error:` line and no traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -546,3 +547,20 @@ def test_a_bad_override_is_one_line_naming_it(override, message):
     with pytest.raises(InventoryError) as exc:
         parse_inventory(TRAINER, "inventory.yaml", ENVIRON, (override,))
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("command, name", [
+    (None, "mnist"),
+    (("python", "train.py", "--epochs", "3"), "train"),
+    (("python3", "-u", "-W", "ignore", "src/fit.py"), "fit"),
+    (("python", "-m", "pkg.finetune", "--lr", "1"), "finetune"),
+    (("./run.sh",), "run"),
+    (("/opt/bin/my trainer",), "my-trainer"),
+    (("python", "-c", "print(1)"), "python"),
+])
+def test_run_ids_are_named_by_what_the_job_runs(command, name):
+    """job.name has no default for a user program: its script names the runs (not `mnist-...`)."""
+    job = f"job: {{command: {json.dumps(list(command))}}}\n" if command else ""
+    assert parse_inventory(HOSTS + job, "inv.yaml").job.run_name == name
+    assert parse_inventory(HOSTS + (job or "job: {}\n").replace("job: {", "job: {name: mine, "),
+                           "inv.yaml").job.run_name == "mine"

@@ -42,14 +42,16 @@ def check_golden(name, text):
 
 def test_dry_run_plan_uses_named_placeholders():
     plan = plan_launch(inventory(), "mnist-1", ARTIFACTS)
-    check_golden("plan-dry-run.txt", render_plan(plan))
+    check_golden("plan-dry-run.txt", render_plan(plan, full=True))
+    check_golden("plan-dry-run-readable.txt", render_plan(plan))
     assert plan.init_method == "tcp://<ip of node1>:23456"
 
 
 def test_resolved_plan_uses_discovered_ip_and_interfaces():
     plan = plan_launch(inventory(), "mnist-1", ARTIFACTS, facts(),
                        Network("10.213.0.11", {"node1": "eth0", "node2": "ens5"}))
-    check_golden("plan-resolved.txt", render_plan(plan))
+    check_golden("plan-resolved.txt", render_plan(plan, full=True))
+    check_golden("plan-resolved-readable.txt", render_plan(plan))
     env2 = {v.name: v.value for v in plan.host_plan("node2").env}
     assert env2["GLOO_SOCKET_IFNAME"] == env2["NCCL_SOCKET_IFNAME"] == "ens5"
     assert {v.name: v.value for v in plan.host_plan("node1").env}["GLOO_SOCKET_IFNAME"] == "eth0"
@@ -147,16 +149,28 @@ def test_up_runs_exactly_the_commands_the_plan_renders(tmp_path):
              # node2's link drops after one line: the follower is opened again from there
              "node2": FakeConnection("node2", streams=[FakeStream(b"at 2 7\n", said(2, "hello")),
                                                        FakeStream(exited(2, 0, 1.0))])}
-    prepared = execute.prepare(plan, conns, 4)
-    execute.push(plan, conns, prepared, 4)
-    execute.launch(plan, conns, 4, RecordingUi())
-    outcome = watch_run(plan, dict(conns), RecordingUi(), 60, after_prepare=True)
+    prepared: dict = {}
+    for steps in plan.phases():  # as `up` walks them, a phase at a time
+        kind = steps[0].kind
+        if kind is StepKind.PREPARE:
+            prepared = execute.prepare(plan, conns, 4, steps)
+        elif kind is StepKind.PUSH:
+            execute.push(plan, conns, prepared, 4, steps)
+        elif kind is StepKind.LAUNCH:
+            execute.launch(conns, steps, 4)
+        elif kind is StepKind.WAIT_PORT:
+            execute.wait_port(plan, conns, steps[0])
+        else:
+            assert kind is StepKind.STREAM
+            outcome = watch_run(plan, dict(conns), RecordingUi(), 60, after_prepare=True)
     assert outcome.message == "run mnist-1 finished: 3 rank(s) exited 0"
     executed = {name: c.commands + c.opened for name, c in conns.items()}
     in_order = {name: [s.command for s in plan.steps if s.host == name and not s.when] for name in conns}
     refollow = next(s for s in plan.steps if s.kind is StepKind.REFOLLOW and s.host == "node2")
     assert refollow.when == "the link to node2 drops" and "<R:lines shown" in refollow.command
     assert executed == {"node1": in_order["node1"], "node2": in_order["node2"] + [fill_shown(refollow.command, {2: 8})]}
+    shown = render_plan(plan, full=True)  # the dry run's --full text holds each command byte for byte
+    assert all(f"\n{command}\n" in shown + "\n" for command in in_order["node1"] + in_order["node2"])
     assert [s.kind for s in plan.steps if s.host == "node1"] == [
         StepKind.PREPARE, StepKind.PUSH, StepKind.LAUNCH, StepKind.WAIT_PORT, StepKind.STREAM, StepKind.REFOLLOW]
 
@@ -203,3 +217,6 @@ def test_phases_say_what_runs_at_once():
     launches = [s.phase for s in plan_launch(together, "r", ARTIFACTS, facts(), network).steps
                 if s.kind is StepKind.LAUNCH]
     assert launches == [3, 3]
+    assert [[(s.kind.value, s.host) for s in steps] for steps in plan.phases()] == [
+        [("prepare", "node1"), ("prepare", "node2")], [("push", "node1"), ("push", "node2")], [("launch", "node1")],
+        [("wait-port", "node1")], [("launch", "node2")], [("stream", "node1"), ("stream", "node2")]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from e2e import digests, distctl, recorded_runs, wait_for, write_inventory
@@ -48,7 +50,7 @@ def test_two_hosts_two_slots_and_host_order_is_rank_order(cluster, small_mnist, 
 def test_check_names_the_discovered_address_and_interfaces(isolated, tmp_path):
     # node2's interface is called ens5, node1's eth0: each host gets its own name
     inv = write_inventory(tmp_path / "inv.yaml", isolated, ["node1", "node2"])
-    done = distctl("check", "--show-plan", str(inv), cwd=tmp_path)
+    done = distctl("check", "--show-plan", "--full", str(inv), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     node1 = isolated.host("node1")
     assert f"rank 0 address: {node1.address}" in done.stdout
@@ -56,6 +58,9 @@ def test_check_names_the_discovered_address_and_interfaces(isolated, tmp_path):
     assert "node2: hostname node2" in done.stdout and "interface ens5" in done.stdout
     assert "GLOO_SOCKET_IFNAME=ens5" in done.stdout
     assert not recorded_runs()  # check starts nothing and records nothing
+    readable = distctl("check", "--show-plan", str(inv), cwd=tmp_path)  # alike hosts: one template
+    assert readable.returncode == 0 and "GLOO_SOCKET_IFNAME={{iface}}" in readable.stdout, readable.stderr
+    assert re.search(r"^#   node2 .*\bens5\b", readable.stdout, re.M), readable.stdout
     short = distctl("check", str(inv), cwd=tmp_path)  # without --show-plan: the verdict only
     assert short.returncode == 0 and "GLOO_SOCKET_IFNAME" not in short.stdout
     assert len(short.stdout.splitlines()) <= 6 and short.stderr.endswith(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,11 +16,11 @@ from orchestrator.ssh import group
 from orchestrator.cli import render
 from orchestrator.plan import state as runs_state
 from orchestrator.launch.discover import discover
-from orchestrator.errors import DistctlError, ExitCode, HostError, PortTakenError
-from orchestrator.plan.facts import clock_warnings
+from orchestrator.errors import Detached, DistctlError, ExitCode, HostError, PortTakenError
+from orchestrator.plan.facts import HostFacts, clock_warnings
 from orchestrator.inventory.model import Inventory, load_inventory, parse_inventory
 from orchestrator.run.lifecycle import RankStatus, parse_status, status_script
-from orchestrator.plan.model import plan_launch
+from orchestrator.plan.model import Plan, Step, StepKind, plan_launch
 from orchestrator.launch.preflight import preflight_facts, preflight_port
 from orchestrator.launch.artifacts import job_artifacts
 from orchestrator.ssh.remote import Connection, resolve_host
@@ -29,6 +31,7 @@ from orchestrator.run.status import query as query_status
 from orchestrator.run.watch import FAILURE_GRACE, RankEvents, raise_for, stop_everywhere, watch_run
 from orchestrator.run.links import HostLinks
 from orchestrator.ssh.stream import follow
+from orchestrator.console.ui import Ui
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,15 @@ def _with_options(inv: Inventory, opts: Options) -> Inventory:
     return replace(inv, ssh=replace(inv.ssh, accept_new_host_keys=True))
 
 
-def dry_run(inv: Inventory, ui, resume: bool = False) -> None:
-    """Print the plan from the inventory alone; opens no connection."""
-    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.name)
+def dry_run(inv: Inventory, ui: Ui, resume: bool = False, full: bool = False) -> None:
+    """Print the plan from the inventory alone; opens no connection. `full`: every command byte
+    for byte (render_plan)."""
+    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.run_name)
     plan = plan_launch(inv, run_id, job_artifacts(inv.job), resume=resume)
-    ui.out(render_plan(plan))
+    ui.out(render_plan(plan, full))
 
 
-def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = False):
+def _resolve(inv: Inventory, opts: Options, ui: Ui, run_id: str, resume: bool = False):
     """Connect, discover and preflight; returns connections, facts and the real plan."""
     ui.info(f"connecting to {len(inv.hosts)} host(s)")
     with ui.host_progress([h.name for h in inv.hosts]):
@@ -72,11 +76,11 @@ def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = Fals
     return conns, facts, plan
 
 
-def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = False) -> None:
+def check(inv: Inventory, opts: Options, ui: Ui, as_json: bool, show_plan: bool = False, full: bool = False) -> None:
     """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request)."""
     inv = _with_options(inv, opts)
     # The plan needs a run id; this one names no run (check starts none).
-    conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.name}-<run id>")
+    conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.run_name}-<run id>")
     group.close_all(conns)
     if as_json:
         ui.out(plan_json(plan, facts))
@@ -86,63 +90,116 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
     plan_shown = show_plan or ui.verbose
     if plan_shown:
         ui.out("")
-        ui.out(render_plan(plan))
+        ui.out(render_plan(plan, full))
     ui.info(render.check_passed(plan_shown))
 
 
-def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
+def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool) -> None:
     inv = _with_options(inv, opts)
     ui.hide(inv.secrets)
-    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.name)
+    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.run_name)
     _describe_code(inv, ui)
     try:
         conns, facts, plan = _resolve(inv, opts, ui, run_id, resume)
     except DistctlError as exc:
         raise _still_running(inv, exc, resume) from None
+    walk = _Walk(inv, opts, ui, plan, conns, facts, detach)
     try:
-        with ui.host_progress([h.name for h in inv.hosts]):
-            prepared = execute.prepare(plan, conns, opts.fanout)
-            sent = execute.push(plan, conns, prepared, opts.fanout)
-        ui.info(f"pushed {sent} bytes" + (" (every host was up to date)" if sent == 0 else ""))
-        if plan.setup:
-            ui.info("running job.setup on every host")
-            probed = execute.run_setup(plan, conns, opts.fanout, ui)
-            preflight_facts(inv, {n: replace(facts[n], python=f.python, torch=f.torch,
-                                                      torchvision=f.torchvision) for n, f in probed.items()},
-                                     after_setup=True)
-        state = plan  # the plan is the run: save_run records its RunState part
-        save_run(state)
-        try:
-            execute.launch(plan, conns, opts.fanout, ui)
-        except DistctlError as exc:
-            runs_state.note_state(state.run_id, "failed")
-            raise _launch_failed(exc, state, conns) from None
-        except KeyboardInterrupt:
-            # Half a run is worse than none: rank 0 alone would hold the port for its whole
-            # rendezvous timeout. The launches already under way have finished by now.
-            stop_everywhere(state, conns, FAILURE_GRACE)
-            runs_state.note_state(state.run_id, "stopped")
-            ui.info(render.up_start_interrupted(state.run_id))
-            raise DistctlError("interrupted", ExitCode.DETACHED) from None
-        ui.info(render.up_started(plan))
-        if detach:
-            _verify_started(state, conns, opts.fanout)
-            _report_detached(state)
-            return
-        try:
-            outcome = watch_run(state, conns, ui, plan.join_timeout, after_prepare=True)
-        except KeyboardInterrupt:
-            ui.info(render.up_watch_interrupted(state.run_id))
-            raise DistctlError("detached", ExitCode.DETACHED) from None
-        runs_state.note_state(state.run_id, "finished" if outcome.code == ExitCode.OK else "failed",
-                              keep=("stopped",))  # `distctl stop` from another shell ended it
-        raise_for(outcome)
-        ui.info(outcome.message)
+        with walk.progress, walk.stopping_a_half_start():
+            for steps in plan.phases():  # the plan orders the steps; `up` walks them
+                walk.phase(steps)
     finally:
         group.close_all(conns)
 
 
-def _describe_code(inv: Inventory, ui) -> None:
+class _Walk:
+    """`up` after preflight: each phase of the plan, handed over in order, done by the handler of
+    its steps' kind, with what the phases before it found (what each host already had)."""
+
+    def __init__(self, inv: Inventory, opts: Options, ui: Ui, plan: Plan, conns: dict[str, Connection],
+                 facts: dict[str, HostFacts], detach: bool):
+        self.inv, self.opts, self.ui, self.plan, self.conns, self.facts = inv, opts, ui, plan, conns, facts
+        self.detach = detach
+        self.progress = ExitStack()  # per-host progress, from the first step to the last push
+        self.prepared: dict[str, execute.Prepared] = {}
+        self.launching = False  # from the first launch until every rank runs
+
+    def phase(self, steps: Sequence[Step]) -> None:
+        handlers: dict[StepKind, Callable[[Sequence[Step]], None]] = {
+            StepKind.PREPARE: self._prepare, StepKind.PUSH: self._push, StepKind.SETUP: self._setup,
+            StepKind.LAUNCH: self._launch, StepKind.WAIT_PORT: self._wait_port, StepKind.STREAM: self._stream}
+        handlers[steps[0].kind](steps)
+
+    def _prepare(self, steps: Sequence[Step]) -> None:
+        self.progress.enter_context(self.ui.host_progress([h.name for h in self.inv.hosts]))
+        self.prepared = execute.prepare(self.plan, self.conns, self.opts.fanout, steps)
+
+    def _push(self, steps: Sequence[Step]) -> None:
+        sent = execute.push(self.plan, self.conns, self.prepared, self.opts.fanout, steps)
+        self.progress.close()
+        self.ui.info(f"pushed {sent} bytes" + (" (every host was up to date)" if sent == 0 else ""))
+
+    def _setup(self, steps: Sequence[Step]) -> None:
+        self.ui.info("running job.setup on every host")
+        probed = execute.run_setup(self.plan, self.conns, self.opts.fanout, self.ui, steps)
+        preflight_facts(self.inv, {n: replace(self.facts[n], python=f.python, torch=f.torch,
+                                              torchvision=f.torchvision) for n, f in probed.items()},
+                        after_setup=True)
+
+    def _launch(self, steps: Sequence[Step]) -> None:
+        if not self.launching:  # the plan is the run: save_run records its RunState part
+            save_run(self.plan)
+            self.launching = True
+        execute.launch(self.conns, steps, self.opts.fanout)
+
+    def _wait_port(self, steps: Sequence[Step]) -> None:
+        for wait in steps:
+            self.ui.detail(f"{wait.host}: rank 0 started; waiting for {self.plan.master_addr}:{self.plan.port}")
+            execute.wait_port(self.plan, self.conns, wait)
+
+    @contextmanager
+    def stopping_a_half_start(self) -> Iterator[None]:
+        """From the first launch until every rank runs, what fails or is interrupted stops what
+        had started, on every host."""
+        state = self.plan
+        try:
+            yield
+        except DistctlError as exc:
+            if not self.launching:
+                raise
+            runs_state.note_state(state.run_id, "failed")
+            raise _launch_failed(exc, state, self.conns) from None
+        except KeyboardInterrupt:
+            if not self.launching:
+                raise
+            # Half a run is worse than none: rank 0 alone would hold the port for its whole
+            # rendezvous timeout. The launches already under way have finished by now.
+            stop_everywhere(state, self.conns, FAILURE_GRACE)
+            runs_state.note_state(state.run_id, "stopped")
+            self.ui.info(render.up_start_interrupted(state.run_id))
+            raise Detached("interrupted") from None
+
+    def _stream(self, steps: Sequence[Step]) -> None:
+        """Every rank runs: follow them to the end (the STREAM steps' commands), or return detached."""
+        state, ui = self.plan, self.ui
+        self.launching = False
+        ui.info(render.up_started(state))
+        if self.detach:
+            _verify_started(state, self.conns, self.opts.fanout)
+            _report_detached(state)
+            return
+        try:
+            outcome = watch_run(state, self.conns, ui, state.join_timeout, after_prepare=True)
+        except KeyboardInterrupt:
+            ui.info(render.up_watch_interrupted(state.run_id))
+            raise Detached("detached") from None
+        runs_state.note_state(state.run_id, "finished" if outcome.code == ExitCode.OK else "failed",
+                              keep=("stopped",))  # `distctl stop` from another shell ended it
+        raise_for(outcome)
+        ui.info(outcome.message)
+
+
+def _describe_code(inv: Inventory, ui: Ui) -> None:
     """How much of job.code goes to each host, and a warning when that is a lot."""
     if not inv.job.code:
         return
@@ -224,7 +281,7 @@ def find_run(target: str | None) -> RunState:
     return runs_state.run_by_id(target) if target else runs_state.last_run_here()
 
 
-def runs(inventory: str | None, ui, as_json: bool) -> None:
+def runs(inventory: str | None, ui: Ui, as_json: bool) -> None:
     """List recorded runs, newest last; read locally, connects to nothing."""
     records = runs_state.list_runs(inventory)
     if as_json:
@@ -245,7 +302,7 @@ def _connect_reachable(state: RunState, opts: Options) -> tuple[dict[str, Connec
     return connected.ok, {name: e.cause for name, e in connected.failed.items()}
 
 
-def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
+def status(target: str | None, opts: Options, ui: Ui, as_json: bool) -> None:
     """Each rank's state and last epoch, every host asked at once; then how the run ended, when it
     did. Unreachable hosts are named in the table, and make the exit code UNREACHABLE."""
     state = find_run(target)
@@ -267,7 +324,7 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
                            f"could not be reached", ExitCode.UNREACHABLE)
 
 
-def _show_status(found: RunStatus, failure: dict | None, ui) -> None:
+def _show_status(found: RunStatus, failure: dict | None, ui: Ui) -> None:
     if ui.interactive:
         ui.table(render.status_header(found), render.STATUS_COLUMNS, render.status_rows(found))
     else:
@@ -277,7 +334,7 @@ def _show_status(found: RunStatus, failure: dict | None, ui) -> None:
         ui.out(line)
 
 
-def stop(target: str | None, opts: Options, ui, grace: float) -> None:
+def stop(target: str | None, opts: Options, ui: Ui, grace: float) -> None:
     state = find_run(target)
     conns, down = _connect_reachable(state, opts)
     try:
@@ -294,7 +351,7 @@ def stop(target: str | None, opts: Options, ui, grace: float) -> None:
     ui.info(render.stop_done(state.run_id))
 
 
-def _hide_secrets_of(state: RunState, ui) -> None:
+def _hide_secrets_of(state: RunState, ui: Ui) -> None:
     """Secrets are not stored with the run: take them from its inventory, when readable."""
     try:
         ui.hide(load_inventory(state.inventory).secrets)
@@ -302,7 +359,7 @@ def _hide_secrets_of(state: RunState, ui) -> None:
         pass
 
 
-def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | None, rank: int | None,
+def logs(target: str | None, opts: Options, ui: Ui, follow_live: bool, host: str | None, rank: int | None,
          tail: int | None) -> None:
     state = find_run(target)
     _hide_secrets_of(state, ui)
@@ -327,7 +384,7 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
         follow(followers, lambda f, text: links.line(f, text, events.line), links=links if follow_live else None)
     except KeyboardInterrupt:
         ui.info(f"stopped following; run {state.run_id} goes on")
-        raise DistctlError("interrupted", ExitCode.DETACHED) from None
+        raise Detached("interrupted") from None
     finally:
         links.stop()
         for f in followers:
@@ -342,7 +399,7 @@ def load(path: str, overrides: tuple[str, ...] = ()) -> Inventory:
     return load_inventory(path, overrides=overrides)
 
 
-def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, force: bool, ui) -> None:
+def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, force: bool, ui: Ui) -> None:
     from orchestrator.inventory.init import host_entries, parse_hostfile, render_inventory
 
     if bool(hosts) == bool(hostfile):
@@ -360,7 +417,7 @@ def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, fo
     ui.info(f"wrote {output} ({len(entries)} host(s)); next: distctl check {output}")
 
 
-def exec_command(inv: Inventory, argv: tuple[str, ...], hosts: tuple[str, ...], opts: Options, ui) -> None:
+def exec_command(inv: Inventory, argv: tuple[str, ...], hosts: tuple[str, ...], opts: Options, ui: Ui) -> None:
     from orchestrator.run.adhoc import exec_everywhere
 
     inv = _with_options(inv, opts)
@@ -368,7 +425,7 @@ def exec_command(inv: Inventory, argv: tuple[str, ...], hosts: tuple[str, ...], 
     exec_everywhere(inv, argv, hosts, opts.fanout, ui)
 
 
-def pull(target: str | None, opts: Options, ui, dest: str) -> None:
+def pull(target: str | None, opts: Options, ui: Ui, dest: str) -> None:
     from orchestrator.results.pull import pull_run
 
     from orchestrator.results.ckptinfo import describe_checkpoint

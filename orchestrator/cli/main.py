@@ -9,7 +9,7 @@ import click
 
 from orchestrator import __version__
 from orchestrator.cli import commands
-from orchestrator.errors import DistctlError, ExitCode
+from orchestrator.errors import Detached, DistctlError, ExitCode
 from orchestrator.ssh.group import DEFAULT_FANOUT
 from orchestrator.console.ui import Ui
 
@@ -18,6 +18,11 @@ TARGET = click.argument("target", required=False)
 SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                    help="Change an inventory value for this run, e.g. job.train.epochs=5 or "
                         "hosts.node2.slots=2 (repeatable; checked like the file).")
+
+FULL = click.option("--full", is_flag=True,
+                    help="With the plan: every command byte for byte, host-side programs' source included "
+                         "(by default those are named by size and digest, and steps alike on several hosts "
+                         "shown once with a table of each host's values).")
 
 
 def _fanout(f):
@@ -38,11 +43,14 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except Detached:
+            if debug:
+                raise
+            ctx.exit(ExitCode.DETACHED)
         except DistctlError as exc:
             if debug:
                 raise
-            if exc.exit_code != ExitCode.DETACHED:
-                ui().error(str(exc))
+            ui().error(str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("distctl: interrupted", err=True)
@@ -79,13 +87,14 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool, no_color: b
 @cli.command()
 @INVENTORY
 @click.option("--dry-run", is_flag=True, help="Print every step and command; connect to nothing.")
+@FULL
 @click.option("--detach", is_flag=True, help="Return once every rank runs.")
 @click.option("--resume", is_flag=True, help="Restart the inventory's last run from its newest checkpoint.")
 @click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
 @SET
 @_fanout
 @click.pass_obj
-def up(obj, inventory: str, dry_run: bool, detach: bool, resume: bool, accept_new_host_keys: bool,
+def up(obj, inventory: str, dry_run: bool, full: bool, detach: bool, resume: bool, accept_new_host_keys: bool,
        overrides: tuple[str, ...], fanout: int) -> None:
     """Push the trainer, start every rank, and stream their logs.
 
@@ -93,12 +102,13 @@ def up(obj, inventory: str, dry_run: bool, detach: bool, resume: bool, accept_ne
     Example:
       distctl up inventory.yaml
       distctl up inventory.yaml --dry-run
+      distctl up inventory.yaml --dry-run --full   # every command byte for byte
       distctl up inventory.yaml --detach && distctl logs -f
       distctl up inventory.yaml --set job.train.epochs=5 --dry-run
     """
     inv = commands.load(inventory, overrides)
     if dry_run:
-        commands.dry_run(inv, obj["ui"], resume)
+        commands.dry_run(inv, obj["ui"], resume, full)
         return
     commands.up(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], detach, resume)
 
@@ -108,11 +118,12 @@ def up(obj, inventory: str, dry_run: bool, detach: bool, resume: bool, accept_ne
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
 @click.option("--show-plan", is_flag=True, help="Also print every command `up` would run.")
+@FULL
 @SET
 @_fanout
 @click.pass_obj
 def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overrides: tuple[str, ...],
-          show_plan: bool, fanout: int) -> None:
+          show_plan: bool, full: bool, fanout: int) -> None:
     """Connect, discover and preflight without starting anything.
 
     Exits 0 only if `distctl up` would start.
@@ -122,7 +133,7 @@ def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overri
       distctl check inventory.yaml
     """
     commands.check(commands.load(inventory, overrides), commands.Options(fanout, accept_new_host_keys), obj["ui"],
-                   as_json, show_plan)
+                   as_json, show_plan, full)
 
 
 @cli.command()

@@ -13,55 +13,17 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from orchestrator.cli import planview
 from orchestrator.plan.facts import Clock, HostFacts, describe_clock
 from orchestrator.inventory.model import Host
-from orchestrator.plan.model import HostPlan, Plan, StepKind
+from orchestrator.plan.model import HostPlan, Plan
 from orchestrator.plan.state import RunRecord, RunState
 from orchestrator.run.status import RankRow, RunStatus
 
-_TITLES = {
-    StepKind.PREPARE: "create the run directory and write the rank environment (stdin)",
-    StepKind.PUSH: "push {artifact} (a tar stream on stdin; skipped when the host has it)",
-    StepKind.SETUP: "run job.setup in its own copy of the code (skipped when it last succeeded for this "
-                     "code), then probe python",
-    StepKind.LAUNCH: "start ranks {ranks} in the run's copy of the code, detached, one process group each",
-    StepKind.WAIT_PORT: "wait until rank 0 listens on {addr}:{port}",
-    StepKind.STREAM: "stream the logs of ranks {ranks}",
-    StepKind.REFOLLOW: "reconnect, then stream ranks {ranks} again from the last line shown",
-    StepKind.RESTART: "the host's agent writes each rank's placement and attempt to rankR.env (the wrapper "
-                      "sources it), then starts ranks {ranks} again",
-}
-
-
-def render_plan(plan: Plan) -> str:
-    out = [f"run {plan.run_id}: {plan.world_size} rank(s), init method {plan.init_method}"]
-    for hp in plan.hosts:
-        ranks = ", ".join(str(r.rank) for r in hp.ranks)
-        out.append(f"  {hp.host.name} ({hp.host.address}): ranks {ranks}; interface {hp.iface}; "
-                   f"run dir {hp.rundir}")
-    out += [f"  note: {n}" for n in plan.notes]
-    phase = None
-    for number, step in enumerate(plan.steps, 1):
-        if step.phase != phase:
-            phase = step.phase
-            out.append(f"\n## {_phase_title(plan, phase)}")
-        hp = plan.host_plan(step.host)
-        title = _TITLES[step.kind].format(artifact=step.artifact, addr=plan.master_addr,
-                                          port=plan.port, ranks=", ".join(str(r.rank) for r in hp.ranks))
-        when = f"when {step.when}: " if step.when else ""
-        out.append(f"\n# {number}. {step.host}: {when}{title}")
-        out.append(step.command)
-        if step.stdin:
-            out.append("# stdin:")
-            out += [f"#   {line}" for line in step.stdin.splitlines()]
-    return "\n".join(out)
-
-
-def _phase_title(plan: Plan, phase: int) -> str:
-    if phase == 0:
-        return "only if it happens, at run time"
-    count = sum(s.phase == phase for s in plan.steps)
-    return f"phase {phase}: " + ("one step" if count == 1 else f"{count} steps at once")
+def render_plan(plan: Plan, full: bool = False) -> str:
+    """The plan `up --dry-run` prints: readable by default, every command byte for byte with
+    `full` (planview.py)."""
+    return planview.full_text(plan) if full else planview.readable_text(plan)
 
 
 CHECK_JSON_FORMAT = 1  # `check --json` layout; new keys may be added, readers ignore those they don't know

@@ -28,7 +28,7 @@ def progress(host: str, step: str, error: str | None) -> None:
 
 
 class Ui:
-    def __init__(self, quiet: bool = False, verbose: bool = False, color: bool | None = None):
+    def __init__(self, quiet: bool = False, verbose: bool = False, color: bool | None = None) -> None:
         self.quiet = quiet
         self.verbose = verbose
         if color is None:

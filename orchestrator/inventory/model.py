@@ -11,9 +11,9 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -73,7 +73,7 @@ class Train:
 
 @dataclass(frozen=True)
 class Job:
-    name: str = "mnist"
+    name: str | None = None  # the prefix of run ids; None: run_name decides
     port: int = 23456
     backend: str = "auto"
     data: str | None = None  # workstation folder pushed to every host (MNIST/raw for the trainer)
@@ -102,9 +102,47 @@ class Job:
         return self.port + 1
 
     @property
+    def run_name(self) -> str:
+        """The prefix of this job's run ids: `job.name`, else `mnist` for the bundled trainer,
+        else what the command runs (`train` for `python train.py`, see program_name)."""
+        if self.name:
+            return self.name
+        return program_name(self.command) if self.command else "mnist"
+
+    @property
     def is_trainer(self) -> bool:
         """The bundled MNIST trainer runs (no `job.command`): its conventions apply."""
         return not self.command
+
+
+_INTERPRETERS = re.compile(r"(python|pypy)[0-9.]*|sh|bash|dash|zsh")
+_OPTIONS_WITH_VALUE = ("-W", "-X", "-o", "-O")  # python -W ignore, -X dev; sh -o errexit
+
+
+def program_name(command: Sequence[str]) -> str:
+    """What a command runs, as a run id's prefix: the script or module after an interpreter and
+    its options (`python -u train.py` → `train`, `python -m pkg.fit` → `fit`), else the program
+    itself (`./run.sh` → `run`); the interpreter's name for `python -c ...`."""
+    program = PurePosixPath(command[0]).name if command else ""
+    if _INTERPRETERS.fullmatch(program):
+        words = iter(command[1:])
+        for word in words:
+            if word == "-m":
+                return _as_name(next(words, program).rsplit(".", 1)[-1])
+            if word == "-c":
+                break
+            if word in _OPTIONS_WITH_VALUE:
+                next(words, None)
+            elif not word.startswith("-"):
+                program = PurePosixPath(word).name
+                break
+    return _as_name(program.rsplit(".", 1)[0] if "." in program[1:] else program)
+
+
+def _as_name(text: str) -> str:
+    """`text` in a job name's letters (letters, digits, '.', '_', '-'), or `run`."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:40]
+    return name if name and JOB_NAME.match(name) else "run"
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
-"""Executing a plan's steps after preflight: prepare each run directory, push what a host
-lacks, run job.setup, launch the ranks in the plan's order and wait for rank 0's port. Each
-step runs on every host in parallel through `group.fan_out`."""
+"""Executing a plan's phases after preflight: prepare each run directory, push what a host
+lacks, run job.setup, launch ranks, wait for rank 0's port. `up` walks the plan's phases in
+order and hands each to one of these; a phase's steps run on their hosts at once through
+`group.fan_out`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from orchestrator.plan import facts as facts_mod
 from orchestrator import shell
@@ -17,14 +20,19 @@ from orchestrator.ssh.remote import Connection
 from orchestrator.plan.scripts import PROBE_MARK
 from orchestrator.ssh.stream import Followed
 
+if TYPE_CHECKING:
+    from orchestrator.console.ui import Ui
+
 
 @dataclass(frozen=True)
 class Prepared:
     present: frozenset[str]  # artifact names the host already has
 
 
-def prepare(plan: Plan, conns: dict[str, Connection], fanout: int) -> dict[str, Prepared]:
-    def one(step) -> Prepared:
+def prepare(plan: Plan, conns: dict[str, Connection], fanout: int,
+            steps: Sequence[Step] | None = None) -> dict[str, Prepared]:
+    """The PREPARE phase (`steps`; by default the plan's): what each host already has."""
+    def one(step: Step) -> Prepared:
         hp = plan.host_plan(step.host)
         out = check(conns[step.host], step.command, "prepare", stdin=shell.env_file(hp.env).encode(),
                     exit_code=ExitCode.REMOTE_STEP).stdout
@@ -32,17 +40,24 @@ def prepare(plan: Plan, conns: dict[str, Connection], fanout: int) -> dict[str, 
         present = frozenset(a.name for a in plan.artifacts if a.remote_dir(hp.workdir) in have)
         return Prepared(present)
 
-    steps = [s for s in plan.steps if s.kind is StepKind.PREPARE]
+    steps = _of_kind(plan, StepKind.PREPARE) if steps is None else steps
     return fan_out("prepare", steps, one, fanout, lambda s: s.host).raise_for("prepare")
 
 
-def push(plan: Plan, conns: dict[str, Connection], prepared: dict[str, Prepared], fanout: int) -> int:
-    """Send each artifact a host lacks; returns the bytes sent (0 when all are current)."""
-    steps = [s for s in plan.steps if s.kind is StepKind.PUSH and s.artifact not in prepared[s.host].present]
+def _of_kind(plan: Plan, kind: StepKind) -> list[Step]:
+    return [s for s in plan.steps if s.kind is kind]
+
+
+def push(plan: Plan, conns: dict[str, Connection], prepared: dict[str, Prepared], fanout: int,
+         steps: Sequence[Step] | None = None) -> int:
+    """The PUSH phase (`steps`; by default the plan's): each artifact a host lacks; returns the
+    bytes sent (0 when all are current)."""
+    steps = [s for s in (_of_kind(plan, StepKind.PUSH) if steps is None else steps)
+             if s.artifact not in prepared[s.host].present]
     artifacts = {a.name: a for a in plan.artifacts}
 
-    def one(step) -> int:
-        data = tar_of(artifacts[step.artifact])
+    def one(step: Step) -> int:
+        data = tar_of(artifacts[step.artifact or ""])  # a PUSH step names its artifact
         check(conns[step.host], step.command, f"push of {step.artifact}", stdin=data, timeout=3600,
               exit_code=ExitCode.REMOTE_STEP)
         return len(data)
@@ -51,19 +66,10 @@ def push(plan: Plan, conns: dict[str, Connection], prepared: dict[str, Prepared]
     return sum(sent.values())
 
 
-def launch(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> None:
-    """The plan's launch phases in order, each phase's steps at once: a port wait (rank 0 first,
-    by default) holds the phases after it back until rank 0 listens."""
-    kinds = (StepKind.LAUNCH, StepKind.WAIT_PORT)
-    for phase in sorted({s.phase for s in plan.steps if s.kind in kinds}):
-        steps = [s for s in plan.steps if s.phase == phase]
-        waits = [s for s in steps if s.kind is StepKind.WAIT_PORT]
-        for wait in waits:
-            ui.detail(f"{wait.host}: rank 0 started; waiting for {plan.master_addr}:{plan.port}")
-            wait_port(plan, conns, wait)
-        fan_out("launch", [s for s in steps if s.kind is StepKind.LAUNCH],
-                lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP),
-                fanout, lambda s: s.host).raise_for("launch")
+def launch(conns: dict[str, Connection], steps: Sequence[Step], fanout: int) -> None:
+    """One LAUNCH phase: its hosts start their ranks at once."""
+    fan_out("launch", steps, lambda s: check(conns[s.host], s.command, "launch", exit_code=ExitCode.REMOTE_STEP),
+            fanout, lambda s: s.host).raise_for("launch")
 
 
 def wait_port(plan: Plan, conns: dict[str, Connection], wait: Step) -> None:
@@ -78,9 +84,11 @@ def wait_port(plan: Plan, conns: dict[str, Connection], wait: Step) -> None:
                         + hint, ExitCode.RUN_FAILED if what == "exited" else ExitCode.HANG)
 
 
-def run_setup(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> dict[str, HostFacts]:
-    """job.setup on every host at once, its output streamed with the host's prefix; then what the
-    host's python (maybe in the venv setup made) has. A failure on any host raises SETUP_FAILED."""
+def run_setup(plan: Plan, conns: dict[str, Connection], fanout: int, ui: Ui,
+              steps: Sequence[Step] | None = None) -> dict[str, HostFacts]:
+    """The SETUP phase (`steps`; by default the plan's): job.setup on every host at once, its
+    output streamed with the host's prefix; then what the host's python (maybe in the venv setup
+    made) has. A failure on any host raises SETUP_FAILED."""
     def one(step: Step) -> HostFacts:
         followed = Followed(step.host, conns[step.host].open_stream(step.command))
         tail: list[str] = []
@@ -105,5 +113,5 @@ def run_setup(plan: Plan, conns: dict[str, Connection], fanout: int, ui) -> dict
                             f"Last lines:{shown}", ExitCode.SETUP_FAILED)
         return facts_mod.parse_facts("\n".join(probe[1:]))
 
-    steps = [s for s in plan.steps if s.kind is StepKind.SETUP]
+    steps = _of_kind(plan, StepKind.SETUP) if steps is None else steps
     return fan_out("setup", steps, one, fanout, lambda s: s.host).raise_for("setup")

@@ -100,6 +100,12 @@ class Plan(RunState):
     notes: tuple[str, ...] = ()
     setup: str | None = None
 
+    def phases(self) -> tuple[tuple[Step, ...], ...]:
+        """The steps that always run, a phase at a time in order: what `up` walks. A phase's
+        steps are of one kind and run on their hosts at once."""
+        numbers = dict.fromkeys(s.phase for s in self.steps if s.phase)
+        return tuple(tuple(s for s in self.steps if s.phase == n) for n in numbers)
+
     def host_plan(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.host.name == name)
 

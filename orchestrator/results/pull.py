@@ -9,10 +9,14 @@ import json
 import shlex
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import DistctlError, ExitCode
 from orchestrator.results.outputs import PullReport, pull_outputs
 from orchestrator.ssh.remote import Connection
+
+if TYPE_CHECKING:
+    from orchestrator.console.ui import Ui
 
 
 def parse_metrics(log: str) -> list[dict]:
@@ -62,7 +66,7 @@ LOGS = "rank*.log"  # each rank's log, in its host's run directory
 CHECKPOINT = "ckpt/latest.pt"  # the trainer's, read from rank 0's host; it lands as model.pt
 
 
-def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path, list[str], PullReport]:
+def pull_run(state, conns: dict[str, Connection], dest: Path, ui: Ui) -> tuple[Path, list[str], PullReport]:
     """Pull into `dest/<run id>/` the rank logs and, for the trainer, the checkpoint (as model.pt)
     and the metrics read from the logs; returns that folder, the names of the files now there, and
     the transfer's report (its per-host errors).

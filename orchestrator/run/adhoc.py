@@ -16,6 +16,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from orchestrator import shell
 from orchestrator.ssh import group
@@ -23,6 +24,9 @@ from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.inventory.model import Host, Inventory
 from orchestrator.ssh.remote import Connection
 from orchestrator.ssh.stream import Followed
+
+if TYPE_CHECKING:
+    from orchestrator.console.ui import Ui
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def run_everywhere(hosts: list[Host], conns: dict[str, Connection], argv: Sequen
     return outcomes
 
 
-def exec_everywhere(inv: Inventory, argv: Sequence[str], names: Sequence[str], fanout: int, ui) -> None:
+def exec_everywhere(inv: Inventory, argv: Sequence[str], names: Sequence[str], fanout: int, ui: Ui) -> None:
     """`distctl exec`: stream every host's output, then each host's exit code; raise unless all were 0."""
     hosts = select_hosts(inv, names)
     connected = group.connect_each(hosts, inv.ssh, fanout)
@@ -124,7 +128,7 @@ def exec_everywhere(inv: Inventory, argv: Sequence[str], names: Sequence[str], f
     report([outcomes[h.name] for h in hosts], ui)
 
 
-def report(outcomes: list[HostOutcome], ui) -> None:
+def report(outcomes: list[HostOutcome], ui: Ui) -> None:
     """One line per host; then success, or the error whose code is the documented one."""
     for o in outcomes:
         (ui.info if o.ok else ui.warn)(o.text())

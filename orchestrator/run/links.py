@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from orchestrator.contract import RECORD_AT, RECORD_EXIT, RECORD_HEARTBEAT
 from orchestrator.errors import DistctlError
@@ -24,6 +25,9 @@ from orchestrator.ssh.remote import Connection, connect
 from orchestrator.plan.scripts import FROM_PREPARE, fill_shown, follow_script
 from orchestrator.plan.state import HostState, RunState
 from orchestrator.ssh.stream import Followed
+
+if TYPE_CHECKING:
+    from orchestrator.console.ui import Ui
 
 HEARTBEAT_S = 2.0  # hostside/follow.py writes `hb` after this long without output
 # No byte for this long: the link is stalled. Generous: 16 ranks importing torch on 2 cores kept a
@@ -38,7 +42,7 @@ class HostLinks:
     heartbeats; `conns` is updated in place when a host gets a new connection, so teardown and
     stop use the live one."""
 
-    def __init__(self, state: RunState, conns: dict[str, Connection], ui, reconnect_timeout: float,
+    def __init__(self, state: RunState, conns: dict[str, Connection], ui: Ui, reconnect_timeout: float,
                  ranks: set[int] | None = None, after_prepare: bool = False):
         self.state = state
         self.conns = conns

@@ -9,6 +9,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from orchestrator.hostside import program
 from orchestrator.errors import DistctlError, ExitCode, HostError
@@ -19,6 +20,9 @@ from orchestrator.contract import PEER_LOST, RECORD_EVENT, RECORD_EXIT, STOPPED
 from orchestrator.ssh.remote import Connection
 from orchestrator.plan.state import RunState
 from orchestrator.ssh.stream import Followed, follow
+
+if TYPE_CHECKING:
+    from orchestrator.console.ui import Ui
 
 FAILURE_GRACE = 2.0  # seconds survivors get to exit after a rank failed; then SIGKILL
 # A rank whose wrapper left no exit code: its whole process group was killed at once (a reboot,
@@ -81,7 +85,7 @@ class RankEvents:
             self.on_line(f.host, rank, rest)
 
 
-def watch_run(state: RunState, conns: dict[str, Connection], ui, join_timeout: float,
+def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeout: float,
               after_prepare: bool = False) -> Outcome:
     """Follow the run to its end. Returns the outcome; raises KeyboardInterrupt on Ctrl-C."""
     links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, after_prepare=after_prepare)
