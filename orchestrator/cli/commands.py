@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
     ui.info(render.check_passed(plan_shown))
 
 
-def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
+def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool,
+       on_launch: Callable[[RunState], None] | None = None) -> None:
+    """`on_launch` (`up --web`) gets the run once every rank is launched."""
     inv = _with_options(inv, opts)
     ui.hide(inv.secrets)
     run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.name)
@@ -125,6 +128,8 @@ def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
             ui.info(render.up_start_interrupted(state.run_id))
             raise DistctlError("interrupted", ExitCode.DETACHED) from None
         ui.info(render.up_started(plan))
+        if on_launch:
+            on_launch(state)
         if detach:
             _verify_started(state, conns, opts.fanout)
             _report_detached(state)
