@@ -54,7 +54,7 @@ def test_dry_run_of_the_shipped_inventory(no_network):
 
 
 @pytest.mark.parametrize("command", [[], ["up"], ["check"], ["logs"], ["status"], ["stop"], ["init"], ["pull"],
-                                     ["exec"], ["runs"]])
+                                     ["exec"], ["runs"], ["web"]])
 def test_help_of_every_command_shows_an_example(command):
     result = CliRunner().invoke(cli, command + ["--help"])
     assert result.exit_code == 0

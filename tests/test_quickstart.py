@@ -51,7 +51,8 @@ def test_workstation_side_runs_without_torch(tmp_path):
     for name in ("torch", "torchvision"):
         (blocker / f"{name}.py").write_text(f"raise ImportError('{name} must not be imported here')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}  # this checkout, torch blocked
-    for command in ([], ["up"], ["check"], ["logs"], ["status"], ["stop"], ["pull"], ["init"], ["exec"], ["runs"]):
+    for command in ([], ["up"], ["check"], ["logs"], ["status"], ["stop"], ["pull"], ["init"], ["exec"], ["runs"],
+                    ["web"]):
         done = subprocess.run([sys.executable, "-m", "orchestrator", *command, "--help"], env=env,
                               capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0 and "Example:" in done.stdout, (command, done.stderr)

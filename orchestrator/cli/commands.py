@@ -94,7 +94,9 @@ def check(inv: Inventory, opts: Options, ui: Ui, as_json: bool, show_plan: bool 
     ui.info(render.check_passed(plan_shown))
 
 
-def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool) -> None:
+def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool,
+       on_launch: Callable[[RunState], None] | None = None) -> None:
+    """`on_launch` (`up --web`) gets the run once every rank is launched."""
     inv = _with_options(inv, opts)
     ui.hide(inv.secrets)
     run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.run_name)
@@ -103,7 +105,7 @@ def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool) -> Non
         conns, facts, plan = _resolve(inv, opts, ui, run_id, resume)
     except DistctlError as exc:
         raise _still_running(inv, exc, resume) from None
-    walk = _Walk(inv, opts, ui, plan, conns, facts, detach)
+    walk = _Walk(inv, opts, ui, plan, conns, facts, detach, on_launch)
     try:
         with walk.progress, walk.stopping_a_half_start():
             for steps in plan.phases():  # the plan orders the steps; `up` walks them
@@ -117,9 +119,9 @@ class _Walk:
     its steps' kind, with what the phases before it found (what each host already had)."""
 
     def __init__(self, inv: Inventory, opts: Options, ui: Ui, plan: Plan, conns: dict[str, Connection],
-                 facts: dict[str, HostFacts], detach: bool):
+                 facts: dict[str, HostFacts], detach: bool, on_launch: Callable[[RunState], None] | None = None):
         self.inv, self.opts, self.ui, self.plan, self.conns, self.facts = inv, opts, ui, plan, conns, facts
-        self.detach = detach
+        self.detach, self.on_launch = detach, on_launch
         self.progress = ExitStack()  # per-host progress, from the first step to the last push
         self.prepared: dict[str, execute.Prepared] = {}
         self.launching = False  # from the first launch until every rank runs
@@ -184,6 +186,8 @@ class _Walk:
         state, ui = self.plan, self.ui
         self.launching = False
         ui.info(render.up_started(state))
+        if self.on_launch:
+            self.on_launch(state)
         if self.detach:
             _verify_started(state, self.conns, self.opts.fanout)
             _report_detached(state)

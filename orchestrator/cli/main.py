@@ -91,11 +91,12 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool, no_color: b
 @click.option("--detach", is_flag=True, help="Return once every rank runs.")
 @click.option("--resume", is_flag=True, help="Restart the inventory's last run from its newest checkpoint.")
 @click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
+@click.option("--web", is_flag=True, help="Also serve the live view in the browser (see distctl web).")
 @SET
 @_fanout
 @click.pass_obj
 def up(obj, inventory: str, dry_run: bool, full: bool, detach: bool, resume: bool, accept_new_host_keys: bool,
-       overrides: tuple[str, ...], fanout: int) -> None:
+       web: bool, overrides: tuple[str, ...], fanout: int) -> None:
     """Push the trainer, start every rank, and stream their logs.
 
     \b
@@ -105,12 +106,24 @@ def up(obj, inventory: str, dry_run: bool, full: bool, detach: bool, resume: boo
       distctl up inventory.yaml --dry-run --full   # every command byte for byte
       distctl up inventory.yaml --detach && distctl logs -f
       distctl up inventory.yaml --set job.train.epochs=5 --dry-run
+      distctl up inventory.yaml --web
     """
     inv = commands.load(inventory, overrides)
     if dry_run:
         commands.dry_run(inv, obj["ui"], resume, full)
         return
-    commands.up(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], detach, resume)
+    if not web:
+        commands.up(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], detach, resume)
+        return
+    from orchestrator.web.command import UpWeb, WebOptions
+
+    view = UpWeb(WebOptions(fanout=fanout), obj["ui"])  # says what to install before anything starts
+    try:
+        commands.up(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], detach, resume, view.launched)
+        if detach:
+            view.serve_detached()
+    finally:
+        view.close()
 
 
 @cli.command()
@@ -190,6 +203,34 @@ def stop(obj, target: str | None, grace: float, fanout: int) -> None:
       distctl stop --grace 60
     """
     commands.stop(target, commands.Options(fanout), obj["ui"], grace)
+
+
+@cli.command()
+@TARGET
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser.")
+@click.option("--grace", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="The Stop button's seconds between SIGTERM and SIGKILL, as for distctl stop.")
+@click.option("--pulled", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where distctl pull --to wrote runs/<run id>/, for a run whose hosts are gone.")
+@_fanout
+@click.pass_obj
+def web(obj, target: str | None, port: int, open_browser: bool, grace: float, pulled: str | None,
+        fanout: int) -> None:
+    """Serve a live view of a run in the browser: curves of every rank, hosts, failures, Stop.
+
+    Listens on 127.0.0.1 only and prints the URL with its secret token; from another machine,
+    forward the port: ssh -L 8800:127.0.0.1:8800 workstation (then distctl web --port 8800).
+    Needs the web extra: pip install 'distctl[web]'.
+
+    \b
+    Example:
+      distctl web                      # the last run started here
+      distctl web mnist-20260101-120000-ab12 --open
+    """
+    from orchestrator.web.command import WebOptions, web as serve_web
+
+    serve_web(target, WebOptions(port, open_browser, grace, fanout, pulled), obj["ui"])
 
 
 @cli.command()
