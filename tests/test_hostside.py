@@ -90,9 +90,12 @@ def test_each_program_is_a_stdlib_module_a_python_38_host_can_run(name):
     # Sent shell-quoted: a single quote would show as '"'"' in every dry run.
     assert "'" not in text
     assert f"-c {shell.join([text])}" in shell.join(["python", "-c", text])
-    # exactly the module's code, without the docstring its readers have
+    # exactly the module's code, without the docstring its readers have; a program of several
+    # files (hostside.PARTS) is their code joined, without the imports between them
     file_text = (Path(hostside.__file__).parent / f"{name}.py").read_text()
-    assert file_text.startswith('"""') and file_text.endswith(text) and '"""' not in text[:3]
+    assert file_text.startswith('"""') and '"""' not in text[:3]
+    assert file_text.endswith(text) if name not in hostside.PARTS else text.startswith(hostside.FUTURE)
+    assert hostside.SIBLING not in text
 
 
 def test_a_bad_command_line_is_a_usage_error_not_a_traceback():
@@ -256,7 +259,41 @@ def test_wait_port_needs_no_proc_and_counts_another_users_process_as_alive(monke
 
     monkeypatch.setattr(os, "kill", kill)
     assert wait_port.alive(1)
-    assert "/proc" not in hostside.source("wait_port").replace("no /proc is needed", "")
+    # (the prelude sent before it reads /proc only in group_alive, which wait_port does not call)
+    own = (Path(hostside.__file__).parent / "wait_port.py").read_text()
+    assert "/proc" not in own.replace("no /proc is needed", "")
+
+
+def test_the_agent_leaves_a_recycled_process_group_alone(tmp_path, monkeypatch):
+    """The agent's liveness and its signals (a restart's TERM, a stop's KILL) go through the
+    prelude's group_alive: a pid file whose id now leads a stranger's group is a rank that
+    ended; the stranger is never signalled. The run's own group is."""
+    import subprocess
+
+    from orchestrator.hostside import agent
+
+    rundir, elsewhere = tmp_path / "run", tmp_path / "other"
+    rundir.mkdir()
+    elsewhere.mkdir()
+    stranger = subprocess.Popen(["sleep", "60"], cwd=elsewhere, start_new_session=True)
+    ours = subprocess.Popen(["sh", "-c", "sleep 60"], cwd=rundir, start_new_session=True)
+    try:
+        (rundir / "rank0.pid").write_text(f"{stranger.pid}\n")  # the recycled id
+        (rundir / "rank1.pid").write_text(f"{ours.pid}\n")
+        monkeypatch.chdir(rundir)
+        assert (agent.group_alive(stranger.pid), agent.group_alive(ours.pid)) == (False, True)
+        ranks = agent.Ranks({"ranks": [{"rank": 0}, {"rank": 1}]})
+        assert ranks.poll() == [(0, None)] and ranks.running() == [1]
+        ranks.exits.clear()  # as if rank 0 were still running: terminate must pass it over anyway
+        ranks.terminate(0.0)
+        assert ours.wait(timeout=10) == -signal.SIGTERM
+        assert stranger.poll() is None
+        ranks.signal(signal.SIGKILL)
+        assert stranger.poll() is None
+    finally:
+        for proc in (stranger, ours):
+            proc.kill()
+            proc.wait()
 
 
 # ------------------------------------------------------------------ port_check
@@ -492,7 +529,7 @@ def test_stop_status_and_follow_leave_a_recycled_process_group_alone(tmp_path, m
         assert [(s.rank, s.state) for s in parse_status(sh(status_script(str(rundir), [0, 1])))] == [
             (0, "killed"), (1, "running")]
         monkeypatch.chdir(rundir)
-        assert (follow.group_alive("rank0.pid"), follow.group_alive("rank1.pid")) == (False, True)
+        assert (follow.group_alive(stranger.pid), follow.group_alive(ours.pid)) == (False, True)
         assert parse_left(sh(stop_script(str(rundir), "run-x", 0.5))) == 0
         assert ours.wait(timeout=10) == -signal.SIGTERM
         assert stranger.poll() is None

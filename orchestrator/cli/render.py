@@ -205,6 +205,8 @@ def status_restarts(found: RunStatus) -> list[str]:
         lines.append(f"  dropped: {', '.join(info['dropped'])}")
     if info["outcome"] and info["outcome"] not in ("finished", "stopped"):
         lines.append(f"  agents: {info['outcome']}")
+    for host in info.get("agents_gone", []):
+        lines.append(f"  {host}: its restart agent is gone (killed?): its ranks run on, nothing restarts them there")
     return lines
 
 

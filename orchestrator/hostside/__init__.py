@@ -15,6 +15,9 @@ use double quotes only (a single quote would print as '"'"').
     progress   the bundled trainer's last epoch per rank log, and the epoch it stopped at
     session    a command server: many commands over one channel, one login shell
     agent      restarts the ranks after a failure (job.max_restarts), coordinated by rank 0's host
+
+Parts joined before a program (PARTS): `prelude` (process group alive and ours, pid files,
+a listening port) for every program that needs it; `agent_policy` (the agent's decisions).
 """
 
 from __future__ import annotations
@@ -28,17 +31,39 @@ PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers
             "agent", "progress")
 
 
+# A program made of several files: the parts come first, in this order, then the program itself.
+# Each part is a module here (tests import it); sent, the files are one program: every line
+# `from orchestrator.hostside.PART import ...` is left out, and the names are simply there.
+PARTS: dict[str, tuple[str, ...]] = {"agent": ("prelude", "agent_policy"), "follow": ("prelude",),
+                                     "wait_port": ("prelude",)}
+FUTURE = "from __future__ import annotations\n"
+SIBLING = "from orchestrator.hostside."
+
+
 @functools.lru_cache(maxsize=None)
 def source(name: str) -> str:
     """The text of host-side program `name`, exactly as it is sent."""
     if name not in PROGRAMS:
         raise ValueError(f"no host-side program {name!r}")
+    texts = [_body(part) for part in (*PARTS.get(name, ()), name)]
+    if len(texts) == 1:
+        return texts[0]
+    return FUTURE + "\n" + "\n\n".join(t.replace(FUTURE, "", 1).strip("\n") + "\n" for t in texts)
+
+
+def _body(name: str) -> str:
     text = (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")
     # The module's docstring is for readers of this file; every command line and dry run
     # would carry it otherwise.
     if text.startswith('"""'):
         text = text[text.index('"""', 3) + 3:].lstrip("\n")
-    return text
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith(SIBLING):
+            # One import statement, however many lines: up to the line that closes its parenthesis.
+            end = i if "(" not in line else next(j for j in range(i, len(lines)) if ")" in lines[j])
+            lines[i:end + 1] = [""] * (end + 1 - i)
+    return "".join(lines)
 
 
 def program(python: str, name: str, *args: object) -> str:

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import BinaryIO
 
+from orchestrator.hostside.prelude import group_alive, read_int
+
 POLL_S = 0.2
 HEARTBEAT_S = 2.0  # a line `hb` after this long without output, while following
 
@@ -86,7 +88,7 @@ class RankLog:
         out.write(b"%d %s\n" % (self.rank, line))
 
     def alive(self) -> bool:
-        return group_alive("rank%d.pid" % self.rank)
+        return group_alive(read_int("rank%d.pid" % self.rank))
 
     def exit_record(self) -> bytes:
         name = "rank%d.exit" % self.rank
@@ -100,26 +102,7 @@ class RankLog:
 
 
 def recorded_start(rank: int) -> int:
-    try:
-        with open("rank%d.from" % rank) as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def group_alive(pidfile: str) -> bool:
-    """The process group in PIDFILE lives, and is ours: a leader whose working directory is not
-    this run directory holds a recycled id (the run ended long ago, or the host rebooted)."""
-    try:
-        with open(pidfile) as f:
-            pgid = int(f.read())
-        os.kill(-pgid, 0)
-    except (OSError, ValueError):
-        return False
-    try:
-        return os.readlink("/proc/%d/cwd" % pgid) == os.getcwd()
-    except OSError:  # no /proc (macOS), or a zombie leader whose group still holds the id
-        return True
+    return read_int("rank%d.from" % rank) or 0
 
 
 class Events:
@@ -160,7 +143,7 @@ def main(argv: list[str]) -> int:
     quiet_since = time.monotonic()
     events = Events()
     while logs:
-        agent = live and os.path.exists("agent.pid") and group_alive("agent.pid")
+        agent = live and group_alive(read_int("agent.pid"))
         ended = [log for log in logs if not live or (not agent and not log.alive())]
         before = out.written
         events.pump(out)

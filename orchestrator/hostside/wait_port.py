@@ -5,16 +5,18 @@
 Prints one word and exits with its code: `ready` (0) once ADDR:PORT accepts a
 connection, `exited` (3) when the process whose id is in PIDFILE is gone first,
 `timeout` (4) after SECONDS, `no-pid` (5) when PIDFILE holds no process id.
-Liveness is `kill(pid, 0)`, so no /proc is needed (macOS has none).
+Liveness is `kill(pid, 0)`, so no /proc is needed (macOS has none): right after the launch
+step wrote PIDFILE, its id cannot have been recycled yet.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import socket
 import sys
 import time
+
+from orchestrator.hostside.prelude import listening, read_int
 
 POLL_S = 0.05
 READY, EXITED, TIMEOUT, NO_PID = 0, 3, 4, 5
@@ -29,21 +31,9 @@ def alive(pid: int) -> bool:
     return True
 
 
-def listening(addr: str, port: int) -> bool:
-    try:
-        socket.create_connection((addr, port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
 def read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if pid > 0 else None
+    pid = read_int(path)
+    return pid if pid is not None and pid > 0 else None
 
 
 def wait(addr: str, port: int, pid: int, seconds: float) -> int:

@@ -5,6 +5,7 @@ order and hands each to one of these; a phase's steps run on their hosts at once
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from orchestrator import shell
 from orchestrator.errors import ExitCode, HostError
 from orchestrator.plan.facts import HostFacts
 from orchestrator.ssh.group import check, fan_out
+from orchestrator.hostside.agent import KEY_LINE as AGENT_KEY_LINE
 from orchestrator.plan.model import Plan, Step, StepKind
 from orchestrator.launch.artifacts import tar_of
 from orchestrator.ssh.remote import Connection
@@ -32,9 +34,13 @@ class Prepared:
 def prepare(plan: Plan, conns: dict[str, Connection], fanout: int,
             steps: Sequence[Step] | None = None) -> dict[str, Prepared]:
     """The PREPARE phase (`steps`; by default the plan's): what each host already has."""
+    # With restart agents, the run's secret for their channel (hostside/agent.py): made here, sent
+    # only inside the env file over SSH (0600 in the 0700 run directory), never recorded or shown.
+    key = f"{AGENT_KEY_LINE}{secrets.token_hex(32)}\n" if plan.max_restarts else ""
+
     def one(step: Step) -> Prepared:
         hp = plan.host_plan(step.host)
-        out = check(conns[step.host], step.command, "prepare", stdin=shell.env_file(hp.env).encode(),
+        out = check(conns[step.host], step.command, "prepare", stdin=(shell.env_file(hp.env) + key).encode(),
                     exit_code=ExitCode.REMOTE_STEP).stdout
         have = {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("have ")}
         present = frozenset(a.name for a in plan.artifacts if a.remote_dir(hp.workdir) in have)

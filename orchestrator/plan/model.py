@@ -11,6 +11,7 @@ failed rank), their run-time values filled in then. A Plan is a `state.RunState`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from dataclasses import dataclass, field, replace
@@ -269,6 +270,12 @@ def _clock_offset(facts: dict[str, HostFacts] | None, name: str) -> float | None
 
 
 RESTART_GRACE_S = 5.0  # a restart gives ranks this long after SIGTERM, then SIGKILL
+# The agents' timers, in seconds: a heartbeat this often, a link silent this long is dead, the
+# exits of a failure's peers awaited this long before judging it (hostside/agent.py).
+AGENT_TIMERS = {"heartbeat": 2.0, "silent": 10.0, "settle": 2.0}
+# Tests only: JSON that overrides AGENT_TIMERS and may add "pause": {host: [moment, ...]}, where
+# an agent waits (hostside/agent.py, Agent.pause) so that a test can kill it at that moment.
+AGENT_TEST_VARIABLE = "DISTCTL_TEST_AGENT"
 # The bundled trainer's exit codes distctl decides by (tests/test_contract.py ties them to trainer.errors):
 
 
@@ -288,7 +295,16 @@ def agent_config(inv: Inventory, run_id: str, host_plans: list[HostPlan], index:
         "final_codes": list(TRAINER_FINAL) if job.is_trainer else [],
         "peer_lost": [PEER_LOST] if job.is_trainer else [],
         "wait_port": job.wait_for_rank0,  # rank 0's host first, and its port open, before the others
+        **AGENT_TIMERS, **_agent_test_overrides(),
     }
+
+
+def _agent_test_overrides() -> dict:
+    raw = os.environ.get(AGENT_TEST_VARIABLE)
+    if not raw:
+        return {}
+    given = json.loads(raw)
+    return {k: v for k, v in given.items() if k in AGENT_TIMERS or k == "pause"}
 
 
 def _restart_command(inv: Inventory, hp: HostPlan) -> str:

@@ -87,7 +87,8 @@ def status_script(rundir: str, ranks: list[int]) -> str:
         '  elif [ $live = 1 ]; then echo "rank=$r state=running";',
         '  elif [ -f rank$r.pid ]; then echo "rank=$r state=killed"; else echo "rank=$r state=not-started"; fi',
         "done",
-        '[ -f agent.state ] && echo "agent $(cat agent.state)"; true',
+        '[ -f agent.state ] && echo "agent $(cat agent.state)"',
+        '[ -f agent.pid ] && echo "agent-alive=$agent"; true',
     )
 
 
@@ -99,7 +100,11 @@ def parse_agent(output: str) -> dict | None:
                 data = json.loads(line[6:])
             except ValueError:
                 return None
-            return data if isinstance(data, dict) else None
+            if not isinstance(data, dict):
+                return None
+            # An agent whose process is gone before it recorded an outcome died (killed, crashed).
+            data["gone"] = "agent-alive=0" in output.splitlines() and not data.get("outcome")
+            return data
     return None
 
 

@@ -103,7 +103,8 @@ class RunStatus:
         newest = max(self.agents, key=lambda a: int(a.get("attempt") or 0), default={})
         return {"attempt": int(newest.get("attempt") or 0), "max_restarts": self.state.max_restarts,
                 "restarts": list(newest.get("restarts") or []), "dropped": list(newest.get("dropped") or []),
-                "outcome": newest.get("outcome")}
+                "outcome": newest.get("outcome"),
+                "agents_gone": [a["host"] for a in self.agents if a.get("gone")]}
 
     def failed_first(self) -> RankRow | None:
         """The rank that most likely failed first (see watch.root_causes); none for a stopped run."""
@@ -132,7 +133,7 @@ def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], f
             statuses, progress, agent = found.ok[name]
             rows += [RankRow(name, s, GONE_DETAIL if s.state == "killed" else "",
                              progress=progress.get(s.rank, Progress())) for s in statuses]
-            agents += [agent] if agent else []
+            agents += [{**agent, "host": name}] if agent else []
         else:
             rows += [RankRow(name, RankStatus(r.rank, "unreachable"), unreachable[name]) for r in hs.ranks]
     return RunStatus(state, rows, {h: unreachable[h] for h in sorted(unreachable)}, time.time(), agents)

@@ -119,7 +119,7 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
             return  # every host relays the same decision
         agent.seen.add(text)
         kind, _, rest = text.partition(" ")
-        if kind == "restart":
+        if kind in ("restart", "lost"):  # lost: an agent is gone (hostside/agent.py), and how long the run waits
             ui.warn(text)
         elif kind == "dropped" and rest in links.hosts and rest not in agent.dropped:
             agent.dropped.append(rest)
@@ -155,7 +155,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
     judged: list[bool] = []
 
     def tick() -> None:
-        if time.monotonic() <= deadline or first_failure or hang or judged or agent.seen:
+        restarted = any(text.startswith("restart ") for text in agent.seen)
+        if time.monotonic() <= deadline or first_failure or hang or judged or restarted:
             return  # (after a restart the agents judge: the rendezvous may be under way again)
         if not state.trainer:
             judged.append(True)

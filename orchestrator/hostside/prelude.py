@@ -1,0 +1,48 @@
+"""What several host-side programs need, once: prepended to each of them when sent.
+
+    group_alive  a process group lives, and is this run's (the recycled-id guard)
+    read_int     the number in a small file (a pid file, an exit code), or None
+    listening    a TCP port accepts connections
+
+hostside/__init__.py (PARTS) puts this text before the program that imports from it, so a
+fix here reaches follow, wait_port and the agent alike. Standard library, Python 3.8.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def group_alive(pgid: int | None) -> bool:
+    """Process group PGID lives and is ours. Its leader (the wrapper of a rank, the agent) was started
+    in this run directory (the working directory of every caller) and never leaves it: a leader
+    elsewhere holds a recycled id (the run ended long ago, or the host rebooted), as does one of
+    another user (EPERM). No readable /proc/PGID/cwd (no /proc on macOS, a zombie leader whose
+    group still holds the id) keeps the old rule: the group is ours."""
+    if pgid is None or pgid <= 0:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    try:
+        return os.readlink("/proc/%d/cwd" % pgid) == os.getcwd()
+    except OSError:
+        return True
+
+
+def listening(addr: str, port: int) -> bool:
+    try:
+        socket.create_connection((addr, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
