@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     EXEC_FAILED = 11  # `distctl exec`: the command exited non-zero on at least one host
     PARTIAL = 12  # logs/pull/status: done for the reachable hosts only; the rest are named
     RESTARTS_EXHAUSTED = 13  # job.max_restarts used up (or fewer than job.min_hosts left)
+    SLURM_ENDED = 16  # Slurm ended the job: preempted, time limit, node failure, out of memory
     INTERNAL = 70  # a bug in distctl (EX_SOFTWARE); --debug shows the traceback
     DETACHED = 130  # Ctrl-C while attached: the run goes on
 

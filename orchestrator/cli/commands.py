@@ -49,6 +49,10 @@ def _with_options(inv: Inventory, opts: Options) -> Inventory:
 
 def dry_run(inv: Inventory, ui, resume: bool = False) -> None:
     """Print the plan from the inventory alone; opens no connection."""
+    if inv.slurm:  # a batch job on a Slurm cluster (orchestrator/slurm/)
+        from orchestrator.slurm import submit as slurm
+
+        return slurm.dry_run(inv, new_run_id(inv.job.name), ui)
     run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.name)
     plan = plan_launch(inv, run_id, job_artifacts(inv.job), resume=resume)
     ui.out(render_plan(plan))
@@ -75,6 +79,10 @@ def _resolve(inv: Inventory, opts: Options, ui, run_id: str, resume: bool = Fals
 def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = False) -> None:
     """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request)."""
     inv = _with_options(inv, opts)
+    if inv.slurm:
+        from orchestrator.slurm import submit as slurm
+
+        return slurm.check(inv, ui, as_json)
     # The plan needs a run id; this one names no run (check starts none).
     conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.name}-<run id>")
     group.close_all(conns)
@@ -92,6 +100,10 @@ def check(inv: Inventory, opts: Options, ui, as_json: bool, show_plan: bool = Fa
 
 def up(inv: Inventory, opts: Options, ui, detach: bool, resume: bool) -> None:
     inv = _with_options(inv, opts)
+    if inv.slurm:
+        from orchestrator.slurm import submit as slurm
+
+        return slurm.up(inv, new_run_id(inv.job.name), ui, detach, resume)
     ui.hide(inv.secrets)
     run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.name)
     _describe_code(inv, ui)
@@ -224,6 +236,12 @@ def find_run(target: str | None) -> RunState:
     return runs_state.run_by_id(target) if target else runs_state.last_run_here()
 
 
+def _slurm_run(state: RunState) -> bool:
+    from orchestrator.slurm.lifecycle import slurm_of
+
+    return slurm_of(state) is not None
+
+
 def runs(inventory: str | None, ui, as_json: bool) -> None:
     """List recorded runs, newest last; read locally, connects to nothing."""
     records = runs_state.list_runs(inventory)
@@ -249,6 +267,10 @@ def status(target: str | None, opts: Options, ui, as_json: bool) -> None:
     """Each rank's state and last epoch, every host asked at once; then how the run ended, when it
     did. Unreachable hosts are named in the table, and make the exit code UNREACHABLE."""
     state = find_run(target)
+    if _slurm_run(state):
+        from orchestrator.slurm import lifecycle as slurm
+
+        return slurm.status(state, ui, as_json)
     conns, down = _connect_reachable(state, opts)
     try:
         found = query_status(state, conns, down, opts.fanout)
@@ -279,6 +301,10 @@ def _show_status(found: RunStatus, failure: dict | None, ui) -> None:
 
 def stop(target: str | None, opts: Options, ui, grace: float) -> None:
     state = find_run(target)
+    if _slurm_run(state):
+        from orchestrator.slurm import lifecycle as slurm
+
+        return slurm.stop(state, ui, grace)
     conns, down = _connect_reachable(state, opts)
     try:
         problems = stop_everywhere(state, conns, grace, opts.fanout)
@@ -306,6 +332,10 @@ def logs(target: str | None, opts: Options, ui, follow_live: bool, host: str | N
          tail: int | None) -> None:
     state = find_run(target)
     _hide_secrets_of(state, ui)
+    if _slurm_run(state):
+        from orchestrator.slurm import lifecycle as slurm
+
+        return slurm.logs(state, ui, follow_live, host, rank, tail)
     if host:
         state.host(host)
     wanted = {r.rank for hs in state.hosts for r in hs.ranks

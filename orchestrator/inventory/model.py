@@ -123,6 +123,7 @@ class Inventory:
     job: Job
     ssh: Ssh
     overrides: tuple[str, ...] = ()  # `--set KEY=VALUE` applied on top of the file
+    slurm: Any = None  # orchestrator.slurm.config.SlurmTarget: a batch job instead of `hosts`
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -130,7 +131,7 @@ class Inventory:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so that output can mask it."""
-        envs = [self.job.env] + [h.env for h in self.hosts]
+        envs = [self.job.env] + [h.env for h in self.hosts] + ([self.slurm.login.env] if self.slurm else [])
         return tuple(v.value for env in envs for v in env if v.secret)
 
 
@@ -180,7 +181,7 @@ JOB_KEYS = ("name", "port", "backend", "data", "dataset", "fallback", "join_time
             "lost_host_timeout")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "seed", "timeout")
 SSH_KEYS = ("known_hosts", "accept_new_host_keys", "config", "connect_timeout", "reconnect_timeout")
-TOP_KEYS = ("defaults", "hosts", "job", "ssh")
+TOP_KEYS = ("defaults", "hosts", "job", "ssh", "slurm")
 
 
 def _host_fields(ctx: y.Ctx, keys: dict[str, yaml.Node], where: str, environ: dict[str, str]) -> dict[str, Any]:
@@ -449,6 +450,8 @@ def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, 
             apply_overrides(root, overrides)
         top = y.mapping(ctx, root, "", TOP_KEYS)
         defaults = _defaults(ctx, top.get("defaults"), environ)
+        if "slurm" in top:
+            return _slurm_inventory(ctx, top, defaults, environ, overrides)
         hosts = _hosts(ctx, top.get("hosts"), defaults, environ)
         job = _job(ctx, top.get("job"), environ)
         if job.min_hosts is not None and job.min_hosts > len(hosts):
@@ -462,6 +465,24 @@ def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, 
         raise InventoryError(f"{path}:1: not valid YAML: nested too deeply") from None
     finally:
         loader.dispose()
+
+
+def _slurm_inventory(ctx: y.Ctx, top: dict[str, yaml.Node], defaults: dict[str, Any], environ: dict[str, str],
+                     overrides: tuple[str, ...]) -> Inventory:
+    """`slurm:` instead of `hosts:` (orchestrator/slurm/config.py); the job is read as always."""
+    from orchestrator.slurm.config import parse_slurm
+
+    if "hosts" in top:
+        raise ctx.fail(top["hosts"], "", "'hosts' and 'slurm' exclude each other: list SSH hosts, or "
+                       "name a Slurm login node, not both")
+    job = _job(ctx, top.get("job"), environ)
+    written = y.mapping(ctx, top["job"], "job", JOB_KEYS) if "job" in top else {}
+    if "min_hosts" in written:
+        raise ctx.fail(written["min_hosts"], "job", "'min_hosts' does not apply on Slurm: the allocation's "
+                       "nodes are fixed for the job")
+    slurm = parse_slurm(ctx, top["slurm"], defaults, job.port if "port" in written else None)
+    return Inventory(path=ctx.path, hosts=(), job=job, ssh=_ssh(ctx, top.get("ssh")), overrides=tuple(overrides),
+                     slurm=slurm)
 
 
 def load_inventory(path: str | os.PathLike[str], environ: dict[str, str] | None = None,
