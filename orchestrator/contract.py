@@ -31,7 +31,7 @@ class ExitCode(IntEnum):
     RESTARTS_EXHAUSTED = 13  # job.max_restarts used up (or fewer than job.min_hosts left)
     STOPPED = 14  # reserved: the run was stopped by `distctl stop`
     HUNG = 15  # reserved: no rank made progress for job.hang_timeout
-    ENDED_BY_SLURM = 16  # reserved: Slurm ended the job (preempted, time limit, node failure)
+    SLURM_ENDED = 16  # Slurm ended the job: preempted, time limit, node failure, out of memory
     INTERNAL = 70  # a bug in distctl (EX_SOFTWARE); --debug shows the traceback
     DETACHED = 130  # Ctrl-C while attached: the run goes on
 

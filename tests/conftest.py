@@ -100,3 +100,22 @@ def state_dir(tmp_path_factory, monkeypatch):
     path = tmp_path_factory.mktemp("distctl-state")
     monkeypatch.setenv("DISTCTL_STATE_DIR", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A real Slurm cluster (tests/slurm_cluster.py): slurmctld, slurmd on cn1 and cn2, munge, and a
+    login node reached over SSH; built once per session, torn down at its end (or at exit)."""
+    import atexit
+
+    from slurm_cluster import slurm_unavailable, start_slurm
+
+    reason = slurm_unavailable()
+    if reason:
+        cannot_run(reason)
+    cluster = start_slurm()
+    atexit.register(cluster.close)
+    try:
+        yield cluster
+    finally:
+        cluster.close()

@@ -126,7 +126,7 @@ BAD = [
     bad("unknown-key-top", "hots:\n  - {name: node1, address: 10.0.0.1}\n",
         "inventory.yaml:1: unknown key 'hots' (did you mean 'hosts'?)"),
     bad("unknown-key-top-no-match", HOSTS + "cluster: big\n",
-        "inventory.yaml:3: unknown key 'cluster' (known keys: defaults, hosts, job, ssh)"),
+        "inventory.yaml:3: unknown key 'cluster' (known keys: defaults, hosts, job, ssh, slurm)"),
     bad("unknown-key-defaults", "defaults: {usr: root}\n" + HOSTS,
         "inventory.yaml:1: defaults: unknown key 'usr' (did you mean 'user'?)"),
     bad("unknown-key-host", "hosts:\n  - name: node1\n    adress: 10.0.0.1\n",

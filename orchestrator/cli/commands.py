@@ -53,6 +53,10 @@ def _with_options(inv: Inventory, opts: Options) -> Inventory:
 def dry_run(inv: Inventory, ui: Ui, resume: bool = False, full: bool = False) -> None:
     """Print the plan from the inventory alone; opens no connection. `full`: every command byte
     for byte (render_plan)."""
+    if inv.slurm:  # a batch job on a Slurm cluster (orchestrator/slurm/)
+        from orchestrator.slurm import submit as slurm
+
+        return slurm.dry_run(inv, new_run_id(inv.job.run_name), ui)
     run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.run_name)
     plan = plan_launch(inv, run_id, job_artifacts(inv.job), resume=resume)
     ui.out(render_plan(plan, full))
@@ -79,6 +83,10 @@ def _resolve(inv: Inventory, opts: Options, ui: Ui, run_id: str, resume: bool = 
 def check(inv: Inventory, opts: Options, ui: Ui, as_json: bool, show_plan: bool = False, full: bool = False) -> None:
     """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request)."""
     inv = _with_options(inv, opts)
+    if inv.slurm:
+        from orchestrator.slurm import submit as slurm
+
+        return slurm.check(inv, ui, as_json)
     # The plan needs a run id; this one names no run (check starts none).
     conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.run_name}-<run id>")
     group.close_all(conns)
@@ -98,6 +106,10 @@ def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool,
        on_launch: Callable[[RunState], None] | None = None) -> None:
     """`on_launch` (`up --web`) gets the run once every rank is launched."""
     inv = _with_options(inv, opts)
+    if inv.slurm:
+        from orchestrator.slurm import submit as slurm
+
+        return slurm.up(inv, new_run_id(inv.job.run_name), ui, detach, resume)
     ui.hide(inv.secrets)
     run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.run_name)
     _describe_code(inv, ui)
@@ -285,6 +297,12 @@ def find_run(target: str | None) -> RunState:
     return runs_state.run_by_id(target) if target else runs_state.last_run_here()
 
 
+def _slurm_run(state: RunState) -> bool:
+    from orchestrator.slurm.lifecycle import slurm_of
+
+    return slurm_of(state) is not None
+
+
 def runs(inventory: str | None, ui: Ui, as_json: bool) -> None:
     """List recorded runs, newest last; read locally, connects to nothing."""
     records = runs_state.list_runs(inventory)
@@ -310,6 +328,10 @@ def status(target: str | None, opts: Options, ui: Ui, as_json: bool) -> None:
     """Each rank's state and last epoch, every host asked at once; then how the run ended, when it
     did. Unreachable hosts are named in the table, and make the exit code UNREACHABLE."""
     state = find_run(target)
+    if _slurm_run(state):
+        from orchestrator.slurm import lifecycle as slurm
+
+        return slurm.status(state, ui, as_json)
     conns, down = _connect_reachable(state, opts)
     try:
         found = query_status(state, conns, down, opts.fanout)
@@ -340,6 +362,10 @@ def _show_status(found: RunStatus, failure: dict | None, ui: Ui) -> None:
 
 def stop(target: str | None, opts: Options, ui: Ui, grace: float) -> None:
     state = find_run(target)
+    if _slurm_run(state):
+        from orchestrator.slurm import lifecycle as slurm
+
+        return slurm.stop(state, ui, grace)
     conns, down = _connect_reachable(state, opts)
     try:
         problems = stop_everywhere(state, conns, grace, opts.fanout)
@@ -367,6 +393,10 @@ def logs(target: str | None, opts: Options, ui: Ui, follow_live: bool, host: str
          tail: int | None) -> None:
     state = find_run(target)
     _hide_secrets_of(state, ui)
+    if _slurm_run(state):
+        from orchestrator.slurm import lifecycle as slurm
+
+        return slurm.logs(state, ui, follow_live, host, rank, tail)
     if host:
         state.host(host)
     wanted = {r.rank for hs in state.hosts for r in hs.ranks

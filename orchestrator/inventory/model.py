@@ -20,6 +20,7 @@ import yaml
 
 from orchestrator.inventory import yamlnodes as y
 from orchestrator.errors import InventoryError
+from orchestrator.inventory.slurm import LOGIN_KEYS, LOGIN_NAME, parse_slurm
 
 MAX_BYTES = 1 << 20  # an inventory is a few KiB; refuse to parse megabytes of YAML
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -161,6 +162,7 @@ class Inventory:
     job: Job
     ssh: Ssh
     overrides: tuple[str, ...] = ()  # `--set KEY=VALUE` applied on top of the file
+    slurm: Any = None  # orchestrator.inventory.slurm.SlurmTarget: a batch job instead of `hosts`
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -168,7 +170,7 @@ class Inventory:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so that output can mask it."""
-        envs = [self.job.env] + [h.env for h in self.hosts]
+        envs = [self.job.env] + [h.env for h in self.hosts] + ([self.slurm.login.env] if self.slurm else [])
         return tuple(v.value for env in envs for v in env if v.secret)
 
 
@@ -218,7 +220,7 @@ JOB_KEYS = ("name", "port", "backend", "data", "dataset", "fallback", "join_time
             "lost_host_timeout")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "seed", "timeout")
 SSH_KEYS = ("known_hosts", "accept_new_host_keys", "config", "connect_timeout", "reconnect_timeout")
-TOP_KEYS = ("defaults", "hosts", "job", "ssh")
+TOP_KEYS = ("defaults", "hosts", "job", "ssh", "slurm")
 
 
 def _host_fields(ctx: y.Ctx, keys: dict[str, yaml.Node], where: str, environ: dict[str, str]) -> dict[str, Any]:
@@ -487,6 +489,8 @@ def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, 
             apply_overrides(root, overrides)
         top = y.mapping(ctx, root, "", TOP_KEYS)
         defaults = _defaults(ctx, top.get("defaults"), environ)
+        if "slurm" in top:
+            return _slurm_inventory(ctx, top, defaults, environ, overrides)
         hosts = _hosts(ctx, top.get("hosts"), defaults, environ)
         job = _job(ctx, top.get("job"), environ)
         if job.min_hosts is not None and job.min_hosts > len(hosts):
@@ -500,6 +504,40 @@ def parse_inventory(text: str, path: str = "inventory.yaml", environ: dict[str, 
         raise InventoryError(f"{path}:1: not valid YAML: nested too deeply") from None
     finally:
         loader.dispose()
+
+
+def _slurm_inventory(ctx: y.Ctx, top: dict[str, yaml.Node], defaults: dict[str, Any], environ: dict[str, str],
+                     overrides: tuple[str, ...]) -> Inventory:
+    """`slurm:` instead of `hosts:` (orchestrator/inventory/slurm.py); the job is read as always."""
+    if "hosts" in top:
+        raise ctx.fail(top["hosts"], "", "'hosts' and 'slurm' exclude each other: list SSH hosts, or "
+                       "name a Slurm login node, not both")
+    job = _job(ctx, top.get("job"), environ)
+    written = y.mapping(ctx, top["job"], "job", JOB_KEYS) if "job" in top else {}
+    if "min_hosts" in written:
+        raise ctx.fail(written["min_hosts"], "job", "'min_hosts' does not apply on Slurm: the allocation's "
+                       "nodes are fixed for the job")
+    slurm = parse_slurm(ctx, top["slurm"], job.port if "port" in written else None,
+                        lambda node: _slurm_login(ctx, node, defaults))
+    return Inventory(path=ctx.path, hosts=(), job=job, ssh=_ssh(ctx, top.get("ssh")), overrides=tuple(overrides),
+                     slurm=slurm)
+
+
+def _slurm_login(ctx: y.Ctx, node: yaml.Node, defaults: dict[str, Any]) -> Host:
+    """The `slurm.login` host: an address or a host mapping, over the SSH defaults."""
+    where = "slurm.login"
+    if isinstance(node, yaml.ScalarNode):  # `login: hpc-login`: an address or ssh_config alias
+        own = {"address": y.scalar(ctx, node, where, "login", "a host name or mapping", y.single_line)}
+    else:
+        keys = y.mapping(ctx, node, where, LOGIN_KEYS)
+        if "address" not in keys:
+            raise ctx.fail(node, where, "'address' is missing")
+        own = _host_fields(ctx, keys, where, {})
+    fields = {k: v for k, v in defaults.items() if k in ("user", "port", "identity_file", "python", "workdir", "env")}
+    if "slots" in defaults or "connection" in defaults:
+        raise ctx.fail(node, "defaults", "with 'slurm', 'slots' belongs to slurm: (ranks per node), and the "
+                       "login node is reached over SSH")
+    return Host(name=LOGIN_NAME, **{**fields, **own})
 
 
 def load_inventory(path: str | os.PathLike[str], environ: dict[str, str] | None = None,
