@@ -391,6 +391,7 @@ def start_cluster(specs: Sequence[HostSpec], *, isolated: bool | None = None) ->
     if isolated is None:
         isolated = netns_available()
     cluster = Cluster(specs, isolated)
+    _start_rehash_janitor()
     try:
         cluster._bring_up()
     except BaseException:
@@ -661,6 +662,35 @@ def _kill_all(find: Callable[[], list[int]], timeout: float = 5.0) -> None:
 def _rehash_lock() -> Path:
     """The file `pyenv rehash` creates as its lock, and removes when it exits (not on SIGKILL)."""
     return Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "shims" / ".pyenv-shim"
+
+
+REHASH_STALE_S = 10.0  # a rehash takes well under a second; a lock this old lost its holder
+_janitor_started = threading.Event()
+
+
+def _start_rehash_janitor() -> None:
+    """Remove pyenv's rehash lock once it is REHASH_STALE_S old, checking every second.
+
+    The test hosts share this machine's home, so where a login's .bashrc runs `pyenv rehash`,
+    every login of every host takes the same lock, and one killed mid-rehash (a rank's login
+    shell torn down as it starts, by distctl or by a test) leaves it behind: every later login,
+    on every host of every pytest-xdist worker's clusters, then waits 60 s for it. `crash` knows
+    when it killed the holder; a teardown by distctl does not, so this thread cleans up after it."""
+    if _janitor_started.is_set():
+        return
+    _janitor_started.set()
+
+    def sweep() -> None:
+        while True:
+            lock = _rehash_lock()
+            try:
+                if time.time() - lock.stat().st_mtime > REHASH_STALE_S:
+                    lock.unlink(missing_ok=True)
+            except OSError:
+                pass  # no lock: nothing to do
+            time.sleep(1.0)
+
+    threading.Thread(target=sweep, name="pyenv-rehash-janitor", daemon=True).start()
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

@@ -18,7 +18,10 @@ import yaml
 from cluster import Cluster
 
 DISTCTL = [sys.executable, "-m", "orchestrator"]
-_port = iter(range(29600, 29999))
+# Each pytest-xdist worker (gw0, gw1...) counts through a range of its own: runs on this machine
+# (`connection: local`) of two workers never share a port either.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+_port = iter(range(29600 + 400 * _WORKER, 29999 + 400 * _WORKER))
 
 
 def free_port() -> int:

@@ -14,12 +14,17 @@ import subprocess
 from contextlib import contextmanager
 
 import pytest
-import torch
-
-from trainer import checkpoint
 
 
-def state(epoch: int) -> dict:
+@pytest.fixture
+def checkpoint(torch):
+    """trainer/checkpoint.py, which imports torch."""
+    from trainer import checkpoint
+
+    return checkpoint
+
+
+def state(torch, epoch: int) -> dict:
     return {"epoch": epoch, "step": 0, "model": {"w": torch.full((64, 1024), float(epoch))},
             "optimizer": {}, "rng": {}, "seed": 0, "world_size": 1, "batch_size": 64,
             "dataset": "d", "fingerprint": "f", "partial": []}
@@ -38,17 +43,18 @@ def file_size_limit(limit: int):
         signal.signal(signal.SIGXFSZ, previous)
 
 
-def test_a_refused_write_keeps_the_previous_checkpoint_and_leaves_no_partial_file(tmp_path):
-    first = checkpoint.save_checkpoint(str(tmp_path), state(1), keep=3)
+def test_a_refused_write_keeps_the_previous_checkpoint_and_leaves_no_partial_file(checkpoint, torch, tmp_path):
+    first = checkpoint.save_checkpoint(str(tmp_path), state(torch, 1), keep=3)
     with file_size_limit(64 << 10), pytest.raises(OSError) as refused:  # a checkpoint is 256 KB
-        checkpoint.save_checkpoint(str(tmp_path), state(2), keep=3)
+        checkpoint.save_checkpoint(str(tmp_path), state(torch, 2), keep=3)
     assert refused.value.errno == errno.EFBIG  # the OS's reason, not torch's "unexpected pos"
     assert sorted(os.listdir(tmp_path)) == ["ckpt-000001-000000.pt", "latest.pt"]
     assert os.path.samefile(tmp_path / "latest.pt", first)
     assert checkpoint.load_latest(str(tmp_path))["epoch"] == 1
 
 
-def test_temporary_files_of_a_killed_writer_of_this_host_are_removed_by_the_next_save(tmp_path):
+def test_temporary_files_of_a_killed_writer_of_this_host_are_removed_by_the_next_save(checkpoint, torch,
+                                                                                         tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
     me = socket.gethostname()
@@ -58,5 +64,5 @@ def test_temporary_files_of_a_killed_writer_of_this_host_are_removed_by_the_next
             "notes.tmp.txt"]
     for name in left + kept:
         (tmp_path / name).write_bytes(b"partial")
-    checkpoint.save_checkpoint(str(tmp_path), state(4), keep=3)
+    checkpoint.save_checkpoint(str(tmp_path), state(torch, 4), keep=3)
     assert sorted(os.listdir(tmp_path)) == sorted(kept + ["ckpt-000004-000000.pt", "latest.pt"])

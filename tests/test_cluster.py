@@ -22,10 +22,8 @@ from pathlib import Path
 import pytest
 
 import cluster as testcluster
-from cluster import WORKDIR, Cluster, HostSpec, start_cluster
+from cluster import WORKDIR, Cluster, HostSpec
 from support import procfs
-
-pytestmark = pytest.mark.cluster
 
 # Accepts one connection and answers with this host's name and the peer's address.
 SERVER = """
@@ -248,8 +246,8 @@ def test_processes_and_env_markers_are_per_host(cluster):
     wait_until(lambda: pid not in node3.processes(), "the sleep to end")
 
 
-def test_close_removes_everything_it_created():
-    solo = start_cluster([HostSpec("solo")])
+def test_close_removes_everything_it_created(make_cluster):
+    solo = make_cluster([HostSpec("solo")])
     # env -i: only the namespace sweep can find it (the fallback has just the SetEnv tag)
     scrub = "env -i " if solo.isolated else ""
     sleeper = subprocess.run(
@@ -265,6 +263,7 @@ def test_close_removes_everything_it_created():
         assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
+@pytest.mark.usefixtures("make_cluster")  # a cluster must be possible here
 def test_cleanup_stale_undoes_a_crashed_run():
     """A run killed with SIGKILL leaves sshd, anchor and namespace; the next start removes them."""
     child = subprocess.Popen(
@@ -288,3 +287,18 @@ def test_cleanup_stale_undoes_a_crashed_run():
     assert not Path(tmpdir).exists()
     if netns != "None":
         assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_a_stale_pyenv_rehash_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    """A login killed mid-rehash must not make every later login on every host wait 60 s."""
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    lock = tmp_path / "shims" / ".pyenv-shim"
+    lock.parent.mkdir()
+    lock.touch()
+    old = time.time() - testcluster.REHASH_STALE_S - 5
+    os.utime(lock, (old, old))
+    testcluster._start_rehash_janitor()
+    wait_until(lambda: not lock.exists(), "the stale lock to be removed")
+    lock.touch()
+    time.sleep(2.5)  # two sweeps: a fresh lock (a rehash at work) stays
+    assert lock.exists()

@@ -6,7 +6,9 @@ Each line is made by the trainer's own `emit` and read by the orchestrator's own
 watch_run for `joined`, `rendezvous` and `fallback` (the join watchdog and the fallback notice),
 pull's parse_metrics for the epoch lines. `done` and `stopped` are read by people, not parsed by
 distctl: `done` is what they (and this suite, e2e.digests) compare ranks by, `stopped` names the
-checkpoint that `pull` later describes. Then a real trainer run goes through the same readers.
+checkpoint that `pull` later describes. Then a real trainer run goes through the same readers, and
+so does one of the torch-free stand-in (tests/support/standin) that the mechanism tests run on the
+cluster in the trainer's place: what they prove holds for the trainer because it speaks the same.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from trainer.errors import ExitCode as TrainerExit
 from trainer.log import emit, parse_line
 
 REPO = Path(__file__).resolve().parent.parent
+STANDIN = REPO / "tests" / "support" / "standin"
 FALLBACK_NOTICE = ("node1: MNIST could not be had: training on generated digits, not MNIST "
                    "(job.fallback: generated; set job.data to push your copy of MNIST)")
 ON_GENERATED = " (on generated digits, not MNIST: MNIST could not be had)"
@@ -145,41 +148,91 @@ def test_done_lines_as_up_shows_them_carry_each_ranks_digest(capsys):
 # ------------------------------------------------------------------ a real trainer run
 
 
-@pytest.fixture(scope="module")
-def trainer_runs(tmp_path_factory) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
-    """One lone rank of the real trainer on a host without MNIST (so: the fallback), stopped
-    mid-epoch, then resumed to its end."""
-    folder = tmp_path_factory.mktemp("trainer")
+Runs = tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]
+
+
+def stopped_then_resumed(folder: Path, *stop: str, cwd: Path = REPO, epochs: int = 1) -> Runs:
+    """One lone rank (`python -m trainer` as found from `cwd`) on a host without MNIST (so: the
+    fallback), stopped by `stop`, then resumed to its end."""
     args = [sys.executable, "-m", "trainer", "--data", str(folder / "no-mnist"), "--fallback", "generated",
-            "--generated-train", "256", "--generated-test", "64", "--epochs", "1",
+            "--generated-train", "256", "--generated-test", "64", "--epochs", str(epochs),
             "--checkpoint-dir", str(folder / "ckpt")]
-    stopped = subprocess.run([*args, "--stop-after-step", "2", "--stop-check-steps", "2"], cwd=REPO,
-                             capture_output=True, text=True, timeout=300)
-    resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    stopped = subprocess.run([*args, *stop], cwd=cwd, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*args, "--resume"], cwd=cwd, capture_output=True, text=True, timeout=300)
     return stopped, resumed
 
 
-def test_a_real_stopped_run_reads_as_stopped_and_names_its_checkpoint(trainer_runs):
-    stopped, _ = trainer_runs
+@pytest.fixture(scope="module")
+def trainer_runs(tmp_path_factory, real_trainer) -> Runs:
+    """The real trainer, stopped mid-epoch."""
+    return stopped_then_resumed(tmp_path_factory.mktemp("trainer"), "--stop-after-step", "2",
+                                "--stop-check-steps", "2")
+
+
+@pytest.fixture(scope="module")
+def standin_runs(tmp_path_factory) -> Runs:
+    """The stand-in (it stops only at an epoch's end), stopped after epoch 1 of 2."""
+    return stopped_then_resumed(tmp_path_factory.mktemp("standin"), "--stop-after-epoch", "1", cwd=STANDIN,
+                                epochs=2)
+
+
+def reads_as_stopped(stopped: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The checks of a stopped run's lines; its `stopped` line's fields."""
     assert stopped.returncode == watching.STOPPED, stopped.stderr
     lines = stopped.stdout.splitlines()
     assert joined_in_time(lines, code=stopped.returncode) == Outcome(
         ExitCode.RUN_FAILED, "run t-1 was stopped (checkpointed); continue it with: distctl up /inv/a.yaml --resume")
     assert never_joined(lines[:1]) == "node2 r1"  # its first line: it reached the rendezvous
     event, fields = parse_line(lines[-1])
-    assert event == "stopped"
+    assert event == "stopped" and Path(fields["checkpoint"]).is_file()
+    return fields
+
+
+def reads_as_finished(resumed: subprocess.CompletedProcess[str], epoch: int, capsys) -> str:
+    """The checks of a run resumed for its last epoch `epoch`; its digest."""
+    assert resumed.returncode == TrainerExit.OK, resumed.stderr
+    lines = resumed.stdout.splitlines()
+    assert joined_in_time(lines) == Outcome(ExitCode.OK, "run t-1 finished: 1 rank(s) exited 0" + ON_GENERATED)
+    [row] = parse_metrics(resumed.stdout)
+    assert (row["epoch"], row["rank"]) == (epoch, 0) and 0 < row["loss"] < 10 and 0 <= row["test_accuracy"] <= 1
+    ui = Ui()
+    for line in lines:
+        ui.rank_line("node1", 0, line)
+    [(rank, digest)] = digests(capsys.readouterr().out).items()
+    assert rank == 0
+    return digest
+
+
+def test_a_real_stopped_run_reads_as_stopped_and_names_its_checkpoint(trainer_runs):
+    fields = reads_as_stopped(trainer_runs[0])
     assert describe_checkpoint(Path(fields["checkpoint"])) == (
         f"epoch {fields['epoch']} step {fields['step']} (mid-epoch checkpoint of a stopped run)")
 
 
 def test_a_real_finished_run_reads_as_success_with_its_metrics_and_digest(trainer_runs, capsys):
-    _, resumed = trainer_runs
-    assert resumed.returncode == TrainerExit.OK, resumed.stderr
-    lines = resumed.stdout.splitlines()
-    assert joined_in_time(lines) == Outcome(ExitCode.OK, "run t-1 finished: 1 rank(s) exited 0" + ON_GENERATED)
-    [row] = parse_metrics(resumed.stdout)
-    assert (row["epoch"], row["rank"]) == (1, 0) and 0 < row["loss"] < 10 and 0 <= row["test_accuracy"] <= 1
-    ui = Ui()
-    for line in lines:
-        ui.rank_line("node1", 0, line)
-    assert list(digests(capsys.readouterr().out)) == [0]
+    reads_as_finished(trainer_runs[1], 1, capsys)
+
+
+def test_the_standins_stopped_run_reads_as_the_trainers(standin_runs):
+    fields = reads_as_stopped(standin_runs[0])
+    assert (fields["epoch"], fields["step"]) == ("1", "0")
+
+
+def test_the_standins_resumed_run_reads_as_the_trainers_and_ends_as_an_uninterrupted_one(standin_runs, tmp_path,
+                                                                                          capsys):
+    digest = reads_as_finished(standin_runs[1], 2, capsys)
+    assert "resume rank=0 checkpoint=" in standin_runs[1].stdout
+    _, whole = stopped_then_resumed(tmp_path, cwd=STANDIN, epochs=2)  # never stopped: resume finds nothing
+    assert parse_line(whole.stdout.splitlines()[-1])[1]["param_sha256"] == digest
+
+
+def test_the_standin_has_the_trainers_exit_codes(tmp_path):
+    """2 for bad arguments, 1 (one `error` line) for missing data, as the trainer's own tests check."""
+    run = [sys.executable, "-m", "trainer"]
+    bad = subprocess.run([*run, "--resume"], cwd=STANDIN, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == TrainerExit.USAGE, bad.stderr
+    missing = subprocess.run([*run, "--data", str(tmp_path), "--epochs", "1"], cwd=STANDIN, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == TrainerExit.ERROR
+    [error] = missing.stderr.splitlines()
+    assert parse_line(error)[0] == "error"

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from e2e import digests, distctl, write_inventory
@@ -26,8 +25,7 @@ def example_command(folder: Path) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else list(command)
 
 
-@pytest.mark.cluster
-def test_torchrun_example_trains_to_the_same_parameters_under_distctl_and_torchrun(cluster, tmp_path):
+def test_torchrun_example_trains_to_the_same_parameters_under_distctl_and_torchrun(cluster, real_trainer, tmp_path):
     data = tmp_path / "data"
     made = subprocess.run([sys.executable, str(TORCHRUN_DDP / "train.py"), "--write-data", str(data), *FAST[2:]],
                           capture_output=True, text=True, timeout=120)

@@ -85,7 +85,6 @@ def _where(cluster, name: str) -> str:
     return f"{h.address} {h.port}"
 
 
-@pytest.mark.cluster
 def test_a_failing_host_gives_exit_11_and_every_hosts_code(cluster, tmp_path):
     inv = _inventory(tmp_path, cluster, ["node1", "node2", "node3"])
     script = (f'echo "hello from $(hostname)"; case "$SSH_CONNECTION" in *" {_where(cluster, "node2")}") '
@@ -106,7 +105,6 @@ def test_a_failing_host_gives_exit_11_and_every_hosts_code(cluster, tmp_path):
     ]
 
 
-@pytest.mark.cluster
 def test_words_reach_the_host_literally(cluster, tmp_path):
     inv = _inventory(tmp_path, cluster, ["node1", "node2"])
     words = ["$(id)", "`id`", "a; echo INJECTED", "'quoted' \"double\"", "*", "$HOME"]
@@ -116,7 +114,6 @@ def test_words_reach_the_host_literally(cluster, tmp_path):
     assert done.stderr.splitlines() == ["distctl: node2: exit 0", "distctl: the command exited 0 on 1 host(s)"]
 
 
-@pytest.mark.cluster
 def test_an_unreachable_host_is_reported_and_the_others_still_run(cluster, tmp_path):
     gone = {"name": "gone", "address": cluster.host("node1").address, "port": 1}
     inv = _inventory(tmp_path, cluster, ["node1", "node2"], [gone])
@@ -129,7 +126,6 @@ def test_an_unreachable_host_is_reported_and_the_others_still_run(cluster, tmp_p
     assert err[3:] == ["distctl: error: not run on gone (could not connect)"]
 
 
-@pytest.mark.cluster
 def test_output_streams_before_the_command_ends(cluster, tmp_path):
     inv = _inventory(tmp_path, cluster, ["node1"])
     proc = start_distctl("exec", str(inv), "--", "sh", "-c", "echo first; sleep 20; echo second", cwd=tmp_path)

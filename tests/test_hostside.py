@@ -450,11 +450,12 @@ def test_status_and_stop_find_ranks_by_their_process_groups_with_this_machines_s
         kill_groups(pgids)
 
 
-def test_a_quiet_follower_sends_heartbeats(tmp_path, group):
-    """`hb` after two quiet seconds: the workstation tells a quiet run from a stalled link by it."""
+@pytest.mark.parametrize("heartbeat", [[], ["--heartbeat=0.2"]])  # 2 s, or what the workstation says
+def test_a_quiet_follower_sends_heartbeats(tmp_path, group, heartbeat):
+    """`hb` after quiet seconds: the workstation tells a quiet run from a stalled link by it."""
     (tmp_path / "rank0.pid").write_text(f"{group.pid}\n")
     (tmp_path / "rank0.log").write_bytes(b"one\n")
-    follower = start("follow", "follow", -1, "0:0", cwd=tmp_path)
+    follower = start("follow", *heartbeat, "follow", -1, "0:0", cwd=tmp_path)
     try:
         assert Lines(follower).until("hb") == ["0 one", "hb"]
     finally:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "orchestrator"
-LAYERS = (("contract",), ("errors",), ("shell",), ("console",), ("hostside",), ("inventory",), ("ssh",), ("plan",),
-          ("launch",), ("run",), ("results",), ("slurm",), ("cli", "web"))  # cli and web call each other's commands
+LAYERS = (("contract",), ("errors",), ("shell", "timers"), ("console",), ("hostside",), ("inventory",), ("ssh",),
+          ("plan",), ("launch",), ("run",), ("results",), ("slurm",),
+          ("cli", "web"))  # cli and web call each other's commands
 STDLIB_ONLY = "orchestrator.hostside."  # each program of hostside/ (its __init__ is workstation code)
 
 

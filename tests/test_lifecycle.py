@@ -1,5 +1,6 @@
 """The run lifecycle on the real cluster: detach, logs, status, stop, failure teardown,
-the hang watchdog and resume."""
+the hang watchdog and resume. The bundled trainer here is the torch-free stand-in (its lines and
+exit codes are the trainer's: test_contract.py); resume's numerics are test_trainer.py's."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from e2e import digests, distctl, kill_tree, last_run_id, run_pids, start_distct
 from support import procfs
 
 pytestmark = pytest.mark.cluster
+# The stand-in's epochs last 0.5 s; a test that must act while a short run still trains slows them.
+SLOW_EPOCHS = {"DISTCTL_STANDIN_EPOCH_S": "1.5"}
 
 
 def rank_log(cluster, host: str, run_id: str, rank: int) -> str:
@@ -38,9 +41,10 @@ def all_gone(cluster, run_id: str) -> bool:
     return not any(run_pids(cluster, run_id).values())
 
 
-def start_training(cluster, small_mnist, tmp_path, epochs: int):
+def start_training(cluster, standin_mnist, tmp_path, epochs: int, **job):
     """`distctl up` attached, in the background, once rank 1 on node2 has finished an epoch."""
-    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist), epochs=epochs)
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(standin_mnist), epochs=epochs,
+                          **job)
     up = start_distctl("up", str(inv), cwd=tmp_path)
     try:
         run_id = wait_for(lambda: last_run_id(tmp_path), 60,
@@ -52,8 +56,8 @@ def start_training(cluster, small_mnist, tmp_path, epochs: int):
     return up, run_id
 
 
-def test_a_rank_killed_on_host_2_tears_down_every_host(cluster, small_mnist, tmp_path):
-    up, run_id = start_training(cluster, small_mnist, tmp_path, epochs=200)
+def test_a_rank_killed_on_host_2_tears_down_every_host(cluster, standin_mnist, tmp_path):
+    up, run_id = start_training(cluster, standin_mnist, tmp_path, epochs=200)
     try:
         os.kill(trainer_pid(cluster, "node2", run_id, 1), signal.SIGKILL)
         wait_for(lambda: all_gone(cluster, run_id), 5, "every rank on every host to be gone")
@@ -67,8 +71,8 @@ def test_a_rank_killed_on_host_2_tears_down_every_host(cluster, small_mnist, tmp
         kill_tree(up)
 
 
-def test_sigkill_of_distctl_never_stops_training_and_logs_has_every_line(cluster, small_mnist, tmp_path):
-    up, run_id = start_training(cluster, small_mnist, tmp_path, epochs=8)
+def test_sigkill_of_distctl_never_stops_training_and_logs_has_every_line(cluster, standin_mnist, tmp_path):
+    up, run_id = start_training(cluster, standin_mnist, tmp_path, epochs=8, env=SLOW_EPOCHS)
     assert up.poll() is None, "the run ended before distctl could be killed mid-run"
     kill_tree(up)  # SIGKILL: no chance to clean up anything
     wait_for(lambda: all_gone(cluster, run_id), 180, "the run to finish on its own")
@@ -91,11 +95,11 @@ def test_sigkill_of_distctl_never_stops_training_and_logs_has_every_line(cluster
     assert tail.stdout.startswith("[node2 r1] done rank=1") and tail.stdout.count("\n") == 1
 
 
-def test_stop_leaves_nothing_of_the_run_and_spares_another_run(cluster, small_mnist, tmp_path):
+def test_stop_leaves_nothing_of_the_run_and_spares_another_run(cluster, standin_mnist, tmp_path):
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     a_dir.mkdir(), b_dir.mkdir()
-    inv_a = write_inventory(a_dir / "inv.yaml", cluster, ["node3", "node4"], data=str(small_mnist), epochs=500)
-    inv_b = write_inventory(b_dir / "inv.yaml", cluster, ["node3", "node4"], data=str(small_mnist), epochs=500)
+    inv_a = write_inventory(a_dir / "inv.yaml", cluster, ["node3", "node4"], data=str(standin_mnist), epochs=500)
+    inv_b = write_inventory(b_dir / "inv.yaml", cluster, ["node3", "node4"], data=str(standin_mnist), epochs=500)
     try:
         assert distctl("up", str(inv_a), "--detach", cwd=a_dir).returncode == 0
         assert distctl("up", str(inv_b), "--detach", cwd=b_dir).returncode == 0
@@ -119,8 +123,8 @@ def test_stop_leaves_nothing_of_the_run_and_spares_another_run(cluster, small_mn
     assert all_gone(cluster, run_b)
 
 
-def test_sshd_down_on_host_2_training_goes_on_and_status_says_unreachable(cluster, small_mnist, tmp_path):
-    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist), epochs=500)
+def test_sshd_down_on_host_2_training_goes_on_and_status_says_unreachable(cluster, standin_mnist, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(standin_mnist), epochs=500)
     try:
         assert distctl("up", str(inv), "--detach", cwd=tmp_path).returncode == 0
         run_id = last_run_id(tmp_path)
@@ -144,13 +148,13 @@ def test_sshd_down_on_host_2_training_goes_on_and_status_says_unreachable(cluste
     assert all_gone(cluster, run_id)
 
 
-def test_ranks_that_never_join_are_named_and_the_run_is_stopped(cluster, small_mnist, tmp_path):
+def test_ranks_that_never_join_are_named_and_the_run_is_stopped(cluster, standin_mnist, tmp_path):
     # node2's "python" stalls before starting the trainer, as a wedged host would (only the trainer:
     # distctl's own host-side programs, e.g. the one that detaches ranks, run with it too)
     stall = tmp_path / "stalling-python"
     stall.write_text(f'#!/bin/sh\ncase "$1 $2" in "-m trainer") sleep 600;; esac\nexec {cluster.python} "$@"\n')
     stall.chmod(0o755)
-    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist),
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(standin_mnist),
                           host_extra={"node2": {"python": str(stall)}}, join_timeout=15)
     done = distctl("up", str(inv), cwd=tmp_path)
     assert done.returncode == 6, done.stderr
@@ -158,14 +162,14 @@ def test_ranks_that_never_join_are_named_and_the_run_is_stopped(cluster, small_m
     assert all_gone(cluster, last_run_id(tmp_path))
 
 
-def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, small_mnist, tmp_path):
+def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, standin_mnist, tmp_path):
     whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
     whole_dir.mkdir(), cut_dir.mkdir()
-    args = dict(data=str(small_mnist), epochs=12)
+    args = dict(data=str(standin_mnist), epochs=12)
     whole = distctl("up", str(write_inventory(whole_dir / "inv.yaml", cluster, ["node1", "node2"], **args)),
                     cwd=whole_dir)
     assert whole.returncode == 0, whole.stderr
-    inv = write_inventory(cut_dir / "inv.yaml", cluster, ["node1", "node2"], **args)
+    inv = write_inventory(cut_dir / "inv.yaml", cluster, ["node1", "node2"], env=SLOW_EPOCHS, **args)
     assert distctl("up", str(inv), "--detach", cwd=cut_dir).returncode == 0
     run_id = last_run_id(cut_dir)
     wait_for(lambda: epochs_done(cluster, "node1", run_id, 0) >= 1, 120, "the first epoch")
@@ -190,8 +194,8 @@ def test_resume_after_stop_finishes_like_an_uninterrupted_run(cluster, small_mni
     assert digests(resumed.stdout)[0] == digests(resumed.stdout)[1]
 
 
-def test_ctrl_c_while_streaming_detaches_and_the_run_goes_on(cluster, small_mnist, tmp_path):
-    up, run_id = start_training(cluster, small_mnist, tmp_path, epochs=500)
+def test_ctrl_c_while_streaming_detaches_and_the_run_goes_on(cluster, standin_mnist, tmp_path):
+    up, run_id = start_training(cluster, standin_mnist, tmp_path, epochs=500)
     try:
         up.send_signal(signal.SIGINT)
         out, err = up.communicate(timeout=30)

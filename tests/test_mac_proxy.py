@@ -113,6 +113,7 @@ def _wait_gone(pgid: int) -> None:
     wait_for(gone, 30, f"process group {pgid} to be gone")
 
 
+@pytest.mark.usefixtures("torch")  # trainer.run imports it
 def test_the_trainer_counts_its_cores_without_sched_getaffinity(monkeypatch):
     from trainer.run import usable_cores
 

@@ -204,7 +204,7 @@ def _checkpoints(*specs: tuple[Path, int, int]) -> None:
     subprocess.run([sys.executable, "-c", code, repo, json.dumps([(str(d), e, s) for d, e, s in specs])], check=True)
 
 
-def test_describe_the_trainers_checkpoints_without_importing_torch(tmp_path):
+def test_describe_the_trainers_checkpoints_without_importing_torch(real_trainer, tmp_path):
     _checkpoints((tmp_path / "a", 3, 0), (tmp_path / "b", 3, 120))
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     paths = [str(tmp_path / "a" / "latest.pt"), str(tmp_path / "b" / "latest.pt"), str(tmp_path / "junk.pt")]

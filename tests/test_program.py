@@ -52,7 +52,7 @@ def rank_envs(output: str) -> dict[int, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def torchrun_env(tmp_path_factory) -> dict[str, str]:
+def torchrun_env(tmp_path_factory, real_trainer) -> dict[str, str]:
     """What a real `torchrun --nproc-per-node 2` gives rank 1 of the same script, on one host."""
     folder = tmp_path_factory.mktemp("torchrun")
     (folder / "train.py").write_text(TORCHRUN_SCRIPT)
@@ -216,7 +216,7 @@ dist.init_process_group("gloo")
 '''
 
 
-def test_the_join_watchdog_never_ends_a_user_program_that_joined(cluster, tmp_path):
+def test_the_join_watchdog_never_ends_a_user_program_that_joined(cluster, real_trainer, tmp_path):
     inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"],
                           code=_project(tmp_path, SLOW_BUT_JOINED), command="python prog.py",
                           join_timeout=8, env={"WORK_S": "14"})
@@ -225,7 +225,7 @@ def test_the_join_watchdog_never_ends_a_user_program_that_joined(cluster, tmp_pa
     assert "[node2 r1] finished rank 1" in done.stdout
 
 
-def test_the_join_watchdog_names_the_host_whose_rank_never_reached_the_store(cluster, tmp_path):
+def test_the_join_watchdog_names_the_host_whose_rank_never_reached_the_store(cluster, real_trainer, tmp_path):
     inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"],
                           code=_project(tmp_path, NEVER_JOINS), command="python prog.py", join_timeout=10)
     done = distctl("up", str(inv), cwd=tmp_path)

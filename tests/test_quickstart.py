@@ -16,7 +16,7 @@ from trainer.log import parse_line
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_shipped_inventory_trains_offline_and_says_it_fell_back(tmp_path):
+def test_shipped_inventory_trains_offline_and_says_it_fell_back(real_trainer, tmp_path):
     """No network at all (a namespace with only loopback): MNIST can't be downloaded, the
     inventory's `fallback: generated` applies, and `up` says so in one line."""
     if os.geteuid() != 0 or not shutil.which("unshare"):

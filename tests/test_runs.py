@@ -1,5 +1,6 @@
 """Run state from any shell, as a user drives it: a real run on this workstation
-(`connection: local`, no SSH), then `distctl runs`, `status`, `logs` and `stop` from elsewhere."""
+(`connection: local`, no SSH), then `distctl runs`, `status`, `logs` and `stop` from elsewhere.
+The bundled trainer is the torch-free stand-in (tests/support/standin)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ import yaml
 from e2e import distctl, free_port, recorded_runs
 
 
-def local_inventory(path, small_mnist, workdir):
+def local_inventory(path, standin_mnist, workdir):
     path.write_text(yaml.safe_dump({
         "hosts": [{"name": "here", "connection": "local", "slots": 1, "workdir": str(workdir)}],
-        "job": {"name": "t", "port": free_port(), "data": str(small_mnist),
+        "job": {"name": "t", "port": free_port(), "data": str(standin_mnist),
                 "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "timeout": 60}},
     }, sort_keys=False))
     return path
 
 
 def test_a_run_is_found_by_id_from_any_directory_and_bare_commands_mean_this_directory(
-        small_mnist, tmp_path, state_dir):
+        standin_mnist, tmp_path, state_dir):
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     project.mkdir(), elsewhere.mkdir()
-    inv = local_inventory(project / "inv.yaml", small_mnist, tmp_path / "work")
+    inv = local_inventory(project / "inv.yaml", standin_mnist, tmp_path / "work")
     up = distctl("up", "inv.yaml", cwd=project, timeout=600)
     assert up.returncode == 0, up.stderr
     [record] = recorded_runs()
@@ -64,8 +65,8 @@ def test_a_run_is_found_by_id_from_any_directory_and_bare_commands_mean_this_dir
     assert distctl("runs", cwd=elsewhere).stdout.splitlines()[1].split()[-1] == "stopped"
 
 
-def test_resume_without_an_earlier_run_names_where_it_looked(tmp_path, state_dir, small_mnist):
-    inv = local_inventory(tmp_path / "inv.yaml", small_mnist, tmp_path / "work")
+def test_resume_without_an_earlier_run_names_where_it_looked(tmp_path, state_dir, standin_mnist):
+    inv = local_inventory(tmp_path / "inv.yaml", standin_mnist, tmp_path / "work")
     done = distctl("up", str(inv), "--resume", cwd=tmp_path)
     assert done.returncode == 7
     assert done.stderr.splitlines()[-1] == f"distctl: error: no run of {inv} to resume in {state_dir}/runs"

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from cluster import HostSpec
-from conftest import serve_cluster
 from e2e import digests, distctl, write_inventory
 from support.fakes import Call, FakeConnection
 from orchestrator.ssh import group
@@ -122,7 +121,6 @@ def test_discovery_looks_further_when_a_worker_reaches_rank0_only_through_a_gate
 # ------------------------------------------------------ on the real cluster
 
 
-@pytest.mark.cluster
 def test_discovery_does_not_import_torch_on_the_hosts(cluster, tmp_path):
     """Every python distctl starts on a host logs its imports; torch is not among them."""
     log = tmp_path / "imports.log"
@@ -138,7 +136,6 @@ def test_discovery_does_not_import_torch_on_the_hosts(cluster, tmp_path):
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
 
 
-@pytest.mark.cluster
 def test_a_large_stdin_arrives_intact(cluster, tmp_path):
     """A data push is one command with the tar on stdin (sent as a memoryview: paramiko's
     sendall copies the rest of a bytes object after every packet, quadratic in the size;
@@ -162,9 +159,9 @@ HOSTS = 16
 
 
 @pytest.fixture(scope="module")
-def sixteen() -> object:
+def sixteen(cluster_server) -> object:
     """Sixteen namespaced hosts h01..h16 of their own, for this module only."""
-    yield from serve_cluster([HostSpec(f"h{i:02d}") for i in range(1, HOSTS + 1)])
+    yield from cluster_server([HostSpec(f"h{i:02d}") for i in range(1, HOSTS + 1)])
 
 
 def _accepted(cluster) -> dict[str, int]:
@@ -173,10 +170,11 @@ def _accepted(cluster) -> dict[str, int]:
             for h in cluster.hosts}
 
 
-@pytest.mark.cluster
-def test_sixteen_hosts_train_to_equal_parameters_over_one_connection_each(sixteen, small_mnist, tmp_path):
+def test_sixteen_hosts_train_to_equal_parameters_over_one_connection_each(sixteen, standin_mnist, tmp_path):
+    """The stand-in trainer (sixteen torch imports would take minutes on a small machine); the real
+    trainer's numerics across hosts are test_up's."""
     names = [h.name for h in sixteen.hosts]
-    inv = write_inventory(tmp_path / "inv.yaml", sixteen, names, data=str(small_mnist), epochs=1,
+    inv = write_inventory(tmp_path / "inv.yaml", sixteen, names, data=str(standin_mnist), epochs=1,
                           train={"timeout": 180}, join_timeout=240)
     before = _accepted(sixteen)
     start = time.monotonic()

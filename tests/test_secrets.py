@@ -11,13 +11,10 @@ import secrets
 import subprocess
 from pathlib import Path
 
-import pytest
 from cluster import Cluster
 from e2e import distctl, last_run_id, run_pids, wait_for
 from support.reports import assert_clean
 from support.workdirs import inventory, workdir_of
-
-pytestmark = pytest.mark.cluster
 
 
 # ---------------------------------------------------------------- secrets

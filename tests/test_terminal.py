@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import lanes
 import yaml
 from support.net import ephemeral_port
 
@@ -146,17 +147,20 @@ def _read_pty(fd: int, proc: subprocess.Popen, timeout: float) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def evil_run(tmp_path_factory, small_mnist):
+def evil_run(tmp_path_factory, standin_mnist):
     """A finished local run (`connection: local`) whose rank 0 printed EVIL into its log."""
     tmp_path = tmp_path_factory.mktemp("evil")
     inventory = {
         "hosts": [{"name": "local", "connection": "local", "slots": 1, "workdir": str(tmp_path / "work"),
                    "python": str(_python_that_prints(tmp_path))}],
-        "job": {"name": "evil", "port": ephemeral_port(), "data": str(small_mnist),
+        "job": {"name": "evil", "port": ephemeral_port(), "data": str(standin_mnist),
                 "train": {"epochs": 1, "batch_size": 256, "timeout": 60}},
     }
     (tmp_path / "inv.yaml").write_text(yaml.safe_dump(inventory))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
+    # this checkout, with the torch-free stand-in as the bundled trainer (module scope: conftest's
+    # bundled_trainer has not put it on the path yet)
+    path = [lanes.STANDIN, os.environ.get("PYTHONPATH", ""), str(REPO)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p), "NO_COLOR": "1"}
     up = subprocess.run([sys.executable, "-m", "orchestrator", "up", "inv.yaml"], cwd=tmp_path, env=env,
                         capture_output=True, timeout=300)
     assert up.returncode == 0, up.stderr.decode(errors="replace")

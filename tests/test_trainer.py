@@ -108,7 +108,7 @@ def describe(ranks):
 
 
 @pytest.fixture(scope="session")
-def blob_data(tmp_path_factory):
+def blob_data(tmp_path_factory, real_trainer):
     root = tmp_path_factory.mktemp("blobs")
     write_blob_mnist(root, n_train=2048, n_test=512)
     return root
@@ -335,7 +335,7 @@ def test_replicas_that_diverge_exit_3(blob_data):
     assert any("replicas diverged" in line for line in ranks[0].err)
 
 
-def test_missing_data_is_one_clear_line(tmp_path):
+def test_missing_data_is_one_clear_line(real_trainer, tmp_path):
     rank = Rank(["--data", str(tmp_path / "nothing"), "--epochs", "1"])  # a lone rank, no flags
     assert rank.finish(time.monotonic() + DEADLINE_S) == 1
     assert len(rank.err) == 1, rank.err

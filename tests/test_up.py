@@ -26,8 +26,8 @@ def test_two_hosts_train_to_equal_parameters(cluster, small_mnist, tmp_path):
     assert "train-images-idx3-ubyte" in listing
 
 
-def test_an_unchanged_re_up_pushes_nothing(cluster, small_mnist, tmp_path):
-    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist),
+def test_an_unchanged_re_up_pushes_nothing(cluster, standin_mnist, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(standin_mnist),
                           train={"epochs": 1})
     first = distctl("up", str(inv), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -36,9 +36,10 @@ def test_an_unchanged_re_up_pushes_nothing(cluster, small_mnist, tmp_path):
     assert "pushed 0 bytes (every host was up to date)" in second.stderr
 
 
-def test_two_hosts_two_slots_and_host_order_is_rank_order(cluster, small_mnist, tmp_path):
-    # node3 listed first: it holds ranks 0 and 1, node4 ranks 2 and 3
-    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node3", "node4"], slots=2, data=str(small_mnist))
+def test_two_hosts_two_slots_and_host_order_is_rank_order(cluster, standin_mnist, tmp_path):
+    # node3 listed first: it holds ranks 0 and 1, node4 ranks 2 and 3 (the stand-in trainer: the
+    # real one's numerics on two hosts are the test above's)
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node3", "node4"], slots=2, data=str(standin_mnist))
     done = distctl("up", str(inv), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     found = digests(done.stdout)

@@ -26,9 +26,9 @@ def alias_inventory(path, cluster, names, **job):
     return path
 
 
-def test_a_host_behind_a_jump_host_trains_through_proxyjump(isolated_jump, small_mnist, tmp_path):
+def test_a_host_behind_a_jump_host_trains_through_proxyjump(isolated_jump, standin_mnist, tmp_path):
     # node5 is on the back network only; the workstation reaches it via bastion (ProxyJump)
-    inv = alias_inventory(tmp_path / "inv.yaml", isolated_jump, ["bastion", "node5"], data=str(small_mnist))
+    inv = alias_inventory(tmp_path / "inv.yaml", isolated_jump, ["bastion", "node5"], data=str(standin_mnist))
     check = distctl("check", str(inv), "--json", cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     plan = json.loads(check.stdout)
@@ -41,7 +41,7 @@ def test_a_host_behind_a_jump_host_trains_through_proxyjump(isolated_jump, small
     assert sorted(found) == [0, 1] and len(set(found.values())) == 1
 
 
-def test_pull_brings_back_a_loadable_model_logs_metrics_and_a_plot(cluster, small_mnist, tmp_path):
+def test_pull_brings_back_a_loadable_model_logs_metrics_and_a_plot(cluster, small_mnist, torch, tmp_path):
     from e2e import write_inventory
 
     inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"], data=str(small_mnist), epochs=2)
@@ -54,8 +54,6 @@ def test_pull_brings_back_a_loadable_model_logs_metrics_and_a_plot(cluster, smal
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["rank"]) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    import torch
-
     state = torch.load(out / "model.pt", weights_only=True)
     model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10),
                                 torch.nn.LogSoftmax(dim=1))

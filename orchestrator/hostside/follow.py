@@ -1,6 +1,6 @@
 """The rank logs of one run directory on one stream (run from inside the directory).
 
-    follow.py follow|replay TAIL RANK:SKIP...
+    follow.py [--heartbeat=SECONDS] follow|replay TAIL RANK:SKIP...
 
 Every complete line of rankR.log comes out as `R line`, in order per rank. The first SKIP
 lines of each log are dropped (already shown); SKIP `from` reads the count from rankR.from
@@ -13,7 +13,9 @@ TIME` follows: CODE from rankR.exit, TIME the mtime of that file by the clock of
 
 Under a restart agent (agent.pid, job.max_restarts) a rank is done only once the agent is
 gone too: a restart starts it again, and its log goes on. Each line of agent.events (the
-agent's decisions: restarts, dropped hosts, the end) comes out as `ev TEXT`.
+agent's decisions: restarts, dropped hosts, the end) comes out as `ev TEXT`. While following,
+`hb` comes out after SECONDS (2) without output: the workstation tells a quiet run from a
+stalled link by these (orchestrator/timers.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import BinaryIO
 from orchestrator.hostside.prelude import group_alive, read_int
 
 POLL_S = 0.2
-HEARTBEAT_S = 2.0  # a line `hb` after this long without output, while following
+HEARTBEAT_S = 2.0  # a line `hb` after this long without output, while following (--heartbeat)
 
 
 class Counted:
@@ -125,8 +127,11 @@ class Events:
 
 
 def main(argv: list[str]) -> int:
+    heartbeat = HEARTBEAT_S
+    if argv and argv[0].startswith("--heartbeat="):
+        heartbeat, argv = float(argv[0].partition("=")[2]), argv[1:]
     if len(argv) < 2 or argv[0] not in ("follow", "replay"):
-        sys.stderr.write("usage: follow.py follow|replay TAIL RANK:SKIP...\n")
+        sys.stderr.write("usage: follow.py [--heartbeat=SECONDS] follow|replay TAIL RANK:SKIP...\n")
         return 2
     live, tail = argv[0] == "follow", int(argv[1])
     out = Counted(sys.stdout.buffer)
@@ -154,7 +159,7 @@ def main(argv: list[str]) -> int:
             logs.remove(log)
         if out.written != before:
             quiet_since = time.monotonic()
-        elif live and time.monotonic() - quiet_since >= HEARTBEAT_S:
+        elif live and time.monotonic() - quiet_since >= heartbeat:
             out.write(b"hb\n")  # the workstation tells a quiet run from a stalled link by these
             quiet_since = time.monotonic()
         out.flush()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from orchestrator import shell
+from orchestrator import timers
 from orchestrator.contract import PEER_LOST, RUN_MARKER, TRAINER_FINAL
 from orchestrator.plan.scripts import (FROM_PREPARE, follow_script, launch_script, prepare_script, push_script,
                                   refollow_script, restart_script, setup_script, wait_port_script)
@@ -337,11 +338,13 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
             first.python, first.rundir, master, inv.job.port, 0, inv.job.join_timeout))], launches[1:]]
     else:
         phases.append(launches)
+    heartbeat = timers.current().heartbeat  # the default, but in tests (timers.py)
     phases.append([Step(StepKind.STREAM, hp.host.name,
-                        follow_script(hp.python, hp.rundir, {r.rank: FROM_PREPARE for r in hp.ranks}))
+                        follow_script(hp.python, hp.rundir, {r.rank: FROM_PREPARE for r in hp.ranks},
+                                      heartbeat=heartbeat))
                    for hp in host_plans])
     steps = [replace(s, phase=number) for number, phase in enumerate((p for p in phases if p), 1) for s in phase]
-    steps += [Step(StepKind.REFOLLOW, hp.host.name, refollow_script(hp.python, hp.rundir),
+    steps += [Step(StepKind.REFOLLOW, hp.host.name, refollow_script(hp.python, hp.rundir, heartbeat),
                    when=f"the link to {hp.host.name} drops") for hp in host_plans]
     if inv.job.restarts:
         lost = (f"; a host silent for {inv.job.lost_host_timeout:g}s is dropped, and the others' ranks renumbered, "

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from orchestrator import shell
+from orchestrator import shell, timers
 from orchestrator.hostside import program
 
 if TYPE_CHECKING:
@@ -103,8 +103,13 @@ def wait_port_script(python: str, rundir: str, addr: str, port: int, rank: int, 
 FROM_PREPARE = "from"  # a follower starts where the prepare step counted each log (prepare_script)
 
 
+def heartbeat_args(heartbeat: float) -> list[str]:
+    """The follower's heartbeat, as its argument only where it is not its default (timers.py)."""
+    return [] if heartbeat == timers.DEFAULT.heartbeat else [f"--heartbeat={heartbeat:g}"]
+
+
 def follow_script(python: str, rundir: str, ranks: dict[int, int | str], follow: bool = True,
-                  tail: int | None = None) -> str:
+                  tail: int | None = None, heartbeat: float = timers.DEFAULT.heartbeat) -> str:
     """Print a host's rank logs as `R line` (every line, in order), then `exit R CODE TIME`
     for each rank once its process group is gone (`-`: no code, e.g. SIGKILL; TIME is when
     the exit code was written, by the host's clock). See hostside/follow.py.
@@ -115,19 +120,19 @@ def follow_script(python: str, rundir: str, ranks: dict[int, int | str], follow:
     """
     args = [f"{rank}:{skip}" for rank, skip in sorted(ranks.items())]
     return (f"cd {shell.join([rundir])} || exit 1; "
-            + program(python, "follow", "follow" if follow else "replay",
-                       -1 if tail is None else tail, *args))
+            + program(python, "follow", *heartbeat_args(heartbeat), "follow" if follow else "replay",
+                      -1 if tail is None else tail, *args))
 
 
 # Filled at run time by `fill_shown`: each rank still running, as R:N (N lines already shown).
 SHOWN = "<R:lines shown, for each rank of the host still running>"
 
 
-def refollow_script(python: str, rundir: str) -> str:
+def refollow_script(python: str, rundir: str, heartbeat: float = timers.DEFAULT.heartbeat) -> str:
     """The follower a lost link reopens (links.py), as the plan shows it: the ranks and the
     lines the workstation already showed are only known then, so they are a placeholder."""
     return (f"cd {shell.join([rundir])} || exit 1; "
-            + program(python, "follow", "follow", -1, SHOWN))
+            + program(python, "follow", *heartbeat_args(heartbeat), "follow", -1, SHOWN))
 
 
 def fill_shown(command: str, ranks: dict[int, int | str]) -> str:

@@ -80,9 +80,10 @@ class RunState:
     def refollow(self, hs: HostState) -> str:
         """The command that follows `hs` again after a lost link, its placeholder unfilled
         (scripts.fill_shown); a Plan answers with its own REFOLLOW step."""
+        from orchestrator import timers
         from orchestrator.plan.scripts import refollow_script
 
-        return refollow_script(hs.python, hs.rundir)
+        return refollow_script(hs.python, hs.rundir, timers.current().heartbeat)
 
     def clock_offsets(self) -> dict[int, float]:
         """rank -> its host's clock minus the workstation's (seconds), where discovery measured it."""

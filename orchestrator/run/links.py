@@ -25,26 +25,22 @@ from orchestrator.ssh.remote import Connection, connect
 from orchestrator.plan.scripts import FROM_PREPARE, fill_shown, follow_script
 from orchestrator.plan.state import HostState, RunState
 from orchestrator.ssh.stream import Followed
+from orchestrator.timers import Timers, current as current_timers
 
 if TYPE_CHECKING:
     from orchestrator.console.ui import Ui
-
-HEARTBEAT_S = 2.0  # hostside/follow.py writes `hb` after this long without output
-# No byte for this long: the link is stalled. Generous: 16 ranks importing torch on 2 cores kept a
-# follower off the CPU for over 10 s here, and a false alarm costs a channel, not a line.
-STALL_S = 10 * HEARTBEAT_S
-FIRST_RETRY_S = 0.5
-MAX_RETRY_S = 10.0
 
 
 class HostLinks:
     """One follower per host, reopened after a link fault. `on_line` gets every line but the
     heartbeats; `conns` is updated in place when a host gets a new connection, so teardown and
-    stop use the live one."""
+    stop use the live one. `timers`: how long a silent link may be, how fast one is retried
+    (timers.py; by default those of this process)."""
 
     def __init__(self, state: RunState, conns: dict[str, Connection], ui: Ui, reconnect_timeout: float,
-                 ranks: set[int] | None = None, after_prepare: bool = False):
+                 ranks: set[int] | None = None, after_prepare: bool = False, timers: Timers | None = None):
         self.state = state
+        self.timers = timers or current_timers()
         self.conns = conns
         self.ui = ui
         self.reconnect_timeout = reconnect_timeout
@@ -101,7 +97,7 @@ class HostLinks:
             return bool(self._pending) or not self._new.empty()
 
     def stalled(self, f: Followed, quiet_s: float) -> bool:
-        return quiet_s > STALL_S or f.host in self.abandoned
+        return quiet_s > self.timers.stall or f.host in self.abandoned
 
     def abandon(self, host: str) -> None:
         """The run went on without `host` (its agent dropped it): stop following it."""
@@ -131,7 +127,7 @@ class HostLinks:
         if live and tail is None:  # the plan's STREAM step, and its REFOLLOW step after a lost link
             command = fill_shown(self.state.refollow(hs), skip)
         else:
-            command = follow_script(hs.python, hs.rundir, skip, live, tail)
+            command = follow_script(hs.python, hs.rundir, skip, live, tail, self.timers.heartbeat)
         return Followed(hs.host.name, conn.open_stream(command))
 
     def _reconnect(self, hs: HostState, old: Followed) -> None:
@@ -141,7 +137,7 @@ class HostLinks:
         conn: Connection | None = self.conns.get(name)
         threading.Thread(target=_close_stream, args=(old,), daemon=True).start()
         deadline = time.monotonic() + self.reconnect_timeout
-        delay, problem = FIRST_RETRY_S, ""
+        delay, problem = self.timers.first_retry, ""
         while not self._stopping and name not in self.abandoned:
             try:
                 if conn is None:
@@ -162,7 +158,7 @@ class HostLinks:
                              f"unknown. Re-attach with: distctl logs -f {self.state.run_id}")
                 break
             time.sleep(delay)
-            delay = min(MAX_RETRY_S, delay * 2)
+            delay = min(self.timers.max_retry, delay * 2)
         with self._lock:
             self._pending.discard(name)
 
