@@ -3,7 +3,7 @@
 Each test gets its lanes from the fixtures it uses (``conftest.pytest_collection_modifyitems``),
 never by hand:
 
-- ``cluster``: it uses a namespaced SSH test cluster (``CLUSTER_FIXTURES``);
+- ``cluster``: it uses a namespaced test cluster, SSH or Slurm (``CLUSTER_FIXTURES``);
 - ``torch``: it starts torch, in pytest or in a child (the ``torch`` or ``real_trainer`` fixture);
 - ``fast``: neither. ``pytest`` with no arguments runs only this lane.
 
@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 LANES = ("fast", "cluster", "torch")
-CLUSTER_FIXTURES = frozenset({"cluster", "jump_cluster", "isolated", "isolated_jump", "make_cluster", "cluster_server"})
+CLUSTER_FIXTURES = frozenset({"cluster", "jump_cluster", "isolated", "isolated_jump", "make_cluster", "cluster_server",
+                              "slurm"})  # slurm: the Slurm test cluster (tests/slurm_cluster.py)
 TORCH_FIXTURES = frozenset({"torch", "real_trainer"})
 TORCH_BLOCKED = "DISTCTL_TEST_TORCH_BLOCKED"
 _NOTORCH = str(Path(__file__).resolve().parent / "notorch")
