@@ -9,7 +9,7 @@ class ExitCode(IntEnum):
     """distctl's documented exit codes (README: "Exit codes")."""
 
     OK = 0
-    RUN_FAILED = 1  # a rank exited non-zero, or the run was stopped from elsewhere
+    RUN_FAILED = 1  # a rank exited non-zero
     BAD_INPUT = 2  # malformed inventory, bad option, unset secret variable
     UNREACHABLE = 3  # connection refused, timeout, unknown name, authentication
     HOST_KEY = 4  # unknown or changed host key
@@ -22,6 +22,9 @@ class ExitCode(IntEnum):
     EXEC_FAILED = 11  # `distctl exec`: the command exited non-zero on at least one host
     PARTIAL = 12  # logs/pull/status: done for the reachable hosts only; the rest are named
     RESTARTS_EXHAUSTED = 13  # job.max_restarts used up (or fewer than job.min_hosts left)
+    STOPPED = 14  # `up`: the run was ended by `distctl stop` (from any shell)
+    HUNG = 15  # `status`: the run's ranks live but it is judged hung
+    SLURM_ENDED = 16  # the run was ended by Slurm (its allocation ended or was cancelled)
     INTERNAL = 70  # a bug in distctl (EX_SOFTWARE); --debug shows the traceback
     DETACHED = 130  # Ctrl-C while attached: the run goes on
 
@@ -91,6 +94,11 @@ class GroupError(DistctlError):
     """Several hosts failed one step; reported together, worst exit code wins."""
 
     def __init__(self, step: str, errors: list[HostError]):
-        lines = [f"{step} failed on {len(errors)} host(s):"] + [f"  {e}" for e in errors]
+        # Hosts that failed alike (the same setup error on every host) are named once, together.
+        alike: dict[str, list[str]] = {}
+        for e in errors:
+            alike.setdefault(e.cause, []).append(e.host)
+        lines = [f"{step} failed on {len(errors)} host(s):"] + [f"  {', '.join(hosts)}: {cause}"
+                                                               for cause, hosts in alike.items()]
         super().__init__("\n".join(lines), max(e.exit_code for e in errors))
         self.errors = errors

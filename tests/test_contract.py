@@ -164,7 +164,7 @@ def test_a_real_stopped_run_reads_as_stopped_and_names_its_checkpoint(trainer_ru
     assert stopped.returncode == watching.STOPPED, stopped.stderr
     lines = stopped.stdout.splitlines()
     assert joined_in_time(lines, code=stopped.returncode) == Outcome(
-        ExitCode.RUN_FAILED, "run t-1 was stopped (checkpointed); continue it with: distctl up /inv/a.yaml --resume")
+        ExitCode.STOPPED, "run t-1 was stopped (checkpointed); continue it with: distctl up /inv/a.yaml --resume")
     assert never_joined(lines[:1]) == "node2 r1"  # its first line: it reached the rendezvous
     event, fields = parse_line(lines[-1])
     assert event == "stopped"

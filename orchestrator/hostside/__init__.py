@@ -15,6 +15,7 @@ use double quotes only (a single quote would print as '"'"').
     progress   the bundled trainer's last epoch per rank log, and the epoch it stopped at
     session    a command server: many commands over one channel, one login shell
     agent      restarts the ranks after a failure (job.max_restarts), coordinated by rank 0's host
+    clean      which old runs and unused code, data and setup folders `distctl clean` may remove
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import functools
 from pathlib import Path
 
 PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session",
-            "agent", "progress")
+            "agent", "progress", "clean")
 
 
 @functools.lru_cache(maxsize=None)
