@@ -16,7 +16,7 @@ class ExitCode(IntEnum):
     """distctl's documented exit codes (README: "Exit codes")."""
 
     OK = 0
-    RUN_FAILED = 1  # a rank exited non-zero, or the run was stopped from elsewhere
+    RUN_FAILED = 1  # a rank exited non-zero
     BAD_INPUT = 2  # malformed inventory, bad option, unset secret variable
     UNREACHABLE = 3  # connection refused, timeout, unknown name, authentication
     HOST_KEY = 4  # unknown or changed host key
@@ -29,8 +29,8 @@ class ExitCode(IntEnum):
     EXEC_FAILED = 11  # `distctl exec`: the command exited non-zero on at least one host
     PARTIAL = 12  # logs/pull/status: done for the reachable hosts only; the rest are named
     RESTARTS_EXHAUSTED = 13  # job.max_restarts used up (or fewer than job.min_hosts left)
-    STOPPED = 14  # reserved: the run was stopped by `distctl stop`
-    HUNG = 15  # reserved: no rank made progress for job.hang_timeout
+    STOPPED = 14  # `up`: the run was ended by `distctl stop` (from any shell)
+    HUNG = 15  # `status`: the run's ranks live but it is judged hung (issue 21's hang timeout)
     SLURM_ENDED = 16  # Slurm ended the job: preempted, time limit, node failure, out of memory
     INTERNAL = 70  # a bug in distctl (EX_SOFTWARE); --debug shows the traceback
     DETACHED = 130  # Ctrl-C while attached: the run goes on
@@ -49,4 +49,7 @@ RECORD_HEARTBEAT = "hb"  # the follower is alive while the ranks are quiet
 RECORD_AT = "at"  # `at R N`: the follower starts rank R after its line N
 RECORD_EXIT = "exit"  # `exit R CODE TIME`: rank R's wrapper recorded CODE ("-": none) at TIME
 RECORD_EVENT = "ev"  # `ev TEXT`: a line of the restart agent's event log
-RECORD_KINDS = (RECORD_HEARTBEAT, RECORD_AT, RECORD_EXIT, RECORD_EVENT)
+RECORD_PARTIAL = "p"  # `p R TEXT`: rank R's unfinished last line (its newest redraw); never counted as a line
+RECORD_STOP = "stop"  # `stop TIME`: `distctl stop` marked the run (stop-requested) at TIME
+RECORD_MISSING = "missing"  # the follower's one record when the host has no such run directory
+RECORD_KINDS = (RECORD_HEARTBEAT, RECORD_AT, RECORD_EXIT, RECORD_EVENT, RECORD_PARTIAL, RECORD_STOP, RECORD_MISSING)

@@ -81,6 +81,11 @@ class GroupError(DistctlError):
     """Several hosts failed one step; reported together, worst exit code wins."""
 
     def __init__(self, step: str, errors: list[HostError]):
-        lines = [f"{step} failed on {len(errors)} host(s):"] + [f"  {e}" for e in errors]
+        # Hosts that failed alike (the same setup error on every host) are named once, together.
+        alike: dict[str, list[str]] = {}
+        for e in errors:
+            alike.setdefault(e.cause, []).append(e.host)
+        lines = [f"{step} failed on {len(errors)} host(s):"] + [f"  {', '.join(hosts)}: {cause}"
+                                                               for cause, hosts in alike.items()]
         super().__init__("\n".join(lines), max(e.exit_code for e in errors))
         self.errors = errors

@@ -181,7 +181,7 @@ def reads_as_stopped(stopped: subprocess.CompletedProcess[str]) -> dict[str, str
     assert stopped.returncode == watching.STOPPED, stopped.stderr
     lines = stopped.stdout.splitlines()
     assert joined_in_time(lines, code=stopped.returncode) == Outcome(
-        ExitCode.RUN_FAILED, "run t-1 was stopped (checkpointed); continue it with: distctl up /inv/a.yaml --resume")
+        ExitCode.STOPPED, "run t-1 was stopped (checkpointed); continue it with: distctl up /inv/a.yaml --resume")
     assert never_joined(lines[:1]) == "node2 r1"  # its first line: it reached the rendezvous
     event, fields = parse_line(lines[-1])
     assert event == "stopped" and Path(fields["checkpoint"]).is_file()

@@ -114,3 +114,19 @@ def test_cli_init_bad_port_and_bad_hostfile_exit_2_in_one_line(tmp_path):
                                                       "-o", str(tmp_path / "o.yaml")])
     assert result.exit_code == 2
     assert result.stderr == f"distctl: error: {tmp_path / 'hf'}:1: slots=2 is more than max_slots=1\n"
+
+
+def test_init_writes_a_user_programs_inventory_and_shows_the_keys_otherwise(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "conf").mkdir()
+    done = CliRunner().invoke(cli, ["init", "gpu1:2", "gpu2:2", "--code", "project",
+                                    "--command", "python train.py --epochs 3", "-o", "conf/inv.yaml"])
+    assert done.exit_code == 0, done.output
+    inv = parse_inventory((tmp_path / "conf" / "inv.yaml").read_text(), str(tmp_path / "conf" / "inv.yaml"))
+    assert inv.job.code == str(tmp_path / "project")  # relative to the inventory's folder: ../project
+    assert inv.job.command == ("python", "train.py", "--epochs", "3")
+    assert (inv.job.name, [h.slots for h in inv.hosts]) == ("project", [2, 2])
+    assert "train:" not in (tmp_path / "conf" / "inv.yaml").read_text()  # no trainer settings for a program
+    plain = render_inventory([HostEntry("gpu1", 1)])
+    assert "  # code: .  " in plain and "  # command: python train.py  " in plain

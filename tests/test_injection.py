@@ -130,7 +130,7 @@ def test_launch_scripts_pass_hostile_values_verbatim_in_a_local_sandbox(path, py
         assert wait_for(lambda: exit_file.exists() and exit_file.read_text(), 30, "the rank's exit code",
                         every=0.01) == "0\n"
         assert sorted(p.name for p in Path(hp.rundir).iterdir()) == [
-            "ckpt", "env", "format", "rank0.exit", "rank0.from", "rank0.log", "rank0.pid", "work"]
+            "ckpt", "env", "format", "rank0.exit", "rank0.from", "rank0.log", "rank0.pid", "uses", "work"]
         assert not os.path.exists(CANARY)
         assert not [p for p in Path(base).rglob(REL_CANARY)]
     finally:

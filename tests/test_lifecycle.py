@@ -65,7 +65,7 @@ def test_a_rank_killed_on_host_2_tears_down_every_host(cluster, standin_mnist, t
         assert up.returncode == 1, err
         assert "rank 1 on node2 failed first: exited with code 137 (signal 9)" in err
         status = distctl("status", cwd=tmp_path)
-        assert status.returncode == 0, status.stderr
+        assert status.returncode == 1, status.stderr  # a failed run: status says so in its exit code too
         assert "first failure: rank 1 on node2 exited with code 137; last lines of its log:" in status.stdout
     finally:
         kill_tree(up)

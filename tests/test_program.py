@@ -239,15 +239,27 @@ def test_the_join_watchdog_names_the_host_whose_rank_never_reached_the_store(clu
 
 def test_rank_0_exiting_before_it_listens_is_named(cluster, tmp_path):
     inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"],
-                          code=_project(tmp_path, "import sys\nprint('no rendezvous here')\nsys.exit(3)\n"),
+                          code=_project(tmp_path, "import sys\nprint('no rendezvous here')\nsys.exit(0)\n"),
                           command="python prog.py")
     done = distctl("up", str(inv), cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     node1 = cluster.host("node1")
     assert (f"node1: rank 0 did not open {node1.address}:") in done.stderr
-    assert (": it exited first (a program that brings its own rendezvous, or opens the port late: "
+    assert (": it exited first with code 0 (a program that brings its own rendezvous, or opens the port late: "
             "set job.wait_for_rank0: false); the run was stopped on every host.") in done.stderr
     assert "    no rendezvous here" in done.stderr
+
+
+def test_rank_0_failing_before_it_listens_is_a_rank_failure_not_a_rendezvous_hint(cluster, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", cluster, ["node1", "node2"],
+                          code=_project(tmp_path, "import wandb\n"), command="python prog.py")
+    done = distctl("up", str(inv), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    node1 = cluster.host("node1")
+    assert (f"distctl: error: rank 0 on node1 failed first: exited with code 1 before it opened {node1.address}:"
+            in done.stderr), done.stderr
+    assert "wait_for_rank0" not in done.stderr
+    assert "ModuleNotFoundError: No module named 'wandb'" in done.stderr.splitlines()[-1]
 
 
 def test_detach_status_stop_and_secrets_work_for_a_user_program(cluster, tmp_path, monkeypatch):

@@ -160,7 +160,8 @@ def test_a_failed_rank_is_named_first_and_a_user_program_has_no_epochs(tmp_path,
     a_rank(Path(state.hosts[0].rundir), 0, "epoch=1 rank=0\n", 143, T0 + 20)
     a_rank(Path(state.hosts[1].rundir), 1, "epoch=1 rank=1\nboom\n", 1, T0 + 10)
     done = status()
-    assert done.exit_code == 0, done.output
+    assert done.exit_code == 1, done.output  # a failed run: status says so in its exit code too
+    assert done.stderr.splitlines() == ["distctl: error: run r-1 failed"]
     assert done.stdout.splitlines() == [
         "run r-1: started 2026-01-01 12:00:00, elapsed 0:00:20",
         "  [node1 r0] exited 143",  # 143 means nothing in a user program: no "stopped" either
@@ -189,3 +190,54 @@ def test_an_unreachable_host_is_shown_and_exits_3(tmp_path, utc, node2_down):
     assert (found["state"], found["unreachable"], found["elapsed_s"] > 0) == ("running", ["node2"], True)
     assert [(r["host"], r["state"], r["epoch"], r["detail"]) for r in found["ranks"]] == [
         ("node1", "running", 2, ""), ("node2", "unreachable", None, "connection refused")]
+
+
+def a_stop(rundir: Path, at: float) -> None:
+    """What a user's `distctl stop` leaves in a run directory (lifecycle.STOP_REQUESTED)."""
+    (rundir / "stop-requested").touch()
+    os.utime(rundir / "stop-requested", (at, at))
+
+
+def test_a_user_program_ended_by_distctl_stop_reads_stopped_and_exits_0(tmp_path, utc):
+    state = a_run(tmp_path, trainer=False)
+    a_rank(Path(state.hosts[0].rundir), 0, "step 1\n", 143, T0 + 20)
+    a_rank(Path(state.hosts[1].rundir), 1, "step 1\nTraceback: KeyboardInterrupt\n", 1, T0 + 20)
+    for h in state.hosts:
+        a_stop(Path(h.rundir), T0 + 19)
+    done = status()
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[-2:] == [
+        "stopped by distctl stop", f"continue it with: distctl up {tmp_path}/inv.yaml --resume"]
+    assert "first failure" not in done.stdout
+    found = json.loads(status("--json").stdout)
+    assert (found["state"], found["first_failure"]) == ("stopped", None)
+    runs = CliRunner().invoke(cli, ["--no-color", "runs", "--json"])
+    assert [r["state"] for r in json.loads(runs.stdout)["runs"]] == ["stopped"]
+
+
+def test_a_rank_that_failed_before_the_stop_still_fails_the_run(tmp_path, utc):
+    state = a_run(tmp_path, trainer=False)
+    a_rank(Path(state.hosts[0].rundir), 0, "ok\n", 143, T0 + 60)
+    a_rank(Path(state.hosts[1].rundir), 1, "boom\n", 1, T0 + 10)
+    for h in state.hosts:
+        a_stop(Path(h.rundir), T0 + 59)
+    done = status()
+    assert done.exit_code == 1, done.output
+    assert "first failure: rank 1 on node2 exited with code 1; last lines of its log:" in done.stdout
+
+
+def test_a_host_whose_run_directory_is_gone_is_shown_and_exits_12(tmp_path, utc):
+    state = a_run(tmp_path, trainer=False)
+    a_rank(Path(state.hosts[0].rundir), 0, "done\n", 0, T0 + 30)  # node2's run directory never existed
+    done = status()
+    assert done.exit_code == 12, done.output
+    assert done.stdout.splitlines() == [
+        "run r-1: started 2026-01-01 12:00:00, elapsed 0:00:30",
+        "  [node1 r0] exited 0",
+        "  [node2 r1] missing  (run directory not found on node2: host reimaged or workdir cleaned)"]
+    assert done.stderr.splitlines() == [
+        "distctl: error: status of run r-1 is incomplete: run directory not found on node2"]
+    found = json.loads(status("--json").stdout)
+    assert found["missing"] == ["node2"] and found["elapsed_s"] == 30.0
+    assert [(r["host"], r["rank"], r["state"]) for r in found["ranks"]] == [("node1", 0, "exited"),
+                                                                         ("node2", 1, "missing")]

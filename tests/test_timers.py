@@ -35,8 +35,8 @@ def test_a_bad_setting_is_one_clear_error(text):
 
 
 def arguments(command: str) -> list[str]:
-    """What a follower command passes its program (after `python -c SOURCE`)."""
-    words = shlex.split(command.partition("; ")[2])
+    """What a follower command passes its program (after `cd RUNDIR ...; python -c SOURCE`)."""
+    words = shlex.split(command.partition("exit 1; }; ")[2])
     assert words[1] == "-c"
     return words[3:]
 

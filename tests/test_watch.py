@@ -134,7 +134,7 @@ def test_a_stopped_trainer_run_is_resumable_and_nothing_is_torn_down():
     conns = {"node1": host("node1", FakeStream(said(0, "stopped rank=0 epoch=2 step=0"), exited(0, 143, 100.0))),
              "node2": host("node2", FakeStream(said(1, "stopped rank=1 epoch=2 step=0"), exited(1, 143, 100.1)))}
     outcome, ui = watch(state, conns)
-    assert outcome == Outcome(ExitCode.RUN_FAILED, "run t-1 was stopped (checkpointed); "
+    assert outcome == Outcome(ExitCode.STOPPED, "run t-1 was stopped (checkpointed); "
                                                    "continue it with: distctl up /inv/a.yaml --resume")
     assert [c.commands for c in conns.values()] == [[], []]
     assert ui.warnings == []

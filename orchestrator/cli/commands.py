@@ -32,6 +32,7 @@ from orchestrator.run.watch import FAILURE_GRACE, RankEvents, raise_for, stop_ev
 from orchestrator.run.links import HostLinks
 from orchestrator.ssh.stream import follow
 from orchestrator.console.ui import Ui
+from orchestrator.run.tails import log_lines, remote_tail_command, tail_of
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def dry_run(inv: Inventory, ui: Ui, resume: bool = False, full: bool = False) ->
         from orchestrator.slurm import submit as slurm
 
         return slurm.dry_run(inv, new_run_id(inv.job.run_name), ui)
-    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.run_name)
+    run_id = _resumable_run_of(inv.path).run_id if resume else new_run_id(inv.job.run_name)
     plan = plan_launch(inv, run_id, job_artifacts(inv.job), resume=resume)
     ui.out(render_plan(plan, full))
 
@@ -111,7 +112,7 @@ def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool,
 
         return slurm.up(inv, new_run_id(inv.job.run_name), ui, detach, resume)
     ui.hide(inv.secrets)
-    run_id = _resumable_run_of(inv).run_id if resume else new_run_id(inv.job.run_name)
+    run_id = _resumable_run_of(inv.path).run_id if resume else new_run_id(inv.job.run_name)
     _describe_code(inv, ui)
     try:
         conns, facts, plan = _resolve(inv, opts, ui, run_id, resume)
@@ -151,7 +152,7 @@ class _Walk:
     def _push(self, steps: Sequence[Step]) -> None:
         sent = execute.push(self.plan, self.conns, self.prepared, self.opts.fanout, steps)
         self.progress.close()
-        self.ui.info(f"pushed {sent} bytes" + (" (every host was up to date)" if sent == 0 else ""))
+        self.ui.info(_pushed(sent, self.prepared, self.plan))
 
     def _setup(self, steps: Sequence[Step]) -> None:
         self.ui.info("running job.setup on every host")
@@ -209,10 +210,21 @@ class _Walk:
         except KeyboardInterrupt:
             ui.info(render.up_watch_interrupted(state.run_id))
             raise Detached("detached") from None
-        runs_state.note_state(state.run_id, "finished" if outcome.code == ExitCode.OK else "failed",
-                              keep=("stopped",))  # `distctl stop` from another shell ended it
+        ended = {ExitCode.OK: "finished", ExitCode.STOPPED: "stopped"}.get(outcome.code, "failed")
+        runs_state.note_state(state.run_id, ended, keep=("stopped",))  # `distctl stop` from another shell ended it
         raise_for(outcome)
         ui.info(outcome.message)
+
+
+def _pushed(sent: int, prepared: dict[str, execute.Prepared], plan: Plan) -> str:
+    """`pushed 61.4 kB to 2 host(s) (tar streams)`: what went over the wire, in the units of
+    `pushing code: ...` (which counts the files' bytes, once)."""
+    if sent == 0:
+        return "pushed 0 bytes (every host was up to date)"
+    from orchestrator.launch.artifacts import format_bytes
+
+    hosts = sum(1 for p in prepared.values() if len(p.present) < len(plan.artifacts))
+    return f"pushed {format_bytes(sent)} to {hosts} host(s) (tar streams, headers and padding included)"
 
 
 def _describe_code(inv: Inventory, ui: Ui) -> None:
@@ -234,10 +246,10 @@ def _launch_failed(exc: DistctlError, state: RunState, conns: dict[str, Connecti
     first = state.hosts[0]
     log = shell.join([f"{first.rundir}/rank0.log"])
     try:
-        tail = conns[first.host.name].run(f"tail -n 10 {log} 2>/dev/null", timeout=30).stdout
+        tail = conns[first.host.name].run(remote_tail_command(log), timeout=30).stdout
     except HostError:
         tail = ""
-    shown = "".join(f"\n    {line}" for line in tail.splitlines())
+    shown = "".join(f"\n    {line}" for line in tail_of(log_lines(tail)))
     return DistctlError(f"{exc}; the run was stopped on every host."
                         + (f" Last lines of rank 0's log:{shown}" if shown else ""), exc.exit_code)
 
@@ -264,11 +276,11 @@ def _report_detached(state: RunState) -> None:
     echo(f"distctl: {render.up_detached(state.run_id)}", err=True)
 
 
-def _resumable_run_of(inv: Inventory) -> RunState:
-    run = runs_state.last_run_of(inv.path, doing="to resume")
+def _resumable_run_of(path: str) -> RunState:
+    run = runs_state.last_run_of(path, doing="to resume")
     if run.last_state == "finished":
-        raise DistctlError(f"run {run.run_id} of {inv.path} finished: nothing to resume "
-                           f"(start a new run: distctl up {inv.path})", ExitCode.BAD_INPUT)
+        raise DistctlError(f"run {run.run_id} of {path} finished: nothing to resume "
+                           f"(start a new run: distctl up {path})", ExitCode.BAD_INPUT)
     return run
 
 
@@ -340,14 +352,28 @@ def status(target: str | None, opts: Options, ui: Ui, as_json: bool) -> None:
                    "log_tail": log_tail(state, conns, first)} if first else None
     finally:
         group.close_all(conns)
-    runs_state.note_ranks(state.run_id, [(r.status.state, r.status.code) for r in found.rows])
+    if found.summary:
+        runs_state.note_state(state.run_id, found.summary)
     if as_json:
         ui.out(render.status_json(found, failure))
     else:
         _show_status(found, failure, ui)
+    _exit_for_status(found)
+
+
+def _exit_for_status(found: RunStatus) -> None:
+    """0 while running and once finished or stopped; else what is wrong, the worst first."""
+    run_id = found.state.run_id
     if found.unreachable:
-        raise DistctlError(f"status of run {state.run_id} is incomplete: {', '.join(found.unreachable)} "
+        raise DistctlError(f"status of run {run_id} is incomplete: {', '.join(found.unreachable)} "
                            f"could not be reached", ExitCode.UNREACHABLE)
+    if found.missing:
+        raise DistctlError(f"status of run {run_id} is incomplete: run directory not found on "
+                           f"{', '.join(found.missing)}", ExitCode.PARTIAL)
+    if found.summary == "failed":
+        raise DistctlError(f"run {run_id} failed", ExitCode.RUN_FAILED)
+    if found.summary == "hung":
+        raise DistctlError(f"run {run_id} is hung", ExitCode.HUNG)
 
 
 def _show_status(found: RunStatus, failure: dict | None, ui: Ui) -> None:
@@ -368,7 +394,7 @@ def stop(target: str | None, opts: Options, ui: Ui, grace: float) -> None:
         return slurm.stop(state, ui, grace)
     conns, down = _connect_reachable(state, opts)
     try:
-        problems = stop_everywhere(state, conns, grace, opts.fanout)
+        problems = stop_everywhere(state, conns, grace, opts.fanout, requested=True)
     finally:
         group.close_all(conns)
     problems.update({h: f"unreachable: {cause}" for h, cause in down.items()})
@@ -410,7 +436,7 @@ def logs(target: str | None, opts: Options, ui: Ui, follow_live: bool, host: str
         ui.warn(f"{name}: unreachable, its ranks' logs are not shown: {cause}")
     reached = {r.rank for hs in state.hosts if hs.host.name not in down for r in hs.ranks} & wanted
     links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, ranks=reached)
-    events = RankEvents(ui.rank_line)
+    events = RankEvents(ui.rank_line, on_partial=ui.partial_line)
     followers: list = []
     try:
         followers = links.open_all(follow_live, tail)
@@ -424,13 +450,33 @@ def logs(target: str | None, opts: Options, ui: Ui, follow_live: bool, host: str
         for f in followers:
             f.stream.close()
         group.close_all(conns)
-    if links.unreachable or down:
+    for name in sorted(links.missing):
+        ui.warn(f"{name}: run directory not found on {name} ({state.host(name).rundir}): "
+                "host reimaged or workdir cleaned; its ranks' logs are gone")
+    if links.unreachable or down or links.missing:
         lost = sorted(set(links.unreachable) | set(down))
-        raise DistctlError(f"logs of {', '.join(lost)} could not be shown (unreachable)", ExitCode.PARTIAL)
+        why = ([f"{', '.join(lost)} (unreachable)"] if lost else []) + (
+            [f"{', '.join(sorted(links.missing))} (run directory not found)"] if links.missing else [])
+        raise DistctlError(f"logs of {'; '.join(why)} could not be shown", ExitCode.PARTIAL)
 
 
 def load(path: str, overrides: tuple[str, ...] = ()) -> Inventory:
     return load_inventory(path, overrides=overrides)
+
+
+def load_job(path: str, overrides: tuple[str, ...], args: tuple[str, ...], only: tuple[str, ...],
+             exclude: tuple[str, ...], resume: bool = False, ui: Ui | None = None) -> Inventory:
+    """The inventory as this run runs it (effective.py); a resume's from its run's record, its
+    differences from the file now said first."""
+    from orchestrator.plan.effective import effective, resumed
+
+    if not resume:
+        return effective(load(path, overrides), args, only, exclude)
+    inv, lines = resumed(_resumable_run_of(path), lambda sets: load(path, sets), overrides, args, only, exclude)
+    for line in lines:
+        if ui is not None:
+            ui.info(line)
+    return inv
 
 
 def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, force: bool, ui: Ui) -> None:
@@ -442,6 +488,9 @@ def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, fo
     path = Path(output)
     if path.exists() and not force:
         raise DistctlError(f"{output} exists; use --force to overwrite it", ExitCode.BAD_INPUT)
+    if defaults.code:  # job.code is read relative to the inventory's folder
+        defaults = replace(defaults, code=os.path.relpath(os.path.abspath(defaults.code),
+                                                          os.path.dirname(os.path.abspath(output))))
     text = render_inventory(entries, defaults)
     written = parse_inventory(text, output, check_files=False)  # what we write must load
     for key in sorted({h.identity_file for h in written.hosts if h.identity_file}):
@@ -451,12 +500,13 @@ def init(hosts: tuple[str, ...], hostfile: str | None, defaults, output: str, fo
     ui.info(f"wrote {output} ({len(entries)} host(s)); next: distctl check {output}")
 
 
-def exec_command(inv: Inventory, argv: tuple[str, ...], hosts: tuple[str, ...], opts: Options, ui: Ui) -> None:
+def exec_command(inv: Inventory, argv: tuple[str, ...], hosts: tuple[str, ...], opts: Options, ui: Ui,
+                 grouped: bool = False) -> None:
     from orchestrator.run.adhoc import exec_everywhere
 
     inv = _with_options(inv, opts)
     ui.hide(inv.secrets)
-    exec_everywhere(inv, argv, hosts, opts.fanout, ui)
+    exec_everywhere(inv, argv, hosts, opts.fanout, ui, grouped)
 
 
 def pull(target: str | None, opts: Options, ui: Ui, dest: str) -> None:

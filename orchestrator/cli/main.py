@@ -25,6 +25,13 @@ FULL = click.option("--full", is_flag=True,
                          "shown once with a table of each host's values).")
 
 
+def _hosts_chosen(f):
+    f = click.option("--exclude", multiple=True, metavar="NAME[,NAME]",
+                     help="Leave this host out (repeatable, comma lists; like pdsh -x).")(f)
+    return click.option("--only", multiple=True, metavar="NAME[,NAME]",
+                        help="Only this host (repeatable, comma lists; like pdsh -w).")(f)
+
+
 def _fanout(f):
     return click.option("--fanout", type=click.IntRange(1, 512), default=DEFAULT_FANOUT, show_default=True,
                         help="Hosts worked on at once.")(f)
@@ -86,18 +93,27 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool, no_color: b
 
 @cli.command()
 @INVENTORY
+@click.argument("args", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="Print every step and command; connect to nothing.")
 @FULL
 @click.option("--detach", is_flag=True, help="Return once every rank runs.")
-@click.option("--resume", is_flag=True, help="Restart the inventory's last run from its newest checkpoint.")
+@click.option("--resume", is_flag=True, help="Restart the inventory's last run (its own job) from its newest "
+                                             "checkpoint.")
 @click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
 @click.option("--web", is_flag=True, help="Also serve the live view in the browser (see distctl web).")
 @SET
+@_hosts_chosen
+@click.option("--host", "show_host", help="Show only this host's rank lines (the run is not changed).")
+@click.option("--rank", "show_rank", type=int, help="Show only this rank's lines (the run is not changed).")
 @_fanout
 @click.pass_obj
-def up(obj, inventory: str, dry_run: bool, full: bool, detach: bool, resume: bool, accept_new_host_keys: bool,
-       web: bool, overrides: tuple[str, ...], fanout: int) -> None:
+def up(obj, inventory: str, args: tuple[str, ...], dry_run: bool, full: bool, detach: bool, resume: bool,
+       accept_new_host_keys: bool, web: bool, overrides: tuple[str, ...], only: tuple[str, ...],
+       exclude: tuple[str, ...], show_host: str | None, show_rank: int | None, fanout: int) -> None:
     """Push the trainer, start every rank, and stream their logs.
+
+    Words after -- are appended to job.command (or to the bundled trainer's arguments) and
+    recorded with the run, as are --set, --only and --exclude: --resume runs the same job.
 
     \b
     Example:
@@ -107,8 +123,11 @@ def up(obj, inventory: str, dry_run: bool, full: bool, detach: bool, resume: boo
       distctl up inventory.yaml --detach && distctl logs -f
       distctl up inventory.yaml --set job.train.epochs=5 --dry-run
       distctl up inventory.yaml --web
+      distctl up inventory.yaml --exclude gpu3 -- --epochs 3
+      distctl up inventory.yaml --rank 0              # all ranks run; rank 0's lines are shown
     """
-    inv = commands.load(inventory, overrides)
+    inv = commands.load_job(inventory, overrides, args, only, exclude, resume, obj["ui"])
+    obj["ui"].filter_ranks(show_host, show_rank)
     if dry_run:
         commands.dry_run(inv, obj["ui"], resume, full)
         return
@@ -133,10 +152,11 @@ def up(obj, inventory: str, dry_run: bool, full: bool, detach: bool, resume: boo
 @click.option("--show-plan", is_flag=True, help="Also print every command `up` would run.")
 @FULL
 @SET
+@_hosts_chosen
 @_fanout
 @click.pass_obj
 def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overrides: tuple[str, ...],
-          show_plan: bool, full: bool, fanout: int) -> None:
+          only: tuple[str, ...], exclude: tuple[str, ...], show_plan: bool, full: bool, fanout: int) -> None:
     """Connect, discover and preflight without starting anything.
 
     Exits 0 only if `distctl up` would start.
@@ -145,8 +165,8 @@ def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overri
     Example:
       distctl check inventory.yaml
     """
-    commands.check(commands.load(inventory, overrides), commands.Options(fanout, accept_new_host_keys), obj["ui"],
-                   as_json, show_plan, full)
+    inv = commands.load_job(inventory, overrides, (), only, exclude)
+    commands.check(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], as_json, show_plan, full)
 
 
 @cli.command()
@@ -277,11 +297,14 @@ def runs(obj, inventory: str | None, as_json: bool) -> None:
 @click.option("--identity-file", help="SSH private key for every host.")
 @click.option("--python", help="Interpreter with torch on the hosts (python3).")
 @click.option("--workdir", help="Where code, data and runs live on the hosts (~/.distctl).")
+@click.option("--code", type=click.Path(file_okay=False), help="Your program's folder (job.code).")
+@click.option("--command", help="How each rank starts it, e.g. 'python train.py' (job.command).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="inventory.yaml", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.pass_obj
 def init(obj, hosts: tuple[str, ...], hostfile: str | None, user: str | None, port: int | None,
-         identity_file: str | None, python: str | None, workdir: str | None, output: str, force: bool) -> None:
+         identity_file: str | None, python: str | None, workdir: str | None, code: str | None,
+         command: str | None, output: str, force: bool) -> None:
     """Write a commented inventory from host names or a hostfile.
 
     HOSTS are [user@]host or [user@]host:SLOTS, in rank order.
@@ -290,21 +313,28 @@ def init(obj, hosts: tuple[str, ...], hostfile: str | None, user: str | None, po
     Example:
       distctl init gpu1:4 gpu2:4 --user ubuntu --identity-file ~/.ssh/id_ed25519
       distctl init --hostfile /job/hostfile --python /opt/venv/bin/python -o cluster.yaml
+      distctl init gpu1:2 gpu2:2 --code . --command 'python train.py --epochs 3'
     """
     from orchestrator.inventory.init import Defaults
 
-    commands.init(hosts, hostfile, Defaults(user, port, identity_file, python, workdir), output, force, obj["ui"])
+    commands.init(hosts, hostfile, Defaults(user, port, identity_file, python, workdir, code, command), output,
+                  force, obj["ui"])
 
 
 @cli.command(name="exec")
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.argument("command", nargs=-1, required=True)
-@click.option("--host", "hosts", multiple=True, metavar="NAME", help="Only this host (repeatable).")
+@click.option("--only", "--host", "hosts", multiple=True, metavar="NAME[,NAME]",
+              help="Only this host (repeatable, comma lists; like pdsh -w).")
+@click.option("--exclude", multiple=True, metavar="NAME[,NAME]",
+              help="Leave this host out (repeatable, comma lists; like pdsh -x).")
+@click.option("-c", "--group", "grouped", is_flag=True,
+              help="Collect each host's output and show identical outputs once (like dshbak -c).")
 @click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
 @_fanout
 @click.pass_obj
-def exec_(obj, inventory: str, command: tuple[str, ...], hosts: tuple[str, ...], accept_new_host_keys: bool,
-          fanout: int) -> None:
+def exec_(obj, inventory: str, command: tuple[str, ...], hosts: tuple[str, ...], exclude: tuple[str, ...],
+          grouped: bool, accept_new_host_keys: bool, fanout: int) -> None:
     """Run a command on every host at once; output prefixed [host], then each host's exit code.
 
     Words after -- are quoted one by one (no shell evaluation; for pipes use sh -c '...').
@@ -316,9 +346,38 @@ def exec_(obj, inventory: str, command: tuple[str, ...], hosts: tuple[str, ...],
       distctl exec inventory.yaml -- nvidia-smi -L
       distctl exec inventory.yaml --host node2 -- python -m pip list
       distctl exec inventory.yaml -- sh -c 'df -h ~ | tail -n 1'
+      distctl exec inventory.yaml -c -- python -c 'import torch; print(torch.__version__)'
     """
-    commands.exec_command(commands.load(inventory), command, hosts,
-                          commands.Options(fanout, accept_new_host_keys), obj["ui"])
+    commands.exec_command(commands.load_job(inventory, (), (), hosts, exclude), command, (),
+                          commands.Options(fanout, accept_new_host_keys), obj["ui"], grouped)
+
+
+@cli.command()
+@INVENTORY
+@click.option("--older-than", default="0", metavar="AGE",
+              help="Only runs unchanged for this long: 7d, 12h, 30m (a bare number: days).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--yes", is_flag=True, help="Remove without asking.")
+@_hosts_chosen
+@_fanout
+@click.pass_obj
+def clean(obj, inventory: str, older_than: str, dry_run: bool, yes: bool, only: tuple[str, ...],
+          exclude: tuple[str, ...], fanout: int) -> None:
+    """Remove old runs, and code, data and setup folders no remaining run uses, from the hosts.
+
+    A run is removed only when none of its processes lives (judged on each host, whoever
+    started the run) and nothing in it changed for --older-than (and the last 5 minutes).
+    Lists what it would remove and asks, unless --yes.
+
+    \b
+    Example:
+      distctl clean inventory.yaml --older-than 7d --dry-run
+      distctl clean inventory.yaml --older-than 7d --yes
+    """
+    from orchestrator.run.cleanup import clean as clean_hosts, parse_age
+
+    age = parse_age(older_than)
+    clean_hosts(commands.load_job(inventory, (), (), only, exclude), age, dry_run, yes, fanout, obj["ui"])
 
 
 def main() -> None:

@@ -199,7 +199,9 @@ def status_restarts(found: RunStatus) -> list[str]:
     info = found.restarts
     if info is None:
         return []
-    lines = [f"attempt {info['attempt']} (restarts used {info['attempt']} of {info['max_restarts']})"]
+    # The agents count attempts from 0 (the first launch); people count from 1.
+    lines = [f"attempt {info['attempt'] + 1} of at most {info['max_restarts'] + 1} "
+             f"(restarts used {info['attempt']} of {info['max_restarts']})"]
     lines += [f"  restart {i}/{info['max_restarts']} after {why}" for i, why in enumerate(info["restarts"], 1)]
     if info["dropped"]:
         lines.append(f"  dropped: {', '.join(info['dropped'])}")
@@ -215,8 +217,9 @@ def status_outcome(found: RunStatus, failure: dict | None, shown: Callable[[str]
     failure and that rank's last log lines, each passed through `shown` (the Ui's guard on remote text)."""
     if found.stopped:
         at = found.stopped_epoch
-        return [f"stopped (checkpointed at epoch {at})" if at is not None else "stopped (no checkpoint reported)",
-                f"continue it with: distctl up {shlex.quote(found.state.inventory)} --resume"]
+        how = ("stopped by distctl stop" if not found.state.trainer else
+               f"stopped (checkpointed at epoch {at})" if at is not None else "stopped (no checkpoint reported)")
+        return [how, f"continue it with: distctl up {shlex.quote(found.state.inventory)} --resume"]
     if not failure:
         return []
     tail = [f"    {shown(line)}" for line in failure["log_tail"]]
@@ -234,6 +237,7 @@ def status_json(found: RunStatus, failure: dict | None) -> str:
         "ranks": [{"host": r.host, "rank": r.status.rank, "state": r.status.state, "exit_code": r.status.code,
                    "detail": r.detail, "epoch": r.progress.epoch} for r in found.rows],
         "unreachable": list(found.unreachable),
+        "missing": list(found.missing),
         "stopped_epoch": found.stopped_epoch,
         "first_failure": failure,
         "restarts": found.restarts,

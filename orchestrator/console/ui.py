@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import os
 import sys
+import zlib
 from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator
 
@@ -12,6 +13,7 @@ import click
 
 from orchestrator.console.terminal import for_terminal
 
+_CLEAR_LINE = "\r\x1b[K"  # back to the line's start, and erase it
 _COLORS = ("cyan", "magenta", "yellow", "green", "blue", "bright_red", "bright_cyan", "bright_magenta")
 
 
@@ -41,6 +43,32 @@ class Ui:
         self._tty_err = sys.stderr.isatty()
         # This Ui's own (cli.main prints a command's error through the command's Ui).
         self._secrets: tuple[str, ...] = ()
+        self._only: tuple[str | None, int | None] = (None, None)  # `up --host/--rank`: rank lines shown
+        self._partial_shown = False  # the terminal's last line is a rank's unfinished line
+
+    def filter_ranks(self, host: str | None, rank: int | None) -> None:
+        """Show only this host's (or rank's) log lines; everything else distctl says is shown."""
+        self._only = (host, rank)
+
+    def _hidden(self, host: str, rank: int | None) -> bool:
+        return rank is not None and self._only != (None, None) and (
+            self._only[0] not in (None, host) or self._only[1] not in (None, rank))
+
+    def partial_line(self, host: str, rank: int, text: str) -> None:
+        """A rank's unfinished line (a progress bar's newest redraw), on a terminal only: drawn as
+        the last line, overwritten by the next one or by the next whole line. Pipes and files
+        get whole lines only."""
+        if not self._tty_out or self._hidden(host, rank):
+            return
+        sys.stdout.write(f"{_CLEAR_LINE}{self.prefix(host, rank)} {self.shown(text)}")
+        sys.stdout.flush()
+        self._partial_shown = True
+
+    def _clear_partial(self) -> None:
+        if self._partial_shown:
+            sys.stdout.write(_CLEAR_LINE)
+            sys.stdout.flush()
+            self._partial_shown = False
 
     def hide(self, secrets: Iterable[str]) -> None:
         """Values shown as *** wherever distctl prints them (longest first: no partial reveals)."""
@@ -68,6 +96,7 @@ class Ui:
         return "\n".join(line[:n] + for_terminal(line[n:]) for line, n in zip(lines, indents))
 
     def info(self, message: str) -> None:
+        self._clear_partial()
         if not self.quiet:
             click.echo(f"distctl: {self._on_stderr(message)}", err=True)
 
@@ -76,14 +105,16 @@ class Ui:
             click.echo(f"distctl: {self._on_stderr(message)}", err=True)
 
     def warn(self, message: str) -> None:
+        self._clear_partial()
         click.echo(self._style(f"distctl: {self._on_stderr(message)}", "yellow"), err=True)
 
     def error(self, message: str) -> None:
+        self._clear_partial()
         click.echo(self._style(f"distctl: error: {self._on_stderr(message)}", "red"), err=True)
 
     def prefix(self, host: str, rank: int | None = None) -> str:
         """`[host rN]` for a rank, `[host]` for a host, in the host's colour on a terminal."""
-        color = self._host_colors.setdefault(host, _COLORS[len(self._host_colors) % len(_COLORS)])
+        color = self._color_of(host)
         return self._style(f"[{host} r{rank}]" if rank is not None else f"[{host}]", color)
 
     def rank_line(self, host: str, rank: int | None, line: str) -> None:
@@ -92,6 +123,10 @@ class Ui:
         The hot path of `logs` and `up`: a plain write with the prefix made once per rank
         (click.echo flushed per line and cost more than half the time), flushed by the
         caller once per chunk read (`flush_lines`). A pipe gets the bytes as they are."""
+        if self._hidden(host, rank):
+            return
+        if self._partial_shown:
+            self._clear_partial()
         key = (host, rank)
         prefix = self._prefixes.get(key)
         if prefix is None:
@@ -106,7 +141,8 @@ class Ui:
         click.echo(f"{self._style(f'[{host} setup]', self._color_of(host))} {self.masked(line)}")
 
     def _color_of(self, host: str) -> str:
-        return self._host_colors.setdefault(host, _COLORS[len(self._host_colors) % len(_COLORS)])
+        """A host's colour, the same in every invocation (from its name, not the order seen)."""
+        return self._host_colors.setdefault(host, _COLORS[zlib.crc32(host.encode()) % len(_COLORS)])
 
     def out(self, text: str = "") -> None:
         click.echo(text, color=True)

@@ -16,6 +16,7 @@ use double quotes only (a single quote would print as '"'"').
     session    a command server: many commands over one channel, one login shell
     agent      restarts the ranks after a failure (job.max_restarts), coordinated by rank 0's host
     slurm_follow  a Slurm run's rank logs on the login node, ended by Slurm's state and the run's files
+    clean      which old runs and unused code, data and setup folders `distctl clean` may remove
 
 Parts joined before a program (PARTS): `prelude` (process group alive and ours, pid files,
 a listening port) for every program that needs it; `agent_policy` (the agent's decisions).
@@ -29,7 +30,7 @@ from pathlib import Path
 from orchestrator import shell
 
 PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session",
-            "agent", "progress", "slurm_follow")
+            "agent", "progress", "slurm_follow", "clean")
 
 
 # A program made of several files: the parts come first, in this order, then the program itself.

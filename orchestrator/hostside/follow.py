@@ -16,6 +16,13 @@ gone too: a restart starts it again, and its log goes on. Each line of agent.eve
 agent's decisions: restarts, dropped hosts, the end) comes out as `ev TEXT`. While following,
 `hb` comes out after SECONDS (2) without output: the workstation tells a quiet run from a
 stalled link by these (orchestrator/timers.py).
+
+While following, the unfinished last line (a progress bar redrawn with `\r`) comes out
+as `p R TEXT`, its newest redraw, when it changed and at most every PARTIAL_S seconds: not a
+line (it is not counted, and comes again as a line once its newline is written).
+
+Once `distctl stop` (run by a user) has marked the run directory (stop-requested), `stop TIME` comes
+out, once, before the exit records it explains: TIME the mtime of that mark.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from orchestrator.hostside.prelude import group_alive, read_int
 
 POLL_S = 0.2
 HEARTBEAT_S = 2.0  # a line `hb` after this long without output, while following (--heartbeat)
+PARTIAL_S = 2.0  # an unfinished line is sent at most this often
 
 
 class Counted:
@@ -52,6 +60,8 @@ class RankLog:
         self.offset = 0  # bytes of rankR.log consumed so far
         self.partial = b""  # an unfinished last line, held back until its newline
         self.skip = skip
+        self.partial_sent = b""  # its newest redraw, as last sent (`p R TEXT`)
+        self.partial_at = 0.0
 
     def read(self) -> bytes:
         try:
@@ -72,7 +82,7 @@ class RankLog:
         for line in shown:
             self.write(line, out)
 
-    def pump(self, out: Counted, final: bool = False) -> None:
+    def pump(self, out: Counted, final: bool = False, live: bool = False) -> None:
         data = self.read()
         self.offset += len(data)
         lines = (self.partial + data).split(b"\n")
@@ -85,6 +95,19 @@ class RankLog:
                 self.skip -= 1
             else:
                 self.write(line, out)
+        if lines:
+            self.partial_sent = b""
+        if live and not final and self.skip == 0:
+            self.send_partial(out)
+
+    def send_partial(self, out: Counted) -> None:
+        """The newest redraw of the unfinished line, when it changed, at most every PARTIAL_S."""
+        redraws = [part for part in self.partial.split(b"\r") if part]
+        newest = redraws[-1] if redraws else b""
+        now = time.monotonic()
+        if newest and newest != self.partial_sent and now - self.partial_at >= PARTIAL_S:
+            out.write(b"p %d %s\n" % (self.rank, newest))
+            self.partial_sent, self.partial_at = newest, now
 
     def write(self, line: bytes, out: Counted) -> None:
         out.write(b"%d %s\n" % (self.rank, line))
@@ -126,6 +149,23 @@ class Events:
             out.write(b"ev %s\n" % line)
 
 
+class StopMark:
+    """stop-requested, said once as `stop TIME`."""
+
+    def __init__(self) -> None:
+        self.told = False
+
+    def pump(self, out: Counted) -> None:
+        if self.told:
+            return
+        try:
+            at = os.path.getmtime("stop-requested")
+        except OSError:
+            return
+        self.told = True
+        out.write(b"stop %.3f\n" % at)
+
+
 def main(argv: list[str]) -> int:
     heartbeat = HEARTBEAT_S
     if argv and argv[0].startswith("--heartbeat="):
@@ -147,13 +187,15 @@ def main(argv: list[str]) -> int:
             log.start_at_tail(tail, out)
     quiet_since = time.monotonic()
     events = Events()
+    stop = StopMark()
     while logs:
         agent = live and group_alive(read_int("agent.pid"))
         ended = [log for log in logs if not live or (not agent and not log.alive())]
         before = out.written
+        stop.pump(out)  # after `ended`: the mark is made before any rank is signalled
         events.pump(out)
         for log in logs:
-            log.pump(out, final=log in ended)
+            log.pump(out, final=log in ended, live=live)
         for log in ended:
             out.write(log.exit_record())
             logs.remove(log)

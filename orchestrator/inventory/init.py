@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,8 @@ class Defaults:
     identity_file: str | None = None
     python: str | None = None
     workdir: str | None = None
+    code: str | None = None  # --code DIR: your program's folder (job.code)
+    command: str | None = None  # --command '...': how each rank starts it (job.command)
 
 
 def _scalar(value: object) -> str:
@@ -163,10 +166,15 @@ def render_inventory(hosts: list[HostEntry], defaults: Defaults = Defaults()) ->
             lines.append(f"    user: {_scalar(user_part)}")
         lines.append(f"    slots: {h.slots}" if h.slots
                      else "    # slots: 1                 # default: one per GPU found, else 1")
+    lines += ["job:", *_program(d), "  port: 23456                  # rendezvous port on rank 0's host"]
+    if d.code or d.command:
+        return "\n".join(lines + [
+            "  # data: ./data               # a folder pushed to every host ($DISTCTL_DATA on the ranks)",
+            "  # setup: pip install -r requirements.txt   # once per host, before launch",
+            "  # outputs: [checkpoints/*.pt]  # what `distctl pull` brings back",
+            "  # env: {WANDB_API_KEY: {from_env: WANDB_API_KEY}}  # environment for every rank",
+            *_ssh_lines()]) + "\n"
     lines += [
-        "job:",
-        "  name: mnist",
-        "  port: 23456                  # rendezvous port on rank 0's host",
         "  backend: auto                # auto | nccl | gloo",
         "  dataset: mnist               # mnist | generated",
         "  # fallback: generated        # only if downloading MNIST fails: train on generated digits",
@@ -175,8 +183,26 @@ def render_inventory(hosts: list[HostEntry], defaults: Defaults = Defaults()) ->
         "  # join_timeout: 300          # seconds for every rank to join, else stop the run",
         "  # env: {NCCL_DEBUG: WARN}    # environment for every rank; secrets: {TOKEN: {from_env: TOKEN}}",
         "  train: {epochs: 10, batch_size: 64, lr: 0.01}",
-        "ssh:",
-        "  # known_hosts: ~/.ssh/known_hosts  # default: ssh_config's UserKnownHostsFile, as for ssh",
-        "  accept_new_host_keys: false  # or once: distctl check --accept-new-host-keys",
+        *_ssh_lines(),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _program(d: Defaults) -> list[str]:
+    """job.name, code and command: your program's when given, else the bundled trainer's, with
+    a user program's two keys shown commented out."""
+    if not (d.code or d.command):
+        return ["  name: mnist",
+                "  # code: .                    # your program's folder, pushed to every host (like git would)",
+                "  # command: python train.py   # runs on every rank, torchrun's environment set; "
+                "without it: the bundled trainer"]
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", os.path.basename(os.path.abspath(d.code or "."))).strip("-.") or "job"
+    return [f"  name: {_scalar(name)}",
+            f"  code: {_scalar(d.code or '.')}" + "  # pushed to every host (.gitignore honoured)",
+            f"  command: {_scalar(d.command or 'python train.py')}" + "  # runs on every rank, torchrun's environment"]
+
+
+def _ssh_lines() -> list[str]:
+    return ["ssh:",
+            "  # known_hosts: ~/.ssh/known_hosts  # default: ssh_config's UserKnownHostsFile, as for ssh",
+            "  accept_new_host_keys: false  # or once: distctl check --accept-new-host-keys"]

@@ -85,6 +85,7 @@ class Job:
     train: Train = field(default_factory=Train)
     code: str | None = None  # workstation folder with the user's program, pushed to every host
     command: tuple[str, ...] = ()  # the user's program; empty: the bundled trainer
+    args: tuple[str, ...] = ()  # `up ... -- ARGS`: appended to the command (or the trainer's arguments)
     setup: str | None = None  # shell script run once per host before launch
     outputs: tuple[str, ...] = ()  # globs under the run's working directory, for `pull`
     wait_for_rank0: bool = True  # start the other ranks once rank 0 listens on job.port

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.plan import facts as facts_mod
 from orchestrator import shell
-from orchestrator.errors import ExitCode, HostError
+from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.plan.facts import HostFacts
 from orchestrator.ssh.group import check, fan_out
 from orchestrator.hostside.agent import KEY_LINE as AGENT_KEY_LINE
@@ -81,13 +81,31 @@ def launch(conns: dict[str, Connection], steps: Sequence[Step], fanout: int) -> 
 def wait_port(plan: Plan, conns: dict[str, Connection], wait: Step) -> None:
     """Rank 0's host polls its rendezvous port until it listens; its exit or a timeout raises."""
     result = conns[wait.host].run(wait.command, timeout=plan.join_timeout + 30)
-    if result.exit_code != 0:
-        what = result.stdout.strip() or result.stderr.strip()
-        why = {"exited": "it exited first", "timeout": f"not within job.join_timeout={plan.join_timeout:g}s"}
-        hint = "" if plan.trainer else (" (a program that brings its own rendezvous, or opens the port late: "
-                                        "set job.wait_for_rank0: false)")
-        raise HostError(wait.host, f"rank 0 did not open {plan.master_addr}:{plan.port}: {why.get(what, what)}"
-                        + hint, ExitCode.RUN_FAILED if what == "exited" else ExitCode.HANG)
+    if result.exit_code == 0:
+        return
+    what = result.stdout.strip() or result.stderr.strip()
+    where = f"{plan.master_addr}:{plan.port}"
+    code = rank0_exit(plan, conns[wait.host]) if what == "exited" else None
+    if code is not None and code != 0:  # it failed: its own error says why, not the rendezvous
+        raise DistctlError(f"rank 0 on {wait.host} failed first: exited with code {code}"
+                           f"{f' (signal {code - 128})' if code > 128 else ''} before it opened {where}",
+                           ExitCode.RUN_FAILED)
+    why = {"exited": "it exited first" + (" with code 0" if code == 0 else ""),
+           "timeout": f"not within job.join_timeout={plan.join_timeout:g}s"}
+    hint = "" if plan.trainer else (" (a program that brings its own rendezvous, or opens the port late: "
+                                    "set job.wait_for_rank0: false)")
+    raise HostError(wait.host, f"rank 0 did not open {where}: {why.get(what, what)}" + hint,
+                    ExitCode.RUN_FAILED if what == "exited" else ExitCode.HANG)
+
+
+def rank0_exit(plan: Plan, conn: Connection) -> int | None:
+    """Rank 0's exit code, once its wrapper wrote it (None: not there, or unreadable)."""
+    try:
+        out = conn.run(f"cat {shell.join([plan.hosts[0].rundir + '/rank0.exit'])} 2>/dev/null", timeout=30).stdout
+    except HostError:
+        return None
+    text = out.strip()
+    return int(text) if text.lstrip("-").isdigit() else None
 
 
 def run_setup(plan: Plan, conns: dict[str, Connection], fanout: int, ui: Ui,

@@ -42,6 +42,10 @@ def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts], after_setu
     With job.setup, the interpreter and torch are checked only after setup ran (it may create
     them); the bundled trainer needs torch, a user program may not.
     """
+    from orchestrator.launch.programcheck import check_script, torch_missing
+
+    if not after_setup:
+        check_script(inv)
     errors: list[HostError] = []
     interpreter = after_setup or not inv.job.setup
     floor, needs = ((trainer_python_floor(), "the bundled trainer (and torch) need") if inv.job.is_trainer
@@ -65,6 +69,8 @@ def preflight_facts(inv: Inventory, host_facts: dict[str, HostFacts], after_setu
         elif inv.job.backend == "nccl" and not f.gpus:
             errors.append(HostError(h.name, "backend nccl needs GPUs, none found (use backend: auto or gloo)",
                                     ExitCode.PREFLIGHT))
+    if interpreter and not errors:
+        errors += torch_missing(inv, host_facts)
     versions = {version for h in inv.hosts if (version := host_facts[h.name].torch)}
     if interpreter and len(versions) > 1 and not errors:
         errors += [HostError(h.name, f"torch {host_facts[h.name].torch}, but other hosts have "

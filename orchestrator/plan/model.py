@@ -189,7 +189,7 @@ def trainer_program(inv: Inventory, python: str, data_dir: str, download: bool, 
         argv.append("--download")
     if resume:
         argv.append("--resume")
-    return tuple(argv)
+    return (*argv, *job.args)
 
 
 def user_program(command: tuple[str, ...], python: str) -> tuple[str, ...]:
@@ -243,7 +243,7 @@ def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
                                       download="data" not in by_name and inv.job.dataset == "mnist",
                                       checkpoint_dir=f"{rundir}/ckpt", resume=resume)
         else:
-            program = user_program(inv.job.command, python)
+            program = user_program(inv.job.command + inv.job.args, python)
         ranks = tuple(RankPlan(rank=next_rank + i, local_rank=i, argv=program, env=rank_env(next_rank + i, i))
                       for i in range(count))
         env = host_env(run_id, inv, host, iface, master, world, group_rank, count, data_dir, code_dir)
@@ -256,7 +256,8 @@ def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
     notes += tuple(f"--set {o} (on top of {os.path.basename(inv.path)})" for o in inv.overrides)
     return Plan(run_id=run_id, inventory=_inventory_path(inv), ssh=inv.ssh, world_size=world, master_addr=master,
                 port=inv.job.port, hosts=tuple(host_plans), trainer=inv.job.is_trainer, outputs=inv.job.outputs,
-                max_restarts=inv.job.max_restarts,
+                max_restarts=inv.job.max_restarts, overrides=inv.overrides, args=inv.job.args,
+                command=inv.job.command + inv.job.args, job_kept=True,
                 artifacts=artifacts, steps=_steps(host_plans, artifacts, inv, master, run_id),
                 join_timeout=inv.job.join_timeout, resume=resume, notes=notes, setup=inv.job.setup)
 
@@ -319,7 +320,7 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
     phases: list[list[Step]] = []
     phases.append([Step(StepKind.PREPARE, hp.host.name,
                         prepare_script(hp.workdir, hp.rundir, [a.remote_dir(hp.workdir) for a in artifacts],
-                                       [r.rank for r in hp.ranks]),
+                                       [r.rank for r in hp.ranks], hp.setup_dir),
                         stdin=shell.env_file(hp.env, masked=True)) for hp in host_plans])
     phases.append([Step(StepKind.PUSH, hp.host.name, push_script(a.remote_dir(hp.workdir)), artifact=a.name)
                    for hp in host_plans for a in artifacts])

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from orchestrator import shell, timers
+from orchestrator.contract import RECORD_MISSING
 from orchestrator.hostside import program
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
     commands = [f"cd {shell.join([rundir])} || exit 1", "umask 077",
                 f"[ -d work ] || {{ rm -rf work.tmp && cp -R {code} work.tmp && mv work.tmp work; }} || exit 1",
                 detach_function(python)]
+    commands.append("rm -f stop-requested")  # an earlier attempt's stop (lifecycle.STOP_REQUESTED): not this one's
     if agent is not None:
         commands.append("rm -f stopping agent.state agent.events rank*.env")
     for r in ranks:
@@ -40,7 +42,9 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
         # A resumed run appends to its logs: mark where the new attempt starts.
         log = f"rank{r.rank}.log"
         commands += [remove_exit,
-                     f"[ -s {log} ] && echo \"--- distctl: resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---\" >>{log}",
+                     # (after a newline of its own when the log ends in an unfinished line: a bar)
+                     f"[ -s {log} ] && {{ [ -z \"$(tail -c 1 {log})\" ] || echo >>{log}; "
+                     f"echo \"--- distctl: resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---\" >>{log}; }}",
                      *rest]
     if agent is not None:
         # The agent gets the run's environment (its marker included, so `stop` sweeps it too).
@@ -108,6 +112,9 @@ def heartbeat_args(heartbeat: float) -> list[str]:
     return [] if heartbeat == timers.DEFAULT.heartbeat else [f"--heartbeat={heartbeat:g}"]
 
 
+MISSING = RECORD_MISSING  # the follower's one record when the host has no such run directory
+
+
 def follow_script(python: str, rundir: str, ranks: dict[int, int | str], follow: bool = True,
                   tail: int | None = None, heartbeat: float = timers.DEFAULT.heartbeat) -> str:
     """Print a host's rank logs as `R line` (every line, in order), then `exit R CODE TIME`
@@ -119,7 +126,7 @@ def follow_script(python: str, rundir: str, ranks: dict[int, int | str], follow:
     prepare step recorded (rankR.from); `tail` keeps only the last N.
     """
     args = [f"{rank}:{skip}" for rank, skip in sorted(ranks.items())]
-    return (f"cd {shell.join([rundir])} || exit 1; "
+    return (f"cd {shell.join([rundir])} 2>/dev/null || {{ echo {MISSING}; exit 1; }}; "
             + program(python, "follow", *heartbeat_args(heartbeat), "follow" if follow else "replay",
                       -1 if tail is None else tail, *args))
 
@@ -131,7 +138,7 @@ SHOWN = "<R:lines shown, for each rank of the host still running>"
 def refollow_script(python: str, rundir: str, heartbeat: float = timers.DEFAULT.heartbeat) -> str:
     """The follower a lost link reopens (links.py), as the plan shows it: the ranks and the
     lines the workstation already showed are only known then, so they are a placeholder."""
-    return (f"cd {shell.join([rundir])} || exit 1; "
+    return (f"cd {shell.join([rundir])} 2>/dev/null || {{ echo {MISSING}; exit 1; }}; "
             + program(python, "follow", *heartbeat_args(heartbeat), "follow", -1, SHOWN))
 
 
@@ -166,10 +173,12 @@ def setup_script(setup_dir: str, code_dir: str, setup: str, python: str) -> str:
     )
 
 
-def prepare_script(workdir: str, rundir: str, artifact_dirs: list[str], ranks: Sequence[int] = ()) -> str:
+def prepare_script(workdir: str, rundir: str, artifact_dirs: list[str], ranks: Sequence[int] = (),
+                   setup_dir: str | None = None) -> str:
     """Create the workdir (files not world-writable) and a 0700 run dir with the env file.
     Each rank's log length goes to rankR.from: a resumed run appends to its logs, and the
-    follower (`R:from`) starts after what an earlier attempt wrote."""
+    follower (`R:from`) starts after what an earlier attempt wrote. `uses` lists the shared
+    folders the run needs (code, data, setup): `distctl clean` keeps those."""
     q = shell.join
     counts = [f"for r in {' '.join(map(str, ranks))}; do wc -l 2>/dev/null <{q([rundir])}/rank$r.log "
               f">{q([rundir])}/rank$r.from || echo 0 >{q([rundir])}/rank$r.from; done"] if ranks else []
@@ -178,6 +187,7 @@ def prepare_script(workdir: str, rundir: str, artifact_dirs: list[str], ranks: S
         f"umask 077 && mkdir -p {q([rundir + '/ckpt'])} && chmod 700 {q([rundir])} "
         f"&& cat >{q([rundir + '/env'])} || exit 1",
         f"echo 1 >{q([rundir + '/format'])} || exit 1",  # run dir layout version: a later distctl reads it
+        f"printf '%s\\n' {q([*artifact_dirs, *([setup_dir] if setup_dir else [])])} >{q([rundir + '/uses'])}",
         *counts,
         f"for d in {q(artifact_dirs)}; do [ -f \"$d.complete\" ] && echo \"have $d\"; done; true",
     )

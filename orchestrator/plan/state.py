@@ -72,6 +72,11 @@ class RunState:
     started: str | None = None  # ISO 8601 with offset (save_run fills it)
     last_state: str | None = None  # as distctl last saw it: started, running, finished, failed, stopped
     max_restarts: int = 0  # > 0: each host runs an agent that restarts the ranks (hostside/agent.py)
+    # The effective job, so that `up --resume` runs what ran (secrets are re-read, never stored):
+    overrides: tuple[str, ...] = ()  # the `--set`s applied on top of the inventory file
+    args: tuple[str, ...] = ()  # `up ... -- ARGS`
+    command: tuple[str, ...] = ()  # the user's command as run, ARGS included (empty: the trainer)
+    job_kept: bool = False  # this record keeps the above (older records do not)
 
     @property
     def init_method(self) -> str:
@@ -219,10 +224,17 @@ def load_run(path: Path) -> RunState:
                     data.get("master_addr") or data.get("master", ""), data.get("port", 0), host_states,
                     bool(data.get("trainer", True)),
                     tuple(data.get("outputs") or ()), data.get("cwd"), data.get("started"), data.get("last_state"),
-                    int(data.get("max_restarts") or 0))
+                    int(data.get("max_restarts") or 0), overrides=_strings(data.get("overrides")),
+                    args=_strings(data.get("args")), command=_strings(data.get("command")),
+                    job_kept=data.get("job_kept") is True)
 
 
 _T = TypeVar("_T")
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A list of strings from the file, else () (absent before the effective job was recorded)."""
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
 def _seconds(value: object) -> float | None:

@@ -115,17 +115,36 @@ def run_everywhere(hosts: list[Host], conns: dict[str, Connection], argv: Sequen
     return outcomes
 
 
-def exec_everywhere(inv: Inventory, argv: Sequence[str], names: Sequence[str], fanout: int, ui: Ui) -> None:
-    """`distctl exec`: stream every host's output, then each host's exit code; raise unless all were 0."""
+def exec_everywhere(inv: Inventory, argv: Sequence[str], names: Sequence[str], fanout: int, ui: Ui,
+                    grouped: bool = False) -> None:
+    """`distctl exec`: stream every host's output, then each host's exit code; raise unless all were 0.
+    `grouped` (like dshbak -c): each host's output collected, identical outputs shown once."""
     hosts = select_hosts(inv, names)
     connected = group.connect_each(hosts, inv.ssh, fanout)
     conns = connected.ok
     outcomes = {name: HostOutcome(name, cause=e.cause, error_code=e.exit_code) for name, e in connected.failed.items()}
+    collected: dict[str, list[str]] = {h.name: [] for h in hosts}
+    on_line = (lambda host, line: collected[host].append(line)) if grouped else (
+        lambda host, line: ui.rank_line(host, None, line))
     try:
-        outcomes.update(run_everywhere(hosts, conns, argv, fanout, lambda host, line: ui.rank_line(host, None, line)))
+        outcomes.update(run_everywhere(hosts, conns, argv, fanout, on_line))
     finally:
         group.close_all(conns)
+    if grouped:
+        for names_alike, lines in group_outputs(collected):
+            for line in lines:
+                ui.rank_line(",".join(names_alike), None, line)
+        ui.flush_lines()
     report([outcomes[h.name] for h in hosts], ui)
+
+
+def group_outputs(outputs: dict[str, list[str]]) -> list[tuple[list[str], list[str]]]:
+    """Hosts whose output is identical, together (first-seen order); hosts with no output left out."""
+    alike: dict[tuple[str, ...], list[str]] = {}
+    for host, lines in outputs.items():
+        if lines:
+            alike.setdefault(tuple(lines), []).append(host)
+    return [(hosts, list(lines)) for lines, hosts in alike.items()]
 
 
 def report(outcomes: list[HostOutcome], ui: Ui) -> None:

@@ -38,11 +38,19 @@ HALT_AGENT = ('touch stopping; [ -f agent.pid ] && g=$(cat agent.pid) && ours "$
               'true')
 
 
-def halt_script(rundir: str) -> str:
+# Written by `distctl stop` (the user's, not distctl's own teardown after a failure) on every host
+# before any rank is signalled: whatever a rank then exits with, on whichever host, is the stop's
+# doing. The follower relays it (`stop TIME`) and `status` reads it (`stop=TIME`).
+STOP_REQUESTED = "stop-requested"
+
+
+def halt_script(rundir: str, requested: bool = False) -> str:
     """No restart from now on: the `stopping` file, then the restart agent killed (ranks untouched).
     `stop` runs this on every host before it signals any rank: otherwise a rank stopped on one
-    host looks like a failure to an agent on another, which would restart the run."""
-    return shell.lines(f"cd {shell.join([rundir])} 2>/dev/null || exit 0", OURS, HALT_AGENT, "echo halted")
+    host looks like a failure to an agent on another, which would restart the run. `requested`:
+    a user's stop, marked (STOP_REQUESTED) first."""
+    mark = f"[ -e {STOP_REQUESTED} ] || touch {STOP_REQUESTED}" if requested else "true"
+    return shell.lines(f"cd {shell.join([rundir])} 2>/dev/null || exit 0", mark, OURS, HALT_AGENT, "echo halted")
 
 
 def stop_script(rundir: str, run_id: str, grace: float) -> str:
@@ -87,6 +95,8 @@ def status_script(rundir: str, ranks: list[int]) -> str:
         '  elif [ $live = 1 ]; then echo "rank=$r state=running";',
         '  elif [ -f rank$r.pid ]; then echo "rank=$r state=killed"; else echo "rank=$r state=not-started"; fi',
         "done",
+        f'[ -f {STOP_REQUESTED} ] && echo "stop=$(stat -c %Y {STOP_REQUESTED} 2>/dev/null || '
+        f'stat -f %m {STOP_REQUESTED})"',
         '[ -f agent.state ] && echo "agent $(cat agent.state)"',
         '[ -f agent.pid ] && echo "agent-alive=$agent"; true',
     )
@@ -136,8 +146,21 @@ def parse_left(output: str) -> int:
     return -1
 
 
-def halt_host(conn: Connection, rundir: str) -> None:
-    conn.run(halt_script(rundir), timeout=30)
+def halt_host(conn: Connection, rundir: str, requested: bool = False) -> None:
+    conn.run(halt_script(rundir, requested), timeout=30)
+
+
+def parse_stop(output: str) -> float | None:
+    """When a user's `distctl stop` was requested (host clock), from status_script's `stop=` line."""
+    for line in output.splitlines():
+        if line.startswith("stop=") and line[5:].isdigit():
+            return float(line[5:])
+    return None
+
+
+def parse_missing(output: str) -> bool:
+    """status_script found no run directory (host reimaged, workdir cleaned)."""
+    return "missing=1" in output.splitlines()
 
 
 def stop_host(conn: Connection, rundir: str, run_id: str, grace: float) -> int:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from orchestrator.contract import RECORD_AT, RECORD_EXIT, RECORD_HEARTBEAT
+from orchestrator.contract import RECORD_AT, RECORD_EXIT, RECORD_HEARTBEAT, RECORD_MISSING
 from orchestrator.errors import DistctlError
 from orchestrator.ssh.remote import Connection, connect
 from orchestrator.plan.scripts import FROM_PREPARE, fill_shown, follow_script
@@ -53,6 +53,7 @@ class HostLinks:
         self._from_prepare = set(self.wanted) if after_prepare else set()
         self.ended: set[int] = set()
         self.unreachable: dict[str, str] = {}  # host -> why, once given up on
+        self.missing: set[str] = set()  # hosts without the run's directory (reimaged, workdir cleaned)
         self._new: queue.Queue[Followed] = queue.Queue()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -77,6 +78,10 @@ class HostLinks:
             if rank.isdigit() and count.isdigit() and int(rank) in self.seen:
                 self.seen[int(rank)] = int(count)
                 self._from_prepare.discard(int(rank))
+            return
+        if text == RECORD_MISSING:  # no run directory there: nothing to follow, now or after a reconnect
+            self.missing.add(f.host)
+            self.ended.update(r.rank for r in self.hosts[f.host].ranks if r.rank in self.wanted)
             return
         if head == RECORD_EXIT:
             self.ended.add(int(rest.split(" ")[0]))

@@ -11,13 +11,17 @@ from datetime import datetime
 from orchestrator import shell
 from orchestrator.ssh import group
 from orchestrator.errors import HostError
-from orchestrator.run.lifecycle import RankStatus, parse_agent, parse_status, status_script
+from orchestrator.run.lifecycle import RankStatus, parse_agent, parse_missing, parse_status, parse_stop, status_script
 from orchestrator.ssh.remote import Connection
 from orchestrator.hostside import program
 from orchestrator.plan.state import HostState, RunState, summarize
+from orchestrator.run.tails import log_lines, remote_tail_command, tail_of
 from orchestrator.run.watch import STOPPED, on_workstation_clock, root_causes
 
 GONE_DETAIL = "gone without an exit code: host rebooted or processes killed"
+# A rank that exited this long before the stop was requested failed on its own (file times are
+# whole seconds on most hosts).
+STOP_SLACK_S = 2.0
 
 
 def status_command(state: RunState, hs: HostState) -> str:
@@ -64,22 +68,43 @@ class RunStatus:
     unreachable: dict[str, str] = field(default_factory=dict)  # host -> cause
     checked_at: float = 0.0  # workstation clock
     agents: list[dict] = field(default_factory=list)  # each host's restart agent state (lifecycle.parse_agent)
+    stop_at: float | None = None  # when a user's `distctl stop` was requested (workstation clock)
+    missing: list[str] = field(default_factory=list)  # hosts whose run directory is gone
 
     @property
     def summary(self) -> str | None:
-        """One word for the run (running, finished, stopped, failed), None when unknown."""
-        return summarize([(r.status.state, r.status.code) for r in self.rows])
+        """One word for the run (running, finished, stopped, failed), None when unknown. Stopped:
+        the bundled trainer's ranks all exited 143 (or 0), or `distctl stop` ended the run before
+        any rank failed on its own, whatever the program's exit codes."""
+        known = [(r.status.state, r.status.code) for r in self.rows if r.status.state != "missing"]
+        word = summarize(known)
+        if self.stop_at is not None and word in ("failed", "stopped") and not self._failed_before_stop():
+            return "stopped"
+        if word == "stopped" and not self.state.trainer:
+            return "failed"  # 143 means nothing in a user program: a SIGTERM from elsewhere
+        return word
+
+    def _failed_before_stop(self) -> bool:
+        assert self.stop_at is not None
+        times = self._exit_times()
+        return any(r.status.state == "exited" and r.status.code != 0
+                   and times.get(r.status.rank, self.stop_at) < self.stop_at - STOP_SLACK_S for r in self.rows)
+
+    def _exit_times(self) -> dict[int, float]:
+        """Each exited rank's exit time on the workstation's clock."""
+        times = {r.status.rank: r.status.at for r in self.rows if r.status.at is not None}
+        return on_workstation_clock(times, self.state.clock_offsets())
 
     @property
     def stopped(self) -> bool:
-        """The bundled trainer's ranks all exited 143 (or 0): stopped after a checkpoint, resumable."""
-        return self.state.trainer and self.summary == "stopped"
+        """Stopped (see summary): nobody to blame; resumable."""
+        return self.summary == "stopped"
 
     @property
     def stopped_epoch(self) -> int | None:
         epochs = [r.progress.stopped_epoch for r in self.rows
                   if r.status.code == STOPPED and r.progress.stopped_epoch is not None]
-        return min(epochs) if self.stopped and epochs else None
+        return min(epochs) if self.state.trainer and self.stopped and epochs else None
 
     @property
     def started(self) -> float | None:
@@ -91,8 +116,9 @@ class RunStatus:
         (a rank running, a host unreachable). The exit times are the hosts' clocks."""
         if self.started is None:
             return None
-        ends = [r.status.at for r in self.rows if r.status.state == "exited"]
-        ended = self.rows and len(ends) == len(self.rows) and None not in ends
+        known = [r for r in self.rows if r.status.state != "missing"]
+        ends = [r.status.at for r in known if r.status.state == "exited"]
+        ended = known and len(ends) == len(known) and None not in ends
         return max(0.0, (max(e for e in ends if e is not None) if ended else self.checked_at) - self.started)
 
     @property
@@ -111,38 +137,50 @@ class RunStatus:
         if self.stopped:
             return None
         exited = {r.status.rank: r.status.code for r in self.rows if r.status.state == "exited"}
-        times = {r.status.rank: r.status.at for r in self.rows if r.status.at is not None}
-        ranked = root_causes(exited, on_workstation_clock(times, self.state.clock_offsets()), self.state.trainer)
+        ranked = root_causes(exited, self._exit_times(), self.state.trainer)
         return next(r for r in self.rows if r.status.rank == ranked[0]) if ranked else None
 
 
 def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], fanout: int) -> RunStatus:
     """Ask every reachable host at once; `down` holds the hosts that could not be connected."""
-    def one(hs: HostState) -> tuple[list[RankStatus], dict[int, Progress], dict | None]:
+    def one(hs: HostState) -> tuple[str, list[RankStatus], dict[int, Progress], dict | None]:
         out = conns[hs.host.name].run(status_command(state, hs), timeout=30).stdout
-        return parse_status(out), parse_progress(out), parse_agent(out)
+        return out, parse_status(out), parse_progress(out), parse_agent(out)
 
     found = group.fan_out("status", [hs for hs in state.hosts if hs.host.name in conns], one, fanout,
                           lambda hs: hs.host.name)
     unreachable = {**down, **{name: e.cause for name, e in found.failed.items()}}
     rows: list[RankRow] = []
     agents: list[dict] = []
+    missing: list[str] = []
+    stops: list[float] = []
     for hs in state.hosts:
         name = hs.host.name
-        if name in found.ok:
-            statuses, progress, agent = found.ok[name]
+        if name in found.ok and parse_missing(found.ok[name][0]):
+            missing.append(name)
+            rows += [RankRow(name, RankStatus(r.rank, "missing"), missing_detail(name)) for r in hs.ranks]
+        elif name in found.ok:
+            out, statuses, progress, agent = found.ok[name]
             rows += [RankRow(name, s, GONE_DETAIL if s.state == "killed" else "",
                              progress=progress.get(s.rank, Progress())) for s in statuses]
             agents += [{**agent, "host": name}] if agent else []
+            stop = parse_stop(out)
+            stops += [] if stop is None else [stop - (hs.clock_offset or 0.0)]
         else:
             rows += [RankRow(name, RankStatus(r.rank, "unreachable"), unreachable[name]) for r in hs.ranks]
-    return RunStatus(state, rows, {h: unreachable[h] for h in sorted(unreachable)}, time.time(), agents)
+    return RunStatus(state, rows, {h: unreachable[h] for h in sorted(unreachable)}, time.time(), agents,
+                     min(stops) if stops else None, missing)
+
+
+def missing_detail(host: str) -> str:
+    return f"run directory not found on {host}: host reimaged or workdir cleaned"
 
 
 def log_tail(state: RunState, conns: dict[str, Connection], row: RankRow, lines: int = 10) -> list[str]:
     """The last lines of one rank's log ([] when the host cannot say)."""
     log = shell.join([f"{state.host(row.host).rundir}/rank{row.status.rank}.log"])
     try:
-        return conns[row.host].run(f"tail -n {lines} {log} 2>/dev/null", timeout=30).stdout.splitlines()
+        text = conns[row.host].run(remote_tail_command(log), timeout=30).stdout
     except HostError:
         return []
+    return tail_of(log_lines(text), lines)

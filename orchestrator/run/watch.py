@@ -16,10 +16,11 @@ from orchestrator.errors import DistctlError, ExitCode, HostError
 from orchestrator.ssh.group import fan_out
 from orchestrator.run.lifecycle import halt_host, stop_host
 from orchestrator.run.links import HostLinks
-from orchestrator.contract import PEER_LOST, RECORD_EVENT, RECORD_EXIT, STOPPED
+from orchestrator.contract import PEER_LOST, RECORD_EVENT, RECORD_EXIT, RECORD_PARTIAL, RECORD_STOP, STOPPED
 from orchestrator.ssh.remote import Connection
 from orchestrator.plan.state import RunState
 from orchestrator.ssh.stream import Followed, follow
+from orchestrator.run.tails import MAX_LINES, last_redraw, split_marker, tail_of
 
 if TYPE_CHECKING:
     from orchestrator.console.ui import Ui
@@ -37,15 +38,16 @@ class Outcome:
 
 
 def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float,
-                    fanout: int = 64) -> dict[str, str]:
+                    fanout: int = 64, requested: bool = False) -> dict[str, str]:
     """Stop the run on every host in parallel; per-host problems are returned, not raised.
-    With restart agents, every agent is halted first, on every host (lifecycle.halt_script)."""
+    With restart agents, every agent is halted first, on every host (lifecycle.halt_script);
+    a user's stop (`requested`) is marked on every host before any rank is signalled."""
     def halt(hs) -> None:
         conn = conns.get(hs.host.name)
         if conn is not None:
-            halt_host(conn, hs.rundir)
+            halt_host(conn, hs.rundir, requested)
 
-    if state.max_restarts:  # a host that fails to halt: the stop itself halts it again, and reports the host
+    if state.max_restarts or requested:  # a host that fails to halt: the stop halts it again, and reports it
         fan_out("halt", state.hosts, halt, fanout, lambda hs: hs.host.name)
 
     def one(hs) -> None:
@@ -67,12 +69,21 @@ class RankEvents:
     on_line: Callable[[str, int, str], None]
     on_exit: Callable[[str, int, int | None, float | None], None] = lambda host, rank, code, at: None
     on_event: Callable[[str, str], None] = lambda host, text: None  # the restart agent's decisions
+    on_stop: Callable[[str], None] = lambda host: None  # a user's `distctl stop` marked the host
+    # A rank's unfinished line (its newest redraw: a progress bar), not a line of its log.
+    on_partial: Callable[[str, int, str], None] = lambda host, rank, text: None
     tails: dict[int, deque] = field(default_factory=dict)
 
     def line(self, f: Followed, text: str) -> None:
         head, _, rest = text.partition(" ")
         if head == RECORD_EVENT:
             self.on_event(f.host, rest)
+        elif head == RECORD_STOP:
+            self.on_stop(f.host)
+        elif head == RECORD_PARTIAL:
+            which, _, partial = rest.partition(" ")
+            if which.isdigit():
+                self.on_partial(f.host, int(which), partial)
         elif head == RECORD_EXIT:
             which, code, at = (rest.split(" ") + ["-", "-"])[:3]
             self.on_exit(f.host, int(which), int(code) if code.lstrip("-").isdigit() else None,
@@ -80,9 +91,10 @@ class RankEvents:
         elif head.isdigit():
             rank = int(head)
             if rank not in self.tails:  # not setdefault: that builds a deque for every line
-                self.tails[rank] = deque(maxlen=20)
-            self.tails[rank].append(rest)
-            self.on_line(f.host, rank, rest)
+                self.tails[rank] = deque(maxlen=MAX_LINES)
+            for piece in split_marker(rest):  # a marker after a partial bar: a line of its own
+                self.tails[rank].append(piece)
+                self.on_line(f.host, rank, piece)
 
 
 def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeout: float,
@@ -132,18 +144,26 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
             outcome, _, why = rest.partition(": ")
             agent.end = (outcome, why)
 
+    stop_requested: list[bool] = []  # `distctl stop` before any rank failed: every exit is its doing
+
+    def on_stop(host: str) -> None:
+        if not first_failure and not stop_requested:
+            stop_requested.append(True)
+            ui.info(f"{host}: distctl stop was requested; the run is being stopped")
+
     def on_exit(host: str, rank: int, code: int | None, at: float | None) -> None:
         if host in agent.dropped:
             return
         exits[rank] = code
         if at is not None:
             exit_times[rank] = at
-        if code is None and not torn_down:
+        if code is None and not torn_down and not stop_requested:
             vanished.add(rank)
         if code != 0 and not first_failure:
             first_failure.append(rank)
-            # After the hang watchdog's teardown the ranks exit from its SIGTERM: not a new failure.
-            if (code != STOPPED or not state.trainer) and not hang:
+            # After the hang watchdog's teardown the ranks exit from its SIGTERM: not a new failure;
+            # after a user's stop, the stop is under way already.
+            if (code != STOPPED or not state.trainer) and not hang and not stop_requested:
                 teardown(_ended(host, rank, code))
 
     def teardown(reason: str) -> None:
@@ -170,7 +190,7 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
         if hang:
             teardown(f"ranks never joined within job.join_timeout={join_timeout:g}s: {', '.join(hang)}")
 
-    events = RankEvents(on_line, on_exit, on_event)
+    events = RankEvents(on_line, on_exit, on_event, on_stop, ui.partial_line)
     try:
         follow(followers, lambda f, text: links.line(f, text, events.line), tick, links=links)
     finally:
@@ -179,6 +199,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
             f.stream.close()
     ranked = root_causes(exits, on_workstation_clock(exit_times, state.clock_offsets()), state.trainer, vanished)
     outcome = _outcome(state, exits, ranked, hang, events.tails, host_of, links.unreachable)
+    if stop_requested and not hang:
+        outcome = _stopped(state)
     outcome = agent.amend(outcome)
     if fallback_told and outcome.code == ExitCode.OK:  # said again at the end: easy to miss mid-run
         outcome.message += " (on generated digits, not MNIST: MNIST could not be had)"
@@ -279,13 +301,19 @@ def _outcome(state: RunState, exits: dict[int, int | None], failures: list[int],
                        f"Status: distctl status {state.run_id}")
     rank = failures[0]
     if state.trainer and exits.get(rank) == STOPPED and all(c in (STOPPED, 0) for c in exits.values()):
-        return Outcome(ExitCode.RUN_FAILED, f"run {state.run_id} was stopped (checkpointed); "
-                       f"continue it with: distctl up {shlex.quote(state.inventory)} --resume")
-    tail = "\n".join(f"    {line}" for line in list(tails.get(rank, ()))[-10:])
+        return _stopped(state)
+    tail = "\n".join(f"    {line}" for line in tail_of([last_redraw(line) for line in tails.get(rank, ())]))
     code = exits.get(rank)
     first = (f"{host_of[rank]}: rank {rank} failed first: its {GONE}" if code is None else
              f"rank {rank} on {host_of[rank]} failed first: exited with {_code_text(code)}")
     return Outcome(ExitCode.RUN_FAILED, f"{first}; last lines of its log:\n{tail}")
+
+
+def _stopped(state: RunState) -> Outcome:
+    """The run ended by a stop: the bundled trainer checkpointed; any program can be resumed."""
+    how = "stopped (checkpointed)" if state.trainer else "stopped by distctl stop"
+    return Outcome(ExitCode.STOPPED, f"run {state.run_id} was {how}; "
+                   f"continue it with: distctl up {shlex.quote(state.inventory)} --resume")
 
 
 def raise_for(outcome: Outcome) -> None:

@@ -189,6 +189,7 @@ class RecordingUi:
     def __init__(self) -> None:
         self.lines: list[tuple[str, str]] = []
         self.rank_lines: list[tuple[str, int | None, str]] = []
+        self.partial_lines: list[tuple[str, int, str]] = []  # a rank's unfinished line, as a terminal shows it
 
     def info(self, message: str) -> None:
         self.lines.append(("info", message))
@@ -204,6 +205,9 @@ class RecordingUi:
 
     def rank_line(self, host: str, rank: int | None, line: str) -> None:
         self.rank_lines.append((host, rank, line))
+
+    def partial_line(self, host: str, rank: int, text: str) -> None:
+        self.partial_lines.append((host, rank, text))
 
     def flush_lines(self) -> None:
         pass
