@@ -15,6 +15,11 @@ use double quotes only (a single quote would print as '"'"').
     progress   the bundled trainer's last epoch per rank log, and the epoch it stopped at
     session    a command server: many commands over one channel, one login shell
     agent      restarts the ranks after a failure (job.max_restarts), coordinated by rank 0's host
+    netbench   a host's bandwidth and latency to rank 0's host (`check --net`)
+    stacks     every rank's Python stacks, through the handler sitecustomize.py armed (`distctl stacks`)
+
+sitecustomize.py is no program: the launch step writes it into the run directory, where
+Python's `site` imports it in every Python process of a rank (`site_source`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import functools
 from pathlib import Path
 
 PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session",
-            "agent", "progress")
+            "agent", "progress", "stacks", "netbench")
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,6 +36,16 @@ def source(name: str) -> str:
     """The text of host-side program `name`, exactly as it is sent."""
     if name not in PROGRAMS:
         raise ValueError(f"no host-side program {name!r}")
+    return _without_docstring(name)
+
+
+def site_source() -> str:
+    """The text of sitecustomize.py as the launch step writes it on the hosts."""
+    return _without_docstring("sitecustomize")
+
+
+@functools.lru_cache(maxsize=None)
+def _without_docstring(name: str) -> str:
     text = (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")
     # The module's docstring is for readers of this file; every command line and dry run
     # would carry it otherwise.

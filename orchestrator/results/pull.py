@@ -71,6 +71,24 @@ def plot_metrics(rows: list[dict], path: Path) -> bool:
     return True
 
 
+def pull_stacks(conn: Connection, rundir: str, out: Path) -> list[str]:
+    """The dumps `distctl stacks` saved on a host (stacks/<stamp>/rankR.txt) into out/stacks/."""
+    listing = conn.run(f"cd {shell.join([rundir])} 2>/dev/null && for f in stacks/*/rank*.txt; do "
+                       "[ -f \"$f\" ] && case $f in stacks/live/*|stacks/site/*) ;; *) echo \"$f\";; esac; done; true",
+                       timeout=30).stdout.split()
+    written = []
+    for name in listing:
+        parts = name.split("/")
+        if len(parts) != 3 or any(p in ("", ".", "..") for p in parts):  # a host never names our paths
+            continue
+        data = fetch(conn, f"{rundir}/{name}")
+        if data is not None:
+            (out / parts[0] / parts[1]).mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(data)
+            written.append(name)
+    return written
+
+
 def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path, list[str]]:
     """Pull into `dest/<run id>/`; returns that folder and the names of the files written there."""
     out = dest / state.run_id
@@ -88,6 +106,12 @@ def pull_run(state, conns: dict[str, Connection], dest: Path, ui) -> tuple[Path,
             (out / f"rank{r.rank}.log").write_bytes(log)
             written.append(f"rank{r.rank}.log")
             rows += parse_metrics(log.decode("utf-8", errors="replace"))
+        written += pull_stacks(conns[hs.host.name], hs.rundir, out)
+    first = state.hosts[0]
+    report = fetch(conns[first.host.name], f"{first.rundir}/autopsy.txt") if first.host.name in conns else None
+    if report is not None:  # culprit and collateral, kept by the attached up (autopsy.py)
+        (out / "autopsy.txt").write_bytes(report)
+        written.append("autopsy.txt")
     if not state.trainer:  # a user program's results are its job.outputs (orchestrator/results/outputs.py)
         return out, written
     first = state.hosts[0]

@@ -38,8 +38,9 @@ class HostLinks:
     stop use the live one."""
 
     def __init__(self, state: RunState, conns: dict[str, Connection], ui, reconnect_timeout: float,
-                 ranks: set[int] | None = None, after_prepare: bool = False):
+                 ranks: set[int] | None = None, after_prepare: bool = False, grep: str | None = None):
         self.state = state
+        self.grep = grep  # `logs --grep`: the followers send only matching lines
         self.conns = conns
         self.ui = ui
         self.reconnect_timeout = reconnect_timeout
@@ -123,10 +124,10 @@ class HostLinks:
         skip: dict[int, int | str] = {
             r.rank: FROM_PREPARE if r.rank in self._from_prepare else self.seen[r.rank]
             for r in hs.ranks if r.rank in self.wanted and r.rank not in self.ended}
-        if live and tail is None:  # the plan's STREAM step, and its REFOLLOW step after a lost link
+        if live and tail is None and self.grep is None:  # the plan's STREAM step, and its REFOLLOW step
             command = fill_shown(self.state.refollow(hs), skip)
         else:
-            command = follow_script(hs.python, hs.rundir, skip, live, tail)
+            command = follow_script(hs.python, hs.rundir, skip, live, tail, self.grep)
         return Followed(hs.host.name, conn.open_stream(command))
 
     def _reconnect(self, hs: HostState, old: Followed) -> None:
