@@ -190,6 +190,12 @@ class Cluster:
             argv += ["-J", f"{self.user}@{jump.address}:{jump.port}"]
         return [*argv, f"{self.user}@{host.address}", *cmd]
 
+    def veth(self, host: str | TestHost) -> str:
+        """The root-namespace end of a host's first interface (what `tc qdisc ... tbf` throttles)."""
+        h = self.host(host)
+        index = [s.name for s in self.specs].index(h.name) + 1
+        return f"{self.tag}-{_B36[index]}0"
+
     def sshd_pid(self, host: str | TestHost) -> int | None:
         """PID of the host's running sshd listener, None while stopped."""
         proc = self._sshd.get(self.host(host).name)

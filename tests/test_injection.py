@@ -35,7 +35,7 @@ cluster_test = pytest.mark.cluster  # the pure properties below run without a cl
 # `-c` (distctl's host-side programs, e.g. the one that detaches ranks) goes to a real python.
 RECORDER = """#!/usr/bin/python3 -S
 import json, os, sys
-if sys.argv[1:2] == ["-c"]:
+if sys.argv[1:2] in (["-c"], ["-I"]):  # a host-side program, or a rank's progress tracker
     os.execv(sys.executable, [sys.executable] + sys.argv[1:])
 out = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "record.json")
 names = os.environ.get("RECORD_ENV", "").split(",")
@@ -130,7 +130,8 @@ def test_launch_scripts_pass_hostile_values_verbatim_in_a_local_sandbox(path, py
         assert wait_for(lambda: exit_file.exists() and exit_file.read_text(), 30, "the rank's exit code",
                         every=0.01) == "0\n"
         assert sorted(p.name for p in Path(hp.rundir).iterdir()) == [
-            "ckpt", "env", "format", "rank0.exit", "rank0.from", "rank0.log", "rank0.pid", "uses", "work"]
+            "ckpt", "distctl-progress.py", "env", "format", "rank0.exit", "rank0.from", "rank0.log", "rank0.pid",
+            "stacks", "uses", "work"]
         assert not os.path.exists(CANARY)
         assert not [p for p in Path(base).rglob(REL_CANARY)]
     finally:
@@ -171,8 +172,8 @@ def test_hostile_values_reach_a_real_remote_rank_verbatim_over_ssh(cluster, node
                 'cat "$1/rank0.exit"; ls -A "$1"; '
                 'for d in "$HOME" "$2" "$3" "$1"; do [ -e "$d/$4" ] && echo "CANARY in $d"; done; true')
         seen = node1.run(["sh", "-c", look, "-", hp.rundir, base, hp.workdir, REL_CANARY], check=True).stdout
-        assert seen.split() == ["0", "ckpt", "env", "format", "rank0.exit", "rank0.from", "rank0.log", "rank0.pid",
-                                "work"], seen
+        assert seen.split() == ["0", "ckpt", "distctl-progress.py", "env", "format", "rank0.exit", "rank0.from",
+                                "rank0.log", "rank0.pid", "stacks", "work"], seen
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 

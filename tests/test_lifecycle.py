@@ -136,7 +136,7 @@ def test_sshd_down_on_host_2_training_goes_on_and_status_says_unreachable(cluste
         assert status.returncode == 3, status.stderr  # the table is still shown for the others
         header, node1, node2 = status.stdout.splitlines()
         assert header.startswith(f"run {run_id}: started ")
-        assert re.fullmatch(r"  \[node1 r0\] running, epoch \d+", node1), status.stdout
+        assert re.fullmatch(r"  \[node1 r0\] running, epoch \d+(, step \d+/\d+.*)?", node1), status.stdout
         assert node2.startswith("  [node2 r1] unreachable  ("), status.stdout
         assert status.stderr.splitlines()[-1] == (f"distctl: error: status of run {run_id} is incomplete: "
                                                   "node2 could not be reached")

@@ -73,8 +73,8 @@ UNREACHABLE = RankRow("node2", RankStatus(1, "unreachable"), "connection refused
 
 def test_status_rows_and_lines_hold_the_same_ranks():
     found = a_status([RUNNING, UNREACHABLE])
-    assert render.status_rows(found) == [["node1", "0", "running", "2", ""],
-                                         ["node2", "1", "unreachable", "", "connection refused"]]
+    assert render.status_rows(found) == [["node1", "0", "running", "2", "", ""],
+                                         ["node2", "1", "unreachable", "", "", "connection refused"]]
     assert render.status_lines(found, lambda host, rank: f"<{host}/{rank}>") == [
         "run r-1",  # recorded without a start time: no elapsed either
         "  <node1/0> running, epoch 2",

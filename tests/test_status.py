@@ -241,3 +241,42 @@ def test_a_host_whose_run_directory_is_gone_is_shown_and_exits_12(tmp_path, utc)
     assert found["missing"] == ["node2"] and found["elapsed_s"] == 30.0
     assert [(r["host"], r["rank"], r["state"]) for r in found["ranks"]] == [("node1", 0, "exited"),
                                                                          ("node2", 1, "missing")]
+
+
+# ------------------------------------------------------------ steps: the tracker's file, read by status
+
+
+def test_status_reads_each_ranks_steps_rate_and_time_left(tmp_path):
+    from orchestrator.cli.render import status_steps
+    from orchestrator.run.status import RankRow, parse_progress
+    from orchestrator.run.lifecycle import RankStatus
+
+    (tmp_path / "rank0.log").write_text("")
+    (tmp_path / "rank0.progress").write_text("step=120 total=1000 rate=3.2 at=1767268800.000 loss=0.31\n")
+    out = progress(tmp_path, 0)
+    assert out == "progress 0 - -\nstep 0 step=120 total=1000 rate=3.2 at=1767268800.000 loss=0.31\n"
+    found = parse_progress(out)[0]
+    assert (found.step, found.total, found.rate, found.metrics) == (120, 1000, 3.2, {"loss": 0.31})
+    running = RankRow("node1", RankStatus(0, "running"), progress=found)
+    assert status_steps(running) == "step 120/1000 (3.2/s, 0:04:35 left)"
+    assert status_steps(RankRow("node1", RankStatus(0, "exited", 0), progress=found)) == ""  # its exit says it
+
+
+def test_lines_that_carry_a_ranks_words_are_not_rank_states(monkeypatch):
+    """The tracker's `step R ...` and up's `autopsy ...` lines hold `rank=1` words of the logs."""
+    from orchestrator.run import status as status_module
+    from orchestrator.ssh.remote import Result
+
+    out = ("rank=0 state=running\nprogress 0 - -\nstep 0 step=5 rank=7 at=1.0 rate=-\n"
+           "autopsy rank 1 on node2 failed first\nautopsy     epoch=1 rank=1 loss=0.5\n")
+
+    class Conn:
+        def run(self, command, stdin=b"", timeout=None):
+            return Result(0, out, "")
+
+    state = RunState(run_id="r-1", inventory="/p/inv.yaml", ssh=Ssh(), world_size=1, master_addr="10.0.0.1",
+                     port=1, hosts=(HostState(host=Host(name="node1", address="a"), rundir="/w",
+                                              ranks=(RankState(rank=0, local_rank=0),)),))
+    found = status_module.query(state, {"node1": Conn()}, {}, 1)
+    assert [(r.status.rank, r.status.state, r.progress.step) for r in found.rows] == [(0, "running", 5)]
+    assert found.autopsy == ["rank 1 on node2 failed first", "    epoch=1 rank=1 loss=0.5"]

@@ -71,7 +71,8 @@ def test_the_first_failure_is_blamed_and_the_run_torn_down(trainer, code0, code1
     assert outcome == Outcome(ExitCode.RUN_FAILED, blamed)
     # teardown starts at the first non-zero exit read, and reaches every host
     assert ui.warnings == ["rank 1 on node2 exited with code 1; stopping the run on every host"]
-    assert [c.commands for c in conns.values()] == [[STOP], [STOP]]
+    # (before it, the stacks of the ranks still running: none here, the fake hosts answer nothing)
+    assert [[c for c in x.commands if "stacks" not in c] for x in conns.values()] == [[STOP], [STOP]]
 
 
 @pytest.mark.parametrize("trainer", [True, False])
@@ -186,7 +187,8 @@ def test_trainer_ranks_that_never_join_are_named_and_the_run_stopped(rank0_said,
     assert outcome == Outcome(ExitCode.HANG, f"ranks never joined: {never_joined}" + HANG_HINT)
     assert ui.warnings == [f"ranks never joined within job.join_timeout=0.3s: {never_joined}; "
                            "stopping the run on every host"]
-    assert [c.commands for c in conns.values()] == [[STOP], [STOP]]
+    # (before it, the stacks of the ranks still running: none here, the fake hosts answer nothing)
+    assert [[c for c in x.commands if "stacks" not in c] for x in conns.values()] == [[STOP], [STOP]]
     assert time.monotonic() - started < LATE_S / 2  # ended by the stop, not by the script
 
 

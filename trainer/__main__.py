@@ -17,6 +17,7 @@ Output (logfmt on stdout, one line per event, flushed)::
     data rank=R dataset=mnist train=N test=M fingerprint=F threads=T seconds=S
     resume rank=R checkpoint=PATH|none epoch=E step=S    with --resume
     epoch=E rank=R loss=X samples_per_s=Y [test_accuracy=Z]   every epoch, E 1-based; accuracy on rank 0
+    distctl: step=N total=T epoch=E loss=X samples_per_s=Y   right after it: steps of the whole run
     stopped rank=R epoch=E step=S checkpoint=PATH|none reason=SIGTERM [note="..."]   then exit 143
     done rank=R param_sha256=HEX test_accuracy=Z          once at the end
     error rank=R message="..."                            on stderr, then a non-zero exit

@@ -136,6 +136,11 @@ class Run:
         if self.rank == 0:  # the contract: rank 0's line carries the (global) test accuracy
             fields["test_accuracy"] = self.accuracy
         emit(None, **fields)
+        # distctl's progress line (any program may print it): steps over the whole run
+        per_rank = -(-len(self.data.train_y) // self.world)  # DistributedSampler pads to equal shards
+        steps = -(-per_rank // self.config.batch_size)
+        emit("distctl:", step=(epoch - 1) * steps + result.position.step, total=self.config.epochs * steps,
+             epoch=epoch, loss=fields["loss"], samples_per_s=fields["samples_per_s"])
 
     def stop_mid_epoch(self, epoch: int, position: Position) -> tuple[int, int, str, str]:
         self.phase = f"stopping in epoch {epoch}"

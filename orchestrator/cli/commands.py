@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -81,8 +82,12 @@ def _resolve(inv: Inventory, opts: Options, ui: Ui, run_id: str, resume: bool = 
     return conns, facts, plan
 
 
-def check(inv: Inventory, opts: Options, ui: Ui, as_json: bool, show_plan: bool = False, full: bool = False) -> None:
-    """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request)."""
+def check(inv: Inventory, opts: Options, ui: Ui, as_json: bool, show_plan: bool = False, full: bool = False,
+          net: bool = False, min_gbps: float | None = None) -> None:
+    """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request).
+    With `net`, then each host's link to rank 0's host (netcheck.py)."""
+    from orchestrator.launch import netcheck
+
     inv = _with_options(inv, opts)
     if inv.slurm:
         from orchestrator.slurm import submit as slurm
@@ -90,17 +95,46 @@ def check(inv: Inventory, opts: Options, ui: Ui, as_json: bool, show_plan: bool 
         return slurm.check(inv, ui, as_json)
     # The plan needs a run id; this one names no run (check starts none).
     conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.run_name}-<run id>")
-    group.close_all(conns)
+    try:
+        links = _measure_net(plan, conns, ui) if net else None
+    finally:
+        group.close_all(conns)
+    rank0 = plan.hosts[0].host.name
     if as_json:
-        ui.out(plan_json(plan, facts))
-        return
-    for line in render.check_lines(plan, facts, lambda host: resolve_host(host, inv.ssh).describe()):
-        ui.out(line)
-    plan_shown = show_plan or ui.verbose
-    if plan_shown:
-        ui.out("")
-        ui.out(render_plan(plan, full))
-    ui.info(render.check_passed(plan_shown))
+        text = plan_json(plan, facts)
+        if links is not None:  # the measurements, added under "net"
+            data = json.loads(text)
+            data["net"] = [{"host": x.host, "gbps": x.gbps, "rtt_ms": x.rtt_ms, "error": x.error} for x in links]
+            text = json.dumps(data, indent=2)
+        ui.out(text)
+    else:
+        for line in render.check_lines(plan, facts, lambda host: resolve_host(host, inv.ssh).describe()):
+            ui.out(line)
+        for line in netcheck.link_lines(links or [], rank0):
+            ui.out(line)
+        plan_shown = show_plan or ui.verbose
+        if plan_shown:
+            ui.out("")
+            ui.out(render_plan(plan, full))
+    slow = netcheck.slow_links(links or [], rank0, netcheck.MIN_GBPS if min_gbps is None else min_gbps)
+    if slow:
+        raise DistctlError("slow network: " + "; ".join(slow), ExitCode.PREFLIGHT)
+    if not as_json:
+        ui.info(render.check_passed(show_plan or ui.verbose))
+
+
+def _measure_net(plan: Plan, conns: dict[str, Connection], ui: Ui) -> list:
+    from orchestrator.launch import netcheck
+
+    if len(plan.hosts) < 2:
+        ui.info("network: one host, nothing to measure")
+        return []
+    ui.info(f"measuring each host's link to {plan.hosts[0].host.name} ({plan.master_addr}:{plan.port}), "
+            "one host at a time")
+    started = time.monotonic()
+    links = netcheck.measure(plan, conns)
+    ui.info(f"network measured in {time.monotonic() - started:.1f} s")
+    return links
 
 
 def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool,
@@ -384,6 +418,10 @@ def _show_status(found: RunStatus, failure: dict | None, ui: Ui) -> None:
             ui.out(line)
     for line in render.status_restarts(found) + render.status_outcome(found, failure, ui.shown):
         ui.out(line)
+    if found.autopsy:  # kept by the attached up that saw the failure (autopsy.py)
+        ui.out("culprit and collateral, as up saw them:")
+        for line in found.autopsy:
+            ui.out(f"  {ui.shown(line)}")
 
 
 def stop(target: str | None, opts: Options, ui: Ui, grace: float) -> None:
@@ -416,33 +454,32 @@ def _hide_secrets_of(state: RunState, ui: Ui) -> None:
 
 
 def logs(target: str | None, opts: Options, ui: Ui, follow_live: bool, host: str | None, rank: int | None,
-         tail: int | None) -> None:
+         tail: int | None, grep: str | None = None, collapse: bool = False) -> None:
     state = find_run(target)
     _hide_secrets_of(state, ui)
     if _slurm_run(state):
         from orchestrator.slurm import lifecycle as slurm
 
         return slurm.logs(state, ui, follow_live, host, rank, tail)
-    if host:
-        state.host(host)
-    wanted = {r.rank for hs in state.hosts for r in hs.ranks
-              if (host is None or hs.host.name == host) and (rank is None or r.rank == rank)}
-    if not wanted:
-        raise DistctlError(f"no rank {rank} in run {state.run_id}", ExitCode.BAD_INPUT)
+    _check_regex(grep)
+    wanted = _ranks_of(state, host, rank)
     hosts = [h.host for h in state.hosts if any(r.rank in wanted for r in h.ranks)]
     connected = group.connect_each(hosts, state.ssh, opts.fanout)
     conns, down = connected.ok, {name: e.cause for name, e in connected.failed.items()}
     for name, cause in down.items():  # show what can be reached; say what cannot
         ui.warn(f"{name}: unreachable, its ranks' logs are not shown: {cause}")
     reached = {r.rank for hs in state.hosts if hs.host.name not in down for r in hs.ranks} & wanted
-    links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, ranks=reached)
-    events = RankEvents(ui.rank_line, on_partial=ui.partial_line)
+    links = HostLinks(state, conns, ui, state.ssh.reconnect_timeout, ranks=reached, grep=grep)
+    events, tick, finish = _log_printer(ui, reached, collapse, follow_live)
     followers: list = []
     try:
         followers = links.open_all(follow_live, tail)
         # Replaying (no -f) reads what is there: a dropped link is only healed while following.
-        follow(followers, lambda f, text: links.line(f, text, events.line), links=links if follow_live else None)
+        follow(followers, lambda f, text: links.line(f, text, events.line), tick=tick,
+               links=links if follow_live else None)
+        finish()
     except KeyboardInterrupt:
+        finish()
         ui.info(f"stopped following; run {state.run_id} goes on")
         raise Detached("interrupted") from None
     finally:
@@ -458,6 +495,75 @@ def logs(target: str | None, opts: Options, ui: Ui, follow_live: bool, host: str
         why = ([f"{', '.join(lost)} (unreachable)"] if lost else []) + (
             [f"{', '.join(sorted(links.missing))} (run directory not found)"] if links.missing else [])
         raise DistctlError(f"logs of {'; '.join(why)} could not be shown", ExitCode.PARTIAL)
+
+
+def _check_regex(grep: str | None) -> None:
+    import re
+
+    if grep is None:
+        return
+    try:
+        re.compile(grep)
+    except re.error as exc:
+        raise DistctlError(f"--grep {grep!r} is not a valid Python regex: {exc}", ExitCode.BAD_INPUT) from None
+
+
+def _log_printer(ui: Ui, ranks: set[int], collapse: bool, live: bool):
+    """How `logs` prints: each line with its `[host rN]` prefix, or (--collapse) alike lines
+    once with their rank ranges. Returns the line handler, the periodic tick and the end."""
+    if not collapse:
+        return RankEvents(ui.rank_line, on_partial=ui.partial_line), None, lambda: None
+    from orchestrator.run.collapse import Collapser
+
+    collapser = Collapser(ranks)
+
+    def show(everything: bool = False) -> None:
+        for line in collapser.release(time.monotonic(), everything):
+            ui.out(ui.shown(line))
+
+    events = RankEvents(lambda host, rank, line: collapser.add(rank, line, time.monotonic()),
+                        on_exit=lambda host, rank, code, at: collapser.ended(rank))
+    return events, (show if live else None), lambda: show(True)
+
+
+def _ranks_of(state: RunState, host: str | None, rank: int | None) -> set[int]:
+    """The ranks --host/--rank select; none selected is bad input."""
+    if host:
+        state.host(host)
+    wanted = {r.rank for hs in state.hosts for r in hs.ranks
+              if (host is None or hs.host.name == host) and (rank is None or r.rank == rank)}
+    if not wanted:
+        raise DistctlError(f"no rank {rank}{f' on {host}' if host else ''} in run {state.run_id}", ExitCode.BAD_INPUT)
+    return wanted
+
+
+def stacks(target: str | None, opts: Options, ui, host: str | None, rank: int | None, native: bool,
+           as_json: bool, samples: int = 1, every: float = 0.1) -> None:
+    """Every selected rank's Python stacks, grouped, the roll-call first; saved on the hosts."""
+    from orchestrator.run import stacks as dumps
+
+    state = find_run(target)
+    wanted = _ranks_of(state, host, rank)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    hosts = [hs.host for hs in state.hosts if any(r.rank in wanted for r in hs.ranks)]
+    connected = group.connect_each(hosts, state.ssh, opts.fanout)
+    down = {name: e.cause for name, e in connected.failed.items()}
+    try:
+        found, notes = dumps.collect(state, connected.ok, wanted, down, stamp, native, opts.fanout,
+                                     samples=samples, every=every)
+    finally:
+        group.close_all(connected.ok)
+    if as_json:
+        ui.out(dumps.render_json(state.run_id, stamp, found, notes, down))
+    else:
+        saved = (f"saved on each host as <run dir>/stacks/{stamp}/rankR.txt; "
+                 f"distctl pull {state.run_id} brings them back")
+        for line in dumps.render_text(found, notes, saved):
+            ui.out(ui.masked(line))
+    missing = [d for d in found if d.main is None]
+    if missing:
+        raise DistctlError(f"{len(missing)} of {len(found)} rank(s) could not be dumped: "
+                           + "; ".join(f"rank {d.rank} on {d.host}: {d.error}" for d in missing), ExitCode.PARTIAL)
 
 
 def load(path: str, overrides: tuple[str, ...] = ()) -> Inventory:

@@ -151,22 +151,29 @@ def up(obj, inventory: str, args: tuple[str, ...], dry_run: bool, full: bool, de
 @click.option("--accept-new-host-keys", is_flag=True, help="Record unknown host keys (changed keys are refused).")
 @click.option("--show-plan", is_flag=True, help="Also print every command `up` would run.")
 @FULL
+@click.option("--net", is_flag=True, help="Also measure each host's bandwidth and latency to rank 0's host.")
+@click.option("--min-gbps", type=click.FloatRange(0), metavar="GB/S",
+              help="With --net: the least bandwidth (GB/s) a host must reach [default: 0.1].")
 @SET
 @_hosts_chosen
 @_fanout
 @click.pass_obj
 def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overrides: tuple[str, ...],
-          only: tuple[str, ...], exclude: tuple[str, ...], show_plan: bool, full: bool, fanout: int) -> None:
+          only: tuple[str, ...], exclude: tuple[str, ...], show_plan: bool, full: bool, net: bool,
+          min_gbps: float | None, fanout: int) -> None:
     """Connect, discover and preflight without starting anything.
 
-    Exits 0 only if `distctl up` would start.
+    Exits 0 only if `distctl up` would start. With --net, each host's link to rank 0's host
+    is measured too; a host below half the others' median or below --min-gbps exits 5.
 
     \b
     Example:
       distctl check inventory.yaml
+      distctl check inventory.yaml --net --min-gbps 1
     """
     inv = commands.load_job(inventory, overrides, (), only, exclude)
-    commands.check(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], as_json, show_plan, full)
+    commands.check(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], as_json, show_plan, full, net,
+                   min_gbps)
 
 
 @cli.command()
@@ -175,10 +182,12 @@ def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overri
 @click.option("--host", help="Only this host's ranks.")
 @click.option("--rank", type=int, help="Only this rank.")
 @click.option("--tail", type=click.IntRange(0), help="Only the last N lines of each log.")
+@click.option("--grep", metavar="REGEX", help="Only lines matching this Python regex (matched on the hosts).")
+@click.option("--collapse", is_flag=True, help="Lines several ranks print alike once, as [r0-7,9] LINE.")
 @_fanout
 @click.pass_obj
 def logs(obj, target: str | None, follow: bool, host: str | None, rank: int | None, tail: int | None,
-         fanout: int) -> None:
+         grep: str | None, collapse: bool, fanout: int) -> None:
     """Replay (and follow) every rank's log from the hosts.
 
     TARGET is a run id or an inventory; default: the last run started here.
@@ -187,8 +196,9 @@ def logs(obj, target: str | None, follow: bool, host: str | None, rank: int | No
     Example:
       distctl logs -f
       distctl logs --host node2 --tail 20
+      distctl logs --grep 'loss|error' --collapse
     """
-    commands.logs(target, commands.Options(fanout), obj["ui"], follow, host, rank, tail)
+    commands.logs(target, commands.Options(fanout), obj["ui"], follow, host, rank, tail, grep, collapse)
 
 
 @cli.command()
@@ -207,6 +217,36 @@ def status(obj, target: str | None, as_json: bool, fanout: int) -> None:
       distctl status --json
     """
     commands.status(target, commands.Options(fanout), obj["ui"], as_json)
+
+
+@cli.command()
+@TARGET
+@click.option("--host", help="Only this host's ranks.")
+@click.option("--rank", type=int, help="Only this rank.")
+@click.option("--native", is_flag=True, help="Also native frames, with py-spy where the host has it.")
+@click.option("--samples", type=click.IntRange(1, 10000), default=1, show_default=True,
+              help="Sample each rank's main thread this often and name the straggler (the rank the others wait for).")
+@click.option("--every", type=click.FloatRange(0), default=0.1, show_default=True, help="Seconds between samples.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_fanout
+@click.pass_obj
+def stacks(obj, target: str | None, host: str | None, rank: int | None, native: bool, samples: int, every: float,
+           as_json: bool, fanout: int) -> None:
+    """Show the Python stacks of every rank (all threads, and their Python children), grouped.
+
+    The first line names what most ranks do and the odd ones out, e.g. `ranks 0,2-7 wait in
+    all_reduce (train.py:88); rank 1 on node2 is in load_batch (data.py:40)`. Ranks whose main
+    threads have identical stacks are shown once. Each dump is saved in the run directory
+    (`distctl pull` brings it back). Exit 12 when a rank could not be dumped (each is named).
+
+    \b
+    Example:
+      distctl stacks
+      distctl stacks --host node2 --native
+      distctl stacks RUN_ID --json
+      distctl stacks --samples 50      # who do the others wait for?
+    """
+    commands.stacks(target, commands.Options(fanout), obj["ui"], host, rank, native, as_json, samples, every)
 
 
 @cli.command()

@@ -131,9 +131,9 @@ def _group_lines(plan: Plan, group: Numbered, tables: dict[tuple[str, ...], str]
 # ------------------------------------------------------------ host-side programs by name
 
 
-def program_mark(name: str) -> str:
+def program_mark(name: str, source: str | None = None) -> str:
     """`<follow.py: 167 lines, sha256 ab12cd34ef56ab12>`: what a program's quoted source reads as."""
-    source = hostside.source(name)
+    source = hostside.source(name) if source is None else source
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     return f"<{name}.py: {len(source.splitlines())} lines, sha256 {digest}>"
 
@@ -143,10 +143,14 @@ def _program_forms() -> tuple[tuple[str, str], ...]:
     """Each program's source as a command carries it, and its mark: shell-quoted after `python -c`,
     and that again inside a shell-quoted JSON string (the agent's config holds its restart command)."""
     forms = []
-    for name in hostside.PROGRAMS:
-        quoted = shlex.quote(hostside.source(name))
+    # The launch step also writes sitecustomize.py (`distctl stacks`' handler) with printf: a file, not
+    # a program, but as long and as unchanging.
+    sources = [(name, hostside.source(name)) for name in hostside.PROGRAMS]
+    sources.append(("sitecustomize", hostside.site_source()))
+    for name, source in sources:
+        quoted = shlex.quote(source)
         in_json = json.dumps(quoted)[1:-1].replace("'", "'\"'\"'")
-        forms += [(quoted, program_mark(name)), (in_json, program_mark(name))]
+        forms += [(quoted, program_mark(name, source)), (in_json, program_mark(name, source))]
     return tuple(sorted(forms, key=lambda f: len(f[0]), reverse=True))
 
 

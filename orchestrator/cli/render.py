@@ -167,12 +167,13 @@ def status_header(found: RunStatus) -> str:
     return f"{head}: started {started}, elapsed {timedelta(seconds=int(found.elapsed))}"
 
 
-STATUS_COLUMNS = ["host", "rank", "state", "epoch", "detail"]
+STATUS_COLUMNS = ["host", "rank", "state", "epoch", "progress", "detail"]
 
 
 def status_rows(found: RunStatus) -> list[list[str]]:
     """The status table's rows (on a terminal), a rank each."""
-    return [[r.host, str(r.status.rank), status_state(r), status_epoch(r), r.detail] for r in found.rows]
+    return [[r.host, str(r.status.rank), status_state(r), status_epoch(r), status_steps(r), r.detail]
+            for r in found.rows]
 
 
 def status_lines(found: RunStatus, prefix: Callable[[str, int], str]) -> list[str]:
@@ -182,8 +183,21 @@ def status_lines(found: RunStatus, prefix: Callable[[str, int], str]) -> list[st
 
 
 def _status_line(row: RankRow, prefix: str) -> str:
-    epoch, detail = status_epoch(row), row.detail
-    return f"  {prefix} {status_state(row)}{f', epoch {epoch}' if epoch else ''}{f'  ({detail})' if detail else ''}"
+    epoch, detail, steps = status_epoch(row), row.detail, status_steps(row)
+    return (f"  {prefix} {status_state(row)}{f', epoch {epoch}' if epoch else ''}{f', {steps}' if steps else ''}"
+            f"{f'  ({detail})' if detail else ''}")
+
+
+def status_steps(row: RankRow) -> str:
+    """`step 120/1000 (3.2/s, 0:04:35 left)` from the rank's progress tracker, while the rank runs
+    ("" without steps, and once it exited: its exit and epoch say how it ended)."""
+    p = row.progress
+    if p.step is None or row.status.state == "exited":
+        return ""
+    extra = [f"{p.rate:.3g}/s" if p.rate else "",
+             str(timedelta(seconds=int(p.left_s))) + " left" if p.left_s is not None else ""]
+    shown = ", ".join(e for e in extra if e)
+    return f"step {p.step}{f'/{p.total}' if p.total else ''}{f' ({shown})' if shown else ''}"
 
 
 def status_state(row: RankRow) -> str:
@@ -235,12 +249,15 @@ def status_json(found: RunStatus, failure: dict | None) -> str:
         "started": found.state.started,
         "elapsed_s": None if found.elapsed is None else round(found.elapsed, 1),
         "ranks": [{"host": r.host, "rank": r.status.rank, "state": r.status.state, "exit_code": r.status.code,
-                   "detail": r.detail, "epoch": r.progress.epoch} for r in found.rows],
+                   "detail": r.detail, "epoch": r.progress.epoch, "step": r.progress.step, "total": r.progress.total,
+                   "steps_per_s": r.progress.rate, "left_s": r.progress.left_s, "metrics": r.progress.metrics}
+                  for r in found.rows],
         "unreachable": list(found.unreachable),
         "missing": list(found.missing),
         "stopped_epoch": found.stopped_epoch,
         "first_failure": failure,
         "restarts": found.restarts,
+        "autopsy": found.autopsy,
     }, indent=2)
 
 

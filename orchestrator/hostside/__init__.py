@@ -17,9 +17,14 @@ use double quotes only (a single quote would print as '"'"').
     agent      restarts the ranks after a failure (job.max_restarts), coordinated by rank 0's host
     slurm_follow  a Slurm run's rank logs on the login node, ended by Slurm's state and the run's files
     clean      which old runs and unused code, data and setup folders `distctl clean` may remove
+    netbench   a host's bandwidth and latency to rank 0's host (`check --net`)
+    stacks     every rank's Python stacks, through the handler sitecustomize.py armed (`distctl stacks`)
 
 Parts joined before a program (PARTS): `prelude` (process group alive and ours, pid files,
 a listening port) for every program that needs it; `agent_policy` (the agent's decisions).
+
+sitecustomize.py is no program: the launch step writes it into the run directory, where
+Python's `site` imports it in every Python process of a rank (`site_source`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path
 from orchestrator import shell
 
 PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session",
-            "agent", "progress", "slurm_follow", "clean")
+            "agent", "progress", "slurm_follow", "clean", "stacks", "netbench")
 
 
 # A program made of several files: the parts come first, in this order, then the program itself.
@@ -51,6 +56,11 @@ def source(name: str) -> str:
     if len(texts) == 1:
         return texts[0]
     return FUTURE + "\n" + "\n\n".join(t.replace(FUTURE, "", 1).strip("\n") + "\n" for t in texts)
+
+
+def site_source() -> str:
+    """The text of sitecustomize.py as the launch step writes it on the hosts."""
+    return _body("sitecustomize")
 
 
 def _body(name: str) -> str:

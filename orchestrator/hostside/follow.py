@@ -1,6 +1,6 @@
 """The rank logs of one run directory on one stream (run from inside the directory).
 
-    follow.py [--heartbeat=SECONDS] follow|replay TAIL RANK:SKIP...
+    follow.py [--heartbeat=SECONDS] follow|replay TAIL [--grep REGEX] RANK:SKIP...
 
 Every complete line of rankR.log comes out as `R line`, in order per rank. The first SKIP
 lines of each log are dropped (already shown); SKIP `from` reads the count from rankR.from
@@ -23,11 +23,16 @@ line (it is not counted, and comes again as a line once its newline is written).
 
 Once `distctl stop` (run by a user) has marked the run directory (stop-requested), `stop TIME` comes
 out, once, before the exit records it explains: TIME the mtime of that mark.
+
+With `--grep REGEX` (a Python regex, searched in each line decoded as UTF-8) only matching
+lines come out; `at R N` before a shown line (and after each read) says how many lines of
+the log were consumed, so a follower reopened after a link fault skips exactly those.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import BinaryIO
@@ -55,13 +60,16 @@ class Counted:
 
 
 class RankLog:
-    def __init__(self, rank: int, skip: int) -> None:
+    def __init__(self, rank: int, skip: int, grep=None) -> None:
         self.rank = rank
         self.offset = 0  # bytes of rankR.log consumed so far
         self.partial = b""  # an unfinished last line, held back until its newline
         self.skip = skip
         self.partial_sent = b""  # its newest redraw, as last sent (`p R TEXT`)
         self.partial_at = 0.0
+        self.grep = grep
+        self.lines = skip  # lines of the log consumed (shown, skipped or filtered out)
+        self.told = skip  # the count the workstation knows of
 
     def read(self) -> bytes:
         try:
@@ -72,10 +80,20 @@ class RankLog:
             return b""
 
     def start_at_tail(self, tail: int, out: Counted) -> None:
-        """Seek to the end of the last complete line; print the `tail` lines before it."""
+        """Seek to the end of the last complete line; print the `tail` lines (with a grep: the
+        last `tail` matching lines) before it."""
         complete = self.read().split(b"\n")[:-1]
         self.offset = sum(len(line) + 1 for line in complete)
         self.skip = 0
+        if self.grep is not None:
+            found = [i for i, line in enumerate(complete) if self.grep.search(line.decode("utf-8", "replace"))]
+            self.told = -1  # say where the first shown line is, even at 0
+            for i in found[-tail:] if tail else []:
+                self.lines = i
+                self.write(complete[i], out)
+            self.lines = len(complete)
+            self.tell(out)
+            return
         shown = complete[-tail:] if tail else []
         # Where the tail starts, so that a follower reopened later can skip exactly what was shown.
         out.write(b"at %d %d\n" % (self.rank, len(complete) - len(shown)))
@@ -95,6 +113,7 @@ class RankLog:
                 self.skip -= 1
             else:
                 self.write(line, out)
+        self.tell(out)
         if lines:
             self.partial_sent = b""
         if live and not final and self.skip == 0:
@@ -110,7 +129,20 @@ class RankLog:
             self.partial_sent, self.partial_at = newest, now
 
     def write(self, line: bytes, out: Counted) -> None:
+        if self.grep is not None and not self.grep.search(line.decode("utf-8", "replace")):
+            self.lines += 1
+            return
+        if self.grep is not None:
+            self.tell(out)
         out.write(b"%d %s\n" % (self.rank, line))
+        self.lines += 1
+        self.told = self.lines
+
+    def tell(self, out: Counted) -> None:
+        """`at R N` when lines were filtered out since the workstation last knew the count."""
+        if self.grep is not None and self.told != self.lines:
+            out.write(b"at %d %d\n" % (self.rank, self.lines))
+            self.told = self.lines
 
     def alive(self) -> bool:
         return group_alive(read_int("rank%d.pid" % self.rank))
@@ -171,17 +203,20 @@ def main(argv: list[str]) -> int:
     if argv and argv[0].startswith("--heartbeat="):
         heartbeat, argv = float(argv[0].partition("=")[2]), argv[1:]
     if len(argv) < 2 or argv[0] not in ("follow", "replay"):
-        sys.stderr.write("usage: follow.py [--heartbeat=SECONDS] follow|replay TAIL RANK:SKIP...\n")
+        sys.stderr.write("usage: follow.py [--heartbeat=SECONDS] follow|replay TAIL [--grep REGEX] RANK:SKIP...\n")
         return 2
     live, tail = argv[0] == "follow", int(argv[1])
+    grep, specs = None, argv[2:]
+    if specs[:1] == ["--grep"] and len(specs) > 1:
+        grep, specs = re.compile(specs[1]), specs[2:]
     out = Counted(sys.stdout.buffer)
     logs = []
-    for arg in argv[2:]:
+    for arg in specs:
         rank, spec = arg.split(":")
         skip = recorded_start(int(rank)) if spec == "from" else int(spec)
         if spec == "from":
             out.write(b"at %d %d\n" % (int(rank), skip))
-        logs.append(RankLog(int(rank), skip))
+        logs.append(RankLog(int(rank), skip, grep))
     if tail >= 0:
         for log in logs:
             log.start_at_tail(tail, out)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator import shell, timers
 from orchestrator.contract import RECORD_MISSING
+from orchestrator import hostside
 from orchestrator.hostside import program
 
 if TYPE_CHECKING:
@@ -28,17 +29,19 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
     than one rank on a host gets OMP_NUM_THREADS=1 unless it is set, as torchrun does.
     With `agent` (job.max_restarts), the host's agent starts after its ranks and adopts
     them; it restarts them with the same wrappers (see hostside/agent.py).
+    `stacks/site/sitecustomize.py` arms every Python process of a rank for `distctl stacks`
+    (hostside/sitecustomize.py); the wrappers put it on PYTHONPATH.
     """
     # Logs and checkpoints may hold what a rank prints, secrets included: owner-only files.
     code = shell.join([code_dir + "/."])
     commands = [f"cd {shell.join([rundir])} || exit 1", "umask 077",
                 f"[ -d work ] || {{ rm -rf work.tmp && cp -R {code} work.tmp && mv work.tmp work; }} || exit 1",
-                detach_function(python)]
+                stack_site_script(), detach_function(python)]
     commands.append("rm -f stop-requested")  # an earlier attempt's stop (lifecycle.STOP_REQUESTED): not this one's
     if agent is not None:
         commands.append("rm -f stopping agent.state agent.events rank*.env")
     for r in ranks:
-        remove_exit, *rest = _start_rank(r, len(ranks), agent is not None)
+        remove_exit, *rest = _start_rank(r, len(ranks), python, agent is not None)
         # A resumed run appends to its logs: mark where the new attempt starts.
         log = f"rank{r.rank}.log"
         commands += [remove_exit,
@@ -54,12 +57,12 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
     return shell.lines(*commands)
 
 
-def _start_rank(r: RankPlan, ranks_here: int, restarts: bool, extra: Sequence[str] = ()) -> list[str]:
+def _start_rank(r: RankPlan, ranks_here: int, python: str, restarts: bool, extra: Sequence[str] = ()) -> list[str]:
     """One rank started detached: its old exit file gone, its process group id in rankR.pid and
     printed as `launched rank=R pgid=N` (what the restart agent reads back)."""
     exit_file = f"rank{r.rank}.exit"
     return [f"rm -f {exit_file}",
-            f"pgid=$({DETACH} sh -c {shell.join([rank_wrapper(r, ranks_here, restarts)])} "
+            f"pgid=$({DETACH} sh -c {shell.join([rank_wrapper(r, ranks_here, python, restarts)])} "
             f"distctl-rank{r.rank} {shell.join([*r.argv, *extra])}) || exit 1",
             f"echo \"$pgid\" >rank{r.rank}.pid",
             f"echo launched rank={r.rank} pgid=$pgid"]
@@ -71,25 +74,41 @@ def restart_script(rundir: str, ranks: Sequence[RankPlan], python: str, extra: S
     first writes each rank's placement and attempt to rankR.env, which the wrapper sources."""
     commands = [f"cd {shell.join([rundir])} || exit 1", "umask 077", detach_function(python)]
     for r in ranks:
-        commands += _start_rank(r, len(ranks), True, extra)
+        commands += _start_rank(r, len(ranks), python, True, extra)
     return shell.lines(*commands)
 
 
-def rank_wrapper(r: RankPlan, ranks_here: int, restarts: bool = False) -> str:
+def rank_wrapper(r: RankPlan, ranks_here: int, python: str, restarts: bool = False) -> str:
     """The shell around one rank's program (its argv follows as "$@"): the run's environment,
     the rank's own variables, its log, and its exit code in rankR.exit. Under an agent, the
-    exports of the current attempt (rankR.env: a restart's rank, world size and count) win."""
+    exports of the current attempt (rankR.env: a restart's rank, world size and count) win.
+    Beside the program, in its process group, the rank's progress tracker (`python -I`: not
+    armed for `stacks`), ended once the program exited (hostside/progress.py)."""
     log, exit_file = f"rank{r.rank}.log", f"rank{r.rank}.exit"
     # Not `env RANK=0 python ...`: env would take a program path holding "=" for a variable.
     own = " ".join(f"{v.name}={shell.join([v.value])}" for v in r.env)
     threads = '[ -n "${OMP_NUM_THREADS+x}" ] || export OMP_NUM_THREADS=1; ' if ranks_here > 1 else ""
     attempt = f"[ ! -f rank{r.rank}.env ] || . ./rank{r.rank}.env; " if restarts else ""
-    return (f"trap : TERM INT HUP; . ./env; {f'export {own}; ' if own else ''}{attempt}{threads}"
+    tracker = f"{shell.join([python, '-I', PROGRESS, 'track', r.rank])} </dev/null >/dev/null 2>&1 & distctl_t=$!; "
+    return (f"trap : TERM INT HUP; . ./env; {f'export {own}; ' if own else ''}{attempt}{threads}{tracker}{STACK_ENV}"
             f"(cd work && exec \"$@\") >>{log} 2>&1 </dev/null; "
-            f"echo $? >{exit_file}.tmp; mv {exit_file}.tmp {exit_file}")
+            f"echo $? >{exit_file}.tmp; kill $distctl_t 2>/dev/null; mv {exit_file}.tmp {exit_file}")
 
 
 DETACH = "distctl_detach"
+PROGRESS = "distctl-progress.py"  # in the run directory: each rank's progress tracker
+# After the run's env: an inventory's PYTHONPATH stays, behind the folder that arms `distctl stacks`.
+STACK_ENV = ('export DISTCTL_STACKS="$PWD/stacks" '
+             'PYTHONPATH="$PWD/stacks/site${PYTHONPATH:+:$PYTHONPATH}"; ')
+
+
+def stack_site_script() -> str:
+    """Write hostside/sitecustomize.py where the rank wrappers' PYTHONPATH finds it, the folder
+    its armed processes write their dumps to, and the progress tracker the wrappers start."""
+    return shell.lines(
+        f"mkdir -p stacks/site stacks/live && printf %s {shell.join([hostside.site_source()])} "
+        ">stacks/site/sitecustomize.py || exit 1",
+        f"printf %s {shell.join([hostside.source('progress')])} >{PROGRESS} || exit 1")
 
 
 def detach_function(python: str) -> str:
@@ -116,16 +135,18 @@ MISSING = RECORD_MISSING  # the follower's one record when the host has no such 
 
 
 def follow_script(python: str, rundir: str, ranks: dict[int, int | str], follow: bool = True,
-                  tail: int | None = None, heartbeat: float = timers.DEFAULT.heartbeat) -> str:
+                  tail: int | None = None, heartbeat: float = timers.DEFAULT.heartbeat, grep: str | None = None) -> str:
     """Print a host's rank logs as `R line` (every line, in order), then `exit R CODE TIME`
     for each rank once its process group is gone (`-`: no code, e.g. SIGKILL; TIME is when
     the exit code was written, by the host's clock). See hostside/follow.py.
 
     One channel per host, whatever its slot count: sshd allows 10 sessions per connection.
     `ranks` maps rank to log lines already seen (skipped), or to "from": the count the
-    prepare step recorded (rankR.from); `tail` keeps only the last N.
+    prepare step recorded (rankR.from); `tail` keeps only the last N; `grep` only the lines
+    that match it (`distctl logs --grep`).
     """
-    args = [f"{rank}:{skip}" for rank, skip in sorted(ranks.items())]
+    args = ["--grep", grep] if grep is not None else []
+    args += [f"{rank}:{skip}" for rank, skip in sorted(ranks.items())]
     return (f"cd {shell.join([rundir])} 2>/dev/null || {{ echo {MISSING}; exit 1; }}; "
             + program(python, "follow", *heartbeat_args(heartbeat), "follow" if follow else "replay",
                       -1 if tail is None else tail, *args))

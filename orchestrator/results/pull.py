@@ -64,18 +64,20 @@ def plot_metrics(rows: list[dict], path: Path) -> bool:
 
 LOGS = "rank*.log"  # each rank's log, in its host's run directory
 CHECKPOINT = "ckpt/latest.pt"  # the trainer's, read from rank 0's host; it lands as model.pt
+STACKS = "stacks/*/rank*.txt"  # the dumps `distctl stacks` saved on each host (stacks/<stamp>/rankR.txt)
+AUTOPSY = "autopsy.txt"  # culprit and collateral, kept on rank 0's host by the attached up (run/autopsy.py)
 
 
 def pull_run(state, conns: dict[str, Connection], dest: Path, ui: Ui) -> tuple[Path, list[str], PullReport]:
-    """Pull into `dest/<run id>/` the rank logs and, for the trainer, the checkpoint (as model.pt)
-    and the metrics read from the logs; returns that folder, the names of the files now there, and
-    the transfer's report (its per-host errors).
+    """Pull into `dest/<run id>/` the rank logs, the saved stacks, the failure report and, for the
+    trainer, the checkpoint (as model.pt) and the metrics read from the logs; returns that folder,
+    the names of the files now there, and the transfer's report (its per-host errors).
 
     Everything comes over the one verified path job.outputs uses (outputs.py: streamed into a
     temp file, renamed once its sha256 checks; a file already there unchanged is not sent again).
     """
     reachable = replace(state, hosts=tuple(hs for hs in state.hosts if hs.host.name in conns))
-    report = pull_outputs(reachable, conns, [LOGS], dest, workdir_of=lambda hs: hs.rundir)
+    report = pull_outputs(reachable, conns, [LOGS, STACKS], dest, workdir_of=lambda hs: hs.rundir)
     out = report.dest
     present = {path for path, _ in report.written} | set(report.unchanged)
     for hs in reachable.hosts:
@@ -83,6 +85,11 @@ def pull_run(state, conns: dict[str, Connection], dest: Path, ui: Ui) -> tuple[P
             if f"rank{r.rank}.log" not in present:
                 ui.warn(f"{hs.host.name}: no log for rank {r.rank}")
     written = sorted(present, key=_log_order)
+    first = state.hosts[0]
+    if first.host.name in conns:
+        autopsy = pull_outputs(replace(state, hosts=(first,)), conns, [AUTOPSY], dest, workdir_of=lambda hs: hs.rundir)
+        report.errors += autopsy.errors
+        written += [AUTOPSY] if autopsy.written or autopsy.unchanged else []
     if not state.trainer:  # a user program's results are its job.outputs
         return out, written, report
     first = state.hosts[0]

@@ -38,9 +38,11 @@ class HostLinks:
     (timers.py; by default those of this process)."""
 
     def __init__(self, state: RunState, conns: dict[str, Connection], ui: Ui, reconnect_timeout: float,
-                 ranks: set[int] | None = None, after_prepare: bool = False, timers: Timers | None = None):
+                 ranks: set[int] | None = None, after_prepare: bool = False, timers: Timers | None = None,
+                 grep: str | None = None):
         self.state = state
         self.timers = timers or current_timers()
+        self.grep = grep  # `logs --grep`: the followers send only matching lines
         self.conns = conns
         self.ui = ui
         self.reconnect_timeout = reconnect_timeout
@@ -129,10 +131,10 @@ class HostLinks:
         skip: dict[int, int | str] = {
             r.rank: FROM_PREPARE if r.rank in self._from_prepare else self.seen[r.rank]
             for r in hs.ranks if r.rank in self.wanted and r.rank not in self.ended}
-        if live and tail is None:  # the plan's STREAM step, and its REFOLLOW step after a lost link
+        if live and tail is None and self.grep is None:  # the plan's STREAM step, and its REFOLLOW step
             command = fill_shown(self.state.refollow(hs), skip)
         else:
-            command = follow_script(hs.python, hs.rundir, skip, live, tail, self.timers.heartbeat)
+            command = follow_script(hs.python, hs.rundir, skip, live, tail, self.timers.heartbeat, self.grep)
         return Followed(hs.host.name, conn.open_stream(command))
 
     def _reconnect(self, hs: HostState, old: Followed) -> None:

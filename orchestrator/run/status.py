@@ -5,7 +5,7 @@ finished, stopped at a checkpoint, or which rank failed first."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from orchestrator import shell
@@ -25,30 +25,61 @@ STOP_SLACK_S = 2.0
 
 
 def status_command(state: RunState, hs: HostState) -> str:
-    """One command per host: each rank's state (lifecycle.status_script), then, for the bundled
-    trainer, how far each rank got (hostside/progress.py); a user program's log is its own."""
+    """One command per host: each rank's state (lifecycle.status_script), then how far each rank
+    got (hostside/progress.py: the bundled trainer's epochs, any program's steps)."""
     ranks = [r.rank for r in hs.ranks]
-    command = status_script(hs.rundir, ranks)
-    return shell.lines(command, program(hs.python, "progress", hs.rundir, *ranks)) if state.trainer else command
+    autopsy = f"sed 's/^/autopsy /' {shell.join([hs.rundir + '/autopsy.txt'])} 2>/dev/null; true"
+    return shell.lines(status_script(hs.rundir, ranks), program(hs.python, "progress", hs.rundir, *ranks),
+                       autopsy)
 
 
 @dataclass(frozen=True)
 class Progress:
     epoch: int | None = None  # the last epoch the trainer logged as done
     stopped_epoch: int | None = None  # the epoch of its `stopped` line (exit 143 after a checkpoint)
+    step: int | None = None  # the last step its tracker read (tqdm, `distctl: step=N ...`)
+    total: int | None = None
+    rate: float | None = None  # steps per second, recently
+    at: float | None = None  # when that step came (host clock)
+    metrics: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def left_s(self) -> float | None:
+        """Seconds to the total at the current rate (None: no total or no rate)."""
+        if self.step is None or not self.total or not self.rate or self.rate <= 0:
+            return None
+        return max(0.0, (self.total - self.step) / self.rate)
 
 
 def parse_progress(output: str) -> dict[int, Progress]:
-    """`progress R EPOCH STOPPED` lines (hostside/progress.py) by rank."""
+    """`progress R EPOCH STOPPED` and `step R step=N ...` lines (hostside/progress.py) by rank."""
     def number(text: str) -> int | None:
         return int(text) if text.isdigit() else None
 
-    found = {}
+    found: dict[int, Progress] = {}
     for line in output.splitlines():
         fields = line.split()
         if len(fields) == 4 and fields[0] == "progress" and fields[1].isdigit():
             found[int(fields[1])] = Progress(number(fields[2]), number(fields[3]))
+        elif len(fields) > 2 and fields[0] == "step" and fields[1].isdigit():
+            rank = int(fields[1])
+            found[rank] = _with_steps(found.get(rank, Progress()), fields[2:])
     return found
+
+
+def _with_steps(progress: Progress, words: list[str]) -> Progress:
+    values: dict[str, float] = {}
+    for word in words:
+        key, _, value = word.partition("=")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            continue
+    if "step" not in values:
+        return progress
+    total = values.pop("total", None)
+    return replace(progress, step=int(values.pop("step")), total=int(total) if total else None,
+                   rate=values.pop("rate", None), at=values.pop("at", None), metrics=values)
 
 
 @dataclass(frozen=True)
@@ -70,6 +101,7 @@ class RunStatus:
     agents: list[dict] = field(default_factory=list)  # each host's restart agent state (lifecycle.parse_agent)
     stop_at: float | None = None  # when a user's `distctl stop` was requested (workstation clock)
     missing: list[str] = field(default_factory=list)  # hosts whose run directory is gone
+    autopsy: list[str] = field(default_factory=list)  # culprit and collateral, as the attached up kept it
 
     @property
     def summary(self) -> str | None:
@@ -143,9 +175,15 @@ class RunStatus:
 
 def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], fanout: int) -> RunStatus:
     """Ask every reachable host at once; `down` holds the hosts that could not be connected."""
-    def one(hs: HostState) -> tuple[str, list[RankStatus], dict[int, Progress], dict | None]:
+    def one(hs: HostState) -> tuple[str, list[RankStatus], dict[int, Progress], dict | None, list[str]]:
         out = conns[hs.host.name].run(status_command(state, hs), timeout=30).stdout
-        return out, parse_status(out), parse_progress(out), parse_agent(out)
+        progress = parse_progress(out)
+        if not state.trainer:  # a user program's `epoch=` lines are its own, not the trainer's contract
+            progress = {rank: replace(p, epoch=None, stopped_epoch=None) for rank, p in progress.items()}
+        # Only status_script's own lines are rank states: the others carry a rank's words (`rank=1`).
+        own = "\n".join(line for line in out.splitlines() if not line.startswith(("progress ", "step ", "autopsy ")))
+        return out, parse_status(own), progress, parse_agent(own), [line[8:] for line in out.splitlines()
+                                                                    if line.startswith("autopsy ")]
 
     found = group.fan_out("status", [hs for hs in state.hosts if hs.host.name in conns], one, fanout,
                           lambda hs: hs.host.name)
@@ -153,6 +191,7 @@ def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], f
     rows: list[RankRow] = []
     agents: list[dict] = []
     missing: list[str] = []
+    autopsy: list[str] = []
     stops: list[float] = []
     for hs in state.hosts:
         name = hs.host.name
@@ -160,16 +199,17 @@ def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], f
             missing.append(name)
             rows += [RankRow(name, RankStatus(r.rank, "missing"), missing_detail(name)) for r in hs.ranks]
         elif name in found.ok:
-            out, statuses, progress, agent = found.ok[name]
+            out, statuses, progress, agent, report = found.ok[name]
             rows += [RankRow(name, s, GONE_DETAIL if s.state == "killed" else "",
                              progress=progress.get(s.rank, Progress())) for s in statuses]
             agents += [{**agent, "host": name}] if agent else []
             stop = parse_stop(out)
             stops += [] if stop is None else [stop - (hs.clock_offset or 0.0)]
+            autopsy += report
         else:
             rows += [RankRow(name, RankStatus(r.rank, "unreachable"), unreachable[name]) for r in hs.ranks]
     return RunStatus(state, rows, {h: unreachable[h] for h in sorted(unreachable)}, time.time(), agents,
-                     min(stops) if stops else None, missing)
+                     min(stops) if stops else None, missing, autopsy)
 
 
 def missing_detail(host: str) -> str:

@@ -114,6 +114,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
     deadline = time.monotonic() + join_timeout
     hang: list[str] = []
     agent = AgentNews()
+    live_stacks: list = []  # the running ranks' stacks when the first rank failed (autopsy.py)
+    before_teardown: set[int] = set()
 
     def on_line(host: str, rank: int, line: str) -> None:
         ui.rank_line(host, rank, line)
@@ -164,6 +166,8 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
             # After the hang watchdog's teardown the ranks exit from its SIGTERM: not a new failure;
             # after a user's stop, the stop is under way already.
             if (code != STOPPED or not state.trainer) and not hang and not stop_requested:
+                live_stacks.extend(_stacks_of_the_others(state, conns, set(host_of) - set(exits), ui))
+                before_teardown.update(exits)
                 teardown(_ended(host, rank, code))
 
     def teardown(reason: str) -> None:
@@ -201,10 +205,61 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
     outcome = _outcome(state, exits, ranked, hang, events.tails, host_of, links.unreachable)
     if stop_requested and not hang:
         outcome = _stopped(state)
+    elif ranked and outcome.code == ExitCode.RUN_FAILED and live_stacks:  # what the others did, when known
+        times = on_workstation_clock(exit_times, state.clock_offsets())
+        # Exited on their own: all but the ranks found running right before the teardown (their
+        # stacks were taken then). Without stacks: those read before it, or with a code of their
+        # own (an exit read later may still predate it).
+        alive = {d.rank for d in live_stacks}
+        before = (set(exits) - alive if live_stacks else
+                  before_teardown | {r for r, code in exits.items() if code not in (143, 137, None)})
+        outcome = _with_autopsy(state, conns, outcome, ranked, before, live_stacks, events.tails, host_of, times)
     outcome = agent.amend(outcome)
     if fallback_told and outcome.code == ExitCode.OK:  # said again at the end: easy to miss mid-run
         outcome.message += " (on generated digits, not MNIST: MNIST could not be had)"
     return outcome
+
+
+def _stacks_of_the_others(state: RunState, conns: dict[str, Connection], live: set[int], ui) -> list:
+    """Before the teardown: where the ranks still running are (bounded: autopsy.STACKS_TIMEOUT_S)."""
+    from orchestrator.run.autopsy import take_stacks
+    from orchestrator.run.stacks import rollcall
+
+    dumps = take_stacks(state, conns, live)
+    if dumps:
+        ui.warn(f"the ranks still running: {rollcall(dumps)}")
+    return dumps
+
+
+def _with_autopsy(state: RunState, conns: dict[str, Connection], outcome: Outcome, ranked: list[int],
+                  before: set[int], stacks: list, tails: dict[int, deque], host_of: dict[int, str],
+                  times: dict[int, float]) -> Outcome:
+    """The culprit (which may be a rank that never failed: it never arrived), what the others
+    were doing, and which ranks died only as a consequence; kept in rank 0's run directory."""
+    from orchestrator.run import autopsy
+
+    failed = [r for r in ranked if r in before]
+    last = {r: list(t) for r, t in tails.items()}
+    culprit, why = autopsy.culprit(failed, last, stacks)
+    first = ranked[0]
+    lines = outcome.message.splitlines()
+    if culprit is not None and culprit != first and why != "failed first":
+        lines.insert(0, f"culprit: rank {culprit} on {host_of.get(culprit, '?')} {why}")
+    consequences = autopsy.collateral(failed, culprit, last, times)
+    lines += autopsy.report("", stacks, consequences, host_of)[1:]
+    stopped = sorted(set(ranked) - before - {culprit})
+    if stopped:
+        from orchestrator.console.rankset import ranks_phrase
+
+        lines.append(f"{ranks_phrase(stopped)}: stopped by distctl's teardown")
+    message = "\n".join(lines)
+    first_host = state.hosts[0]
+    try:
+        conns[first_host.host.name].run(f"cat >{shlex.quote(first_host.rundir + '/' + autopsy.REPORT)}",
+                                        stdin=(message + "\n").encode(), timeout=30)
+    except (HostError, KeyError):
+        pass
+    return Outcome(outcome.code, message)
 
 
 @dataclass
