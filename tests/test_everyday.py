@@ -220,14 +220,19 @@ def test_tails_read_like_the_stream_and_markers_get_their_own_line(cluster, tmp_
     up = distctl("up", str(inv), cwd=tmp_path)
     assert up.returncode == 1, up.stderr
     report = up.stderr.split("rank 1 on node2 failed first: exited with code 1; last lines of its log:\n")[1]
-    shown = report.splitlines()
+    lines = report.splitlines()
+    shown = lines[:next((i for i, line in enumerate(lines) if not line.startswith("    ")), len(lines))]
     assert shown[0] == "    Traceback (most recent call last):", report  # the whole traceback, past 10 lines
     assert shown[-1] == "    RuntimeError: boom in rank" and len(shown) == 13, report
+    # After the tail, what the others did (issue 21's culprit and collateral), each on its own line.
+    others = "the other ranks, before the teardown: rank 0 on node1 is in <module> (prog.py:7)"
+    assert lines[len(shown)] == others, report
     assert "step 3/70" not in report
 
     status = distctl("status", cwd=tmp_path)
     assert status.returncode == 1, status.stderr
-    tail = status.stdout.split("last lines of its log:\n")[1].splitlines()
+    after = status.stdout.split("last lines of its log:\n")[1].splitlines()
+    tail = after[:next((i for i, line in enumerate(after) if not line.startswith("    ")), len(after))]
     assert tail[0] == "    Traceback (most recent call last):" and tail[-1] == "    RuntimeError: boom in rank", tail
     assert not any("step" in line for line in tail), tail
 

@@ -173,7 +173,7 @@ def test_hostile_values_reach_a_real_remote_rank_verbatim_over_ssh(cluster, node
                 'for d in "$HOME" "$2" "$3" "$1"; do [ -e "$d/$4" ] && echo "CANARY in $d"; done; true')
         seen = node1.run(["sh", "-c", look, "-", hp.rundir, base, hp.workdir, REL_CANARY], check=True).stdout
         assert seen.split() == ["0", "ckpt", "distctl-progress.py", "env", "format", "rank0.exit", "rank0.from",
-                                "rank0.log", "rank0.pid", "stacks", "work"], seen
+                                "rank0.log", "rank0.pid", "stacks", "uses", "work"], seen
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
