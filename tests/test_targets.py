@@ -1,4 +1,4 @@
-"""The seam for where a run runs (cli/targets.py): every command picks the target once, by the
+"""The seam for where a run runs (run/target.py): every command picks the target once, by the
 inventory or by the recorded run, and a target refuses in one line what it cannot do."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from test_slurm_units import INVENTORY
 
 from orchestrator.cli import commands
 from orchestrator.cli.main import cli
-from orchestrator.cli.targets import Target
+from orchestrator.run.target import Target
 from orchestrator.inventory.model import Host, Ssh, parse_inventory
 from orchestrator.plan.state import HostState, RankState, RunState
 from orchestrator.slurm.target import SlurmCluster
@@ -62,7 +62,7 @@ def test_what_slurm_cannot_do_is_refused_in_one_line_before_anything_connects(tm
 
 
 def test_logs_grep_on_a_slurm_run_is_refused_by_the_slurm_target():
-    from orchestrator.cli.targets import LogRequest
+    from orchestrator.run.target import LogRequest
     from orchestrator.errors import DistctlError
 
     with pytest.raises(DistctlError, match=r"^logs --grep and --collapse does not apply to a Slurm run") as err:

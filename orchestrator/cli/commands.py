@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator import shell
@@ -31,17 +31,11 @@ from orchestrator.run.status import query as query_status
 from orchestrator.run.watch import FAILURE_GRACE, RankEvents, raise_for, stop_everywhere, watch_run
 from orchestrator.run.links import HostLinks
 from orchestrator.ssh.stream import follow
-from orchestrator.cli.targets import CheckRequest, LogRequest, Target
+from orchestrator.run.target import CheckRequest, LogRequest, Options, Target
 from orchestrator.console.ui import Ui
 from orchestrator.plan.state import new_run_id
 from orchestrator.slurm.target import SlurmCluster, runs_on_slurm
 from orchestrator.run.tails import log_lines, remote_tail_command, tail_of
-
-
-@dataclass(frozen=True)
-class Options:
-    fanout: int = group.DEFAULT_FANOUT
-    accept_new_host_keys: bool = False
 
 
 def _with_options(inv: Inventory, opts: Options) -> Inventory:
@@ -50,7 +44,7 @@ def _with_options(inv: Inventory, opts: Options) -> Inventory:
     return replace(inv, ssh=replace(inv.ssh, accept_new_host_keys=True))
 
 
-# ------------------------------------------------------------ where a run runs (cli/targets.py)
+# ------------------------------------------------------------ where a run runs (run/target.py)
 
 
 def target_for(inv: Inventory) -> Target:

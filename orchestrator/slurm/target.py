@@ -1,4 +1,4 @@
-"""The Slurm cluster as a place where a run runs (cli/targets.py's `Target`): one batch job per run,
+"""The Slurm cluster as a place where a run runs (run/target.py's `Target`): one batch job per run,
 from a login node over SSH. What it cannot do it refuses in one line (exit 2)."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from orchestrator.plan.state import new_run_id
 from orchestrator.slurm import lifecycle, submit
 
 if TYPE_CHECKING:
-    from orchestrator.cli.commands import Options
-    from orchestrator.cli.targets import CheckRequest, LogRequest
+    from orchestrator.run.target import CheckRequest, LogRequest, Options
     from orchestrator.console.ui import Ui
     from orchestrator.inventory.model import Inventory
     from orchestrator.plan.state import RunState

@@ -1,6 +1,6 @@
 """Where a run runs: the one seam that launching a run, and every command that follows it, go through.
 
-A run runs on an SSH fleet (the inventory's `hosts:`; `commands.SshFleet`) or as one batch job on
+A run runs on an SSH fleet (the inventory's `hosts:`; `cli/commands.py`'s `SshFleet`) or as one batch job on
 a Slurm cluster (`slurm:`; `slurm.target.SlurmCluster`). Each implements `Target`. `commands`
 picks the target once: by the inventory for `up`, its dry run and `check`; by the recorded run for
 `status`, `stop` and `logs`, so a command from any shell acts on the run where it runs. `pull`,
@@ -16,11 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from orchestrator.ssh.group import DEFAULT_FANOUT
+
 if TYPE_CHECKING:
-    from orchestrator.cli.commands import Options
     from orchestrator.console.ui import Ui
     from orchestrator.inventory.model import Inventory
     from orchestrator.plan.state import RunState
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to reach the hosts, for every command."""
+
+    fanout: int = DEFAULT_FANOUT  # hosts asked at once
+    accept_new_host_keys: bool = False
 
 
 @dataclass(frozen=True)
