@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator import shell
@@ -32,18 +31,11 @@ from orchestrator.run.status import query as query_status
 from orchestrator.run.watch import FAILURE_GRACE, RankEvents, raise_for, stop_everywhere, watch_run
 from orchestrator.run.links import HostLinks
 from orchestrator.ssh.stream import follow
+from orchestrator.run.target import CheckRequest, LogRequest, Options, Target
 from orchestrator.console.ui import Ui
+from orchestrator.plan.state import new_run_id
+from orchestrator.slurm.target import SlurmCluster, runs_on_slurm
 from orchestrator.run.tails import log_lines, remote_tail_command, tail_of
-
-
-@dataclass(frozen=True)
-class Options:
-    fanout: int = group.DEFAULT_FANOUT
-    accept_new_host_keys: bool = False
-
-
-def new_run_id(job: str) -> str:
-    return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def _with_options(inv: Inventory, opts: Options) -> Inventory:
@@ -52,13 +44,41 @@ def _with_options(inv: Inventory, opts: Options) -> Inventory:
     return replace(inv, ssh=replace(inv.ssh, accept_new_host_keys=True))
 
 
+# ------------------------------------------------------------ where a run runs (run/target.py)
+
+
+def target_for(inv: Inventory) -> Target:
+    """Where the inventory's job runs: a Slurm cluster (`slurm:`) or the SSH fleet (`hosts:`)."""
+    return SlurmCluster() if inv.slurm else SshFleet()
+
+
+def target_of(state: RunState) -> Target:
+    """Where a recorded run runs."""
+    return SlurmCluster() if runs_on_slurm(state) else SshFleet()
+
+
 def dry_run(inv: Inventory, ui: Ui, resume: bool = False, full: bool = False) -> None:
     """Print the plan from the inventory alone; opens no connection. `full`: every command byte
     for byte (render_plan)."""
-    if inv.slurm:  # a batch job on a Slurm cluster (orchestrator/slurm/)
-        from orchestrator.slurm import submit as slurm
+    target_for(inv).dry_run(inv, ui, resume, full)
 
-        return slurm.dry_run(inv, new_run_id(inv.job.run_name), ui)
+
+def check(inv: Inventory, opts: Options, ui: Ui, as_json: bool, show_plan: bool = False, full: bool = False,
+          net: bool = False, min_gbps: float | None = None) -> None:
+    """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request).
+    With `net`, then each host's link to rank 0's host (netcheck.py)."""
+    inv = _with_options(inv, opts)
+    target_for(inv).check(inv, opts, ui, CheckRequest(as_json, show_plan, full, net, min_gbps))
+
+
+def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool,
+       on_launch: Callable[[RunState], None] | None = None) -> None:
+    """`on_launch` (`up --web`) gets the run once every rank is launched."""
+    inv = _with_options(inv, opts)
+    target_for(inv).up(inv, opts, ui, detach, resume, on_launch)
+
+
+def _fleet_dry_run(inv: Inventory, ui: Ui, resume: bool, full: bool) -> None:
     run_id = _resumable_run_of(inv.path).run_id if resume else new_run_id(inv.job.run_name)
     plan = plan_launch(inv, run_id, job_artifacts(inv.job), resume=resume)
     ui.out(render_plan(plan, full))
@@ -82,17 +102,11 @@ def _resolve(inv: Inventory, opts: Options, ui: Ui, run_id: str, resume: bool = 
     return conns, facts, plan
 
 
-def check(inv: Inventory, opts: Options, ui: Ui, as_json: bool, show_plan: bool = False, full: bool = False,
-          net: bool = False, min_gbps: float | None = None) -> None:
-    """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request).
-    With `net`, then each host's link to rank 0's host (netcheck.py)."""
+def _fleet_check(inv: Inventory, opts: Options, ui: Ui, request: CheckRequest) -> None:
     from orchestrator.launch import netcheck
 
-    inv = _with_options(inv, opts)
-    if inv.slurm:
-        from orchestrator.slurm import submit as slurm
-
-        return slurm.check(inv, ui, as_json)
+    as_json, show_plan, full, net, min_gbps = (request.as_json, request.show_plan, request.full, request.net,
+                                               request.min_gbps)
     # The plan needs a run id; this one names no run (check starts none).
     conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.run_name}-<run id>")
     try:
@@ -137,14 +151,8 @@ def _measure_net(plan: Plan, conns: dict[str, Connection], ui: Ui) -> list:
     return links
 
 
-def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool,
-       on_launch: Callable[[RunState], None] | None = None) -> None:
-    """`on_launch` (`up --web`) gets the run once every rank is launched."""
-    inv = _with_options(inv, opts)
-    if inv.slurm:
-        from orchestrator.slurm import submit as slurm
-
-        return slurm.up(inv, new_run_id(inv.job.run_name), ui, detach, resume)
+def _fleet_up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool,
+              on_launch: Callable[[RunState], None] | None) -> None:
     ui.hide(inv.secrets)
     run_id = _resumable_run_of(inv.path).run_id if resume else new_run_id(inv.job.run_name)
     _describe_code(inv, ui)
@@ -343,12 +351,6 @@ def find_run(target: str | None) -> RunState:
     return runs_state.run_by_id(target) if target else runs_state.last_run_here()
 
 
-def _slurm_run(state: RunState) -> bool:
-    from orchestrator.slurm.lifecycle import slurm_of
-
-    return slurm_of(state) is not None
-
-
 def runs(inventory: str | None, ui: Ui, as_json: bool) -> None:
     """List recorded runs, newest last; read locally, connects to nothing."""
     records = runs_state.list_runs(inventory)
@@ -374,10 +376,10 @@ def status(target: str | None, opts: Options, ui: Ui, as_json: bool) -> None:
     """Each rank's state and last epoch, every host asked at once; then how the run ended, when it
     did. Unreachable hosts are named in the table, and make the exit code UNREACHABLE."""
     state = find_run(target)
-    if _slurm_run(state):
-        from orchestrator.slurm import lifecycle as slurm
+    target_of(state).status(state, opts, ui, as_json)
 
-        return slurm.status(state, ui, as_json)
+
+def _fleet_status(state: RunState, opts: Options, ui: Ui, as_json: bool) -> None:
     conns, down = _connect_reachable(state, opts)
     try:
         found = query_status(state, conns, down, opts.fanout)
@@ -426,10 +428,10 @@ def _show_status(found: RunStatus, failure: dict | None, ui: Ui) -> None:
 
 def stop(target: str | None, opts: Options, ui: Ui, grace: float) -> None:
     state = find_run(target)
-    if _slurm_run(state):
-        from orchestrator.slurm import lifecycle as slurm
+    target_of(state).stop(state, opts, ui, grace)
 
-        return slurm.stop(state, ui, grace)
+
+def _fleet_stop(state: RunState, opts: Options, ui: Ui, grace: float) -> None:
     conns, down = _connect_reachable(state, opts)
     try:
         problems = stop_everywhere(state, conns, grace, opts.fanout, requested=True)
@@ -457,10 +459,12 @@ def logs(target: str | None, opts: Options, ui: Ui, follow_live: bool, host: str
          tail: int | None, grep: str | None = None, collapse: bool = False) -> None:
     state = find_run(target)
     _hide_secrets_of(state, ui)
-    if _slurm_run(state):
-        from orchestrator.slurm import lifecycle as slurm
+    target_of(state).logs(state, opts, ui, LogRequest(follow_live, host, rank, tail, grep, collapse))
 
-        return slurm.logs(state, ui, follow_live, host, rank, tail)
+
+def _fleet_logs(state: RunState, opts: Options, ui: Ui, request: LogRequest) -> None:
+    follow_live, host, rank, tail, grep, collapse = (request.follow, request.host, request.rank, request.tail,
+                                                     request.grep, request.collapse)
     _check_regex(grep)
     wanted = _ranks_of(state, host, rank)
     hosts = [h.host for h in state.hosts if any(r.rank in wanted for r in h.ranks)]
@@ -645,3 +649,14 @@ def pull(target: str | None, opts: Options, ui: Ui, dest: str) -> None:
     problems += [f"{h}: unreachable" for h in down]
     if problems:
         raise DistctlError("pull incomplete: " + "; ".join(problems), ExitCode.PARTIAL)
+
+
+class SshFleet:
+    """`Target` for the inventory's `hosts:`: the SSH code of this package and its lower layers."""
+
+    dry_run = staticmethod(_fleet_dry_run)
+    check = staticmethod(_fleet_check)
+    up = staticmethod(_fleet_up)
+    status = staticmethod(_fleet_status)
+    stop = staticmethod(_fleet_stop)
+    logs = staticmethod(_fleet_logs)

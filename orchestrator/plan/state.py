@@ -17,6 +17,8 @@ import dataclasses
 import json
 import os
 import re
+import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -129,6 +131,11 @@ class RunRecord:
     last_state: str | None
     legacy: bool  # found in ./.distctl/, written by a distctl before format 1
 
+
+
+def new_run_id(job: str) -> str:
+    """`JOB-YYYYmmdd-HHMMSS-XXXX`: sorts by start, unique enough across workstations."""
+    return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 def state_dir() -> Path:
     """`DISTCTL_STATE_DIR`, else `$XDG_STATE_HOME/distctl`, else `~/.local/state/distctl`."""
