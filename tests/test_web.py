@@ -212,6 +212,18 @@ def test_progress_lines_become_readings_and_marks(line, found):
     assert parse_progress(line) == found
 
 
+@pytest.mark.parametrize("line, found", [
+    (" 12%|#2        | 120/1000 [00:37<04:35,  3.20it/s]", Reading(120, {}, 1000)),
+    ("120it [00:37,  3.20it/s]", Reading(120)),
+    ("distctl: step=4 epoch=1 rank=1 loss=2", Reading(4, {"loss": 2.0})),
+])
+def test_the_view_reads_progress_with_the_parser_status_uses(line, found):
+    from orchestrator.hostside.progress import parse
+
+    assert parse_progress(line) == found
+    assert parse(line.encode())[0] == found.step
+
+
 # ------------------------------------------------------------------ downsampling
 
 
