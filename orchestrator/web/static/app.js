@@ -459,7 +459,7 @@ $("stacks").addEventListener("click", async () => {
     const response = await fetch("/api/stacks", { method: "POST", headers: { "X-Distctl-Token": TOKEN } });
     const result = await response.json();
     $("stacks-rollcall").textContent = result.error || result.rollcall;
-    $("stacks-text").textContent = (result.lines || []).join("\n");
+    $("stacks-text").textContent = (result.lines || []).join("\n").replace(/^\n+/, "");  // no blank first line
   } catch (err) {
     $("stacks-rollcall").textContent = "stacks failed: " + err;
   }
