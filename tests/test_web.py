@@ -69,16 +69,23 @@ def test_stop_needs_the_header_token_and_the_pages_own_origin():
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
     pytest.importorskip("aiohttp")
+    from orchestrator.run import stacks
+    from orchestrator.web.command import WebOptions, _stacks
     from orchestrator.web.server import Actions, LiveServer
 
     stopped: list[bool] = []
+    dumped: list[bool] = []
+    monkeypatch.setattr(stacks, "take", lambda *args: dumped.append(True) or dumps_of_a_stuck_run())
     view = RunView(run_state(), "live")
     srv = LiveServer(view, Actions(lambda rank, n: [f"line {i}" for i in range(n)],
-                                   lambda: stopped.append(True) or {"ok": True, "lines": ["stopped"]}), "s3cret")
+                                   lambda: stopped.append(True) or {"ok": True, "lines": ["stopped"]},
+                                   lambda: _stacks(view.state, view, WebOptions(), lambda t: t.replace("s3", "***"))),
+                     "s3cret")
     srv.start_thread()
     srv.stopped = stopped  # type: ignore[attr-defined]
+    srv.dumped = dumped  # type: ignore[attr-defined]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -148,6 +155,40 @@ def test_stop_needs_the_header_and_a_same_origin_request(server):
     assert server.stopped == [True]
 
 
+def dumps_of_a_stuck_run():
+    """What run/stacks.take returns for a rank waiting in all_reduce and a host it could not reach."""
+    from orchestrator.run.stacks import Frame, Process, RankDump, Thread
+
+    work = "/w/run/work/"
+    waits = Thread(1, (Frame("/usr/lib/python3/dist-packages/torch/distributed/distributed_c10d.py", 2000,
+                             "all_reduce"), Frame(work + "train.py", 88, "step")))
+    return ([RankDump("node1", 0, work, (Process(10, 1, "python", 1, (waits,)),)),
+             RankDump("node2", 1, "", error="host unreachable: s3cret refused")], {}, {"node2": "s3cret refused"})
+
+
+def test_stacks_needs_the_header_and_a_same_origin_request_and_answers_the_roll_call(server):
+    origin = f"http://127.0.0.1:{server.port}"
+    cookie = {"Cookie": f"distctl_token_{server.port}=s3cret"}
+    assert request(server, "POST", "/api/stacks", {**cookie, "Origin": origin}).status == 403  # cookie alone: no
+    assert request(server, "POST", "/api/stacks?token=s3cret", {"Origin": origin}).status == 403  # URL token: no
+    assert request(server, "POST", "/api/stacks", {"X-Distctl-Token": "s3cret"}).status == 403  # no Origin
+    assert request(server, "POST", "/api/stacks", {"X-Distctl-Token": "s3cret",
+                                                   "Origin": "http://evil.example"}).status == 403
+    assert request(server, "POST", "/api/stacks", {"X-Distctl-Token": "wrong", "Origin": origin}).status == 403
+    assert server.dumped == []
+    r = request(server, "POST", "/api/stacks", {"X-Distctl-Token": "s3cret", "Origin": origin})
+    assert r.status == 200 and server.dumped == [True]
+    found = json.loads(r.read())
+    assert found["ok"] is False
+    assert found["rollcall"] == ("rank 0 on node1 waits in all_reduce (train.py:88); "
+                                 "rank 1 on node2: not dumped (host unreachable: ***cret refused)")  # masked
+    assert found["missing"] == [{"rank": 1, "host": "node2", "why": "host unreachable: ***cret refused"}]
+    assert "rank 0 (node1): main thread: waiting in all_reduce (train.py:88)" in found["lines"]
+    assert "    step (train.py:88)  <- run's code" in found["lines"]
+    assert re.fullmatch(r"saved on each host as <run dir>/stacks/\d{8}T\d{6}Z/rankR\.txt; distctl pull \S+ "
+                        r"brings them back", found["lines"][-1])
+
+
 def test_the_log_pane_loads_a_ranks_last_lines_on_demand(server):
     r = request(server, "GET", "/api/log?rank=1&lines=3&token=s3cret")
     assert r.status == 200 and json.loads(r.read()) == {"rank": 1, "lines": 3}
@@ -169,6 +210,18 @@ def test_the_log_pane_loads_a_ranks_last_lines_on_demand(server):
 ])
 def test_progress_lines_become_readings_and_marks(line, found):
     assert parse_progress(line) == found
+
+
+@pytest.mark.parametrize("line, found", [
+    (" 12%|#2        | 120/1000 [00:37<04:35,  3.20it/s]", Reading(120, {}, 1000)),
+    ("120it [00:37,  3.20it/s]", Reading(120)),
+    ("distctl: step=4 epoch=1 rank=1 loss=2", Reading(4, {"loss": 2.0})),
+])
+def test_the_view_reads_progress_with_the_parser_status_uses(line, found):
+    from orchestrator.hostside.progress import parse
+
+    assert parse_progress(line) == found
+    assert parse(line.encode())[0] == found.step
 
 
 # ------------------------------------------------------------------ downsampling

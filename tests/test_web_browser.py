@@ -1,6 +1,7 @@
 """The live view in a real headless browser (Debian's chromium, driven by Playwright), against
 a run on the test cluster: refused without the token, loaded with it; the curves advance while
-the run trains; a failed rank shows its report; the Stop button stops the run on every host.
+the run trains; a failed rank shows its report; the Stacks button shows every rank's stacks;
+the Stop button stops the run on every host.
 
 The run is a torch-free stand-in that prints the progress format (`distctl: step=N KEY=NUMBER`):
 the mechanism under test is the view, not training. One run covers all of it, to keep CI short.
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cannot_run
-from e2e import DISTCTL, distctl, kill_tree, last_run_id, run_pids, wait_for, write_inventory
+from e2e import DISTCTL, distctl, kill_tree, last_run_id, recorded_runs, run_pids, wait_for, write_inventory
 
 pytestmark = pytest.mark.cluster
 
@@ -34,22 +35,25 @@ ROOT = Path(__file__).resolve().parent.parent
 # could come before `up --detach` has seen every rank run, which it checks).
 PROGRAM = '''
 import math, os, sys, time
-rank, fail_rank, trigger = int(os.environ["RANK"]), int(sys.argv[1]), sys.argv[2]
-saved = "step-%d" % rank
-step = int(open(saved).read()) if os.path.exists(saved) else 0
-while True:
-    step += 1
-    loss = 2.3 * math.exp(-step / 50) + 0.08 + 0.02 * rank + 0.03 * math.sin(step / 3 + rank)
-    rate = 900 + 40 * rank + 25 * math.sin(step / 7 + rank)
-    print("distctl: step=%d total=100000 loss=%.5f samples_per_s=%.1f" % (step, loss, rate), flush=True)
-    if step % 10 == 0:
-        open(saved, "w").write(str(step))
-    if rank == fail_rank and os.path.exists(trigger):
-        os.remove(trigger)
-        print("Traceback (most recent call last):", flush=True)
-        print("RuntimeError: injected failure on rank %d at step %d" % (rank, step), flush=True)
-        sys.exit(3)
-    time.sleep(0.1)
+
+def train(rank, fail_rank, trigger):
+    saved = "step-%d" % rank
+    step = int(open(saved).read()) if os.path.exists(saved) else 0
+    while True:
+        step += 1
+        loss = 2.3 * math.exp(-step / 50) + 0.08 + 0.02 * rank + 0.03 * math.sin(step / 3 + rank)
+        rate = 900 + 40 * rank + 25 * math.sin(step / 7 + rank)
+        print("distctl: step=%d total=100000 loss=%.5f samples_per_s=%.1f" % (step, loss, rate), flush=True)
+        if step % 10 == 0:
+            open(saved, "w").write(str(step))
+        if rank == fail_rank and os.path.exists(trigger):
+            os.remove(trigger)
+            print("Traceback (most recent call last):", flush=True)
+            print("RuntimeError: injected failure on rank %d at step %d" % (rank, step), flush=True)
+            sys.exit(3)
+        time.sleep(0.1)
+
+train(int(os.environ["RANK"]), int(sys.argv[1]), sys.argv[2])
 '''
 
 
@@ -134,6 +138,20 @@ def test_the_live_view_shows_a_training_run_its_failure_and_restart_and_stops_it
             page.wait_for_function(loaded, timeout=30_000)
             assert all(t.startswith("[node2 r3] ") for t in page.locator("#log > div").all_text_contents())
             page.select_option("#log-rank", "")
+
+            # Stacks, as `distctl stacks` takes them: the roll-call says where each rank is, and
+            # the dumps are saved in the run directory on each host.
+            page.click("#stacks")
+            page.wait_for_function("() => document.getElementById('stacks-text').textContent.includes('saved on')",
+                                   timeout=60_000)
+            rollcall = page.text_content("#stacks-rollcall")
+            assert all(re.fullmatch(r"ranks? [\d,-]+( on [\w,]+)? (are|is) in train \(train\.py:\d+\)", part)
+                       for part in rollcall.split("; ")), rollcall  # a line each rank may be caught on
+            stamp = re.search(r"stacks/(\w+)/rankR\.txt", page.text_content("#stacks-text"))[1]
+            record = next(r for r in recorded_runs() if r["run_id"] == run_id)
+            for hs in record["hosts"]:
+                saved = cluster.host(hs["host"]["name"]).run(["ls", f"{hs['rundir']}/stacks/{stamp}"]).stdout.split()
+                assert saved == [f"rank{r['rank']}.txt" for r in hs["ranks"]]
 
             shot = tmp_path / "live-view.png"
             done = subprocess.run([sys.executable, str(ROOT / "scripts" / "web_screenshot.py"), url, str(shot)],

@@ -548,21 +548,12 @@ def stacks(target: str | None, opts: Options, ui, host: str | None, rank: int | 
 
     state = find_run(target)
     wanted = _ranks_of(state, host, rank)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    hosts = [hs.host for hs in state.hosts if any(r.rank in wanted for r in hs.ranks)]
-    connected = group.connect_each(hosts, state.ssh, opts.fanout)
-    down = {name: e.cause for name, e in connected.failed.items()}
-    try:
-        found, notes = dumps.collect(state, connected.ok, wanted, down, stamp, native, opts.fanout,
-                                     samples=samples, every=every)
-    finally:
-        group.close_all(connected.ok)
+    stamp = dumps.new_stamp()
+    found, notes, down = dumps.take(state, wanted, stamp, native, opts.fanout, samples, every)
     if as_json:
         ui.out(dumps.render_json(state.run_id, stamp, found, notes, down))
     else:
-        saved = (f"saved on each host as <run dir>/stacks/{stamp}/rankR.txt; "
-                 f"distctl pull {state.run_id} brings them back")
-        for line in dumps.render_text(found, notes, saved):
+        for line in dumps.render_text(found, notes, dumps.saved_line(state.run_id, stamp)):
             ui.out(ui.masked(line))
     missing = [d for d in found if d.main is None]
     if missing:

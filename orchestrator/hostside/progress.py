@@ -6,6 +6,7 @@
 Progress lines, one parser for all (`parse`): a tqdm bar (`120/1000 [00:37<04:35, 3.20it/s]`,
 `120it [00:37, 3.20it/s]`; each `\\r` redraw counts), and a program's own logfmt line on
 stdout, `distctl: step=N [total=N] [KEY=NUMBER]...`, which the bundled trainer prints too.
+The live view (web/progress.py) reads its curves with the same `parse`, imported on the workstation.
 
 The bundled trainer's contract (trainer/__main__.py) adds `epoch=E rank=R ...` once each epoch
 is done, and `stopped rank=R epoch=E step=S ...` right before it exits 143 after a checkpoint.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -319,3 +320,25 @@ def collect(state: RunState, conns: dict[str, Connection], wanted: set[int], dow
             dumps += [RankDump(name, r.rank, "", error=f"host unreachable: {causes.get(name, '?')}")
                       for r in hs.ranks if r.rank in wanted]
     return sorted(dumps, key=lambda d: d.rank), notes
+
+
+def new_stamp() -> str:
+    """The dumps' folder name on each host, `<run dir>/stacks/<stamp>/` (UTC, sortable)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def saved_line(run_id: str, stamp: str) -> str:
+    return f"saved on each host as <run dir>/stacks/{stamp}/rankR.txt; distctl pull {run_id} brings them back"
+
+
+def take(state: RunState, wanted: set[int], stamp: str, native: bool, fanout: int, samples: int = 1,
+         every: float = 0.1) -> tuple[list[RankDump], dict[str, str], dict[str, str]]:
+    """`distctl stacks` from connecting to closing: (dumps, native notes, unreachable hosts' causes)."""
+    hosts = [hs.host for hs in state.hosts if any(r.rank in wanted for r in hs.ranks)]
+    connected = group.connect_each(hosts, state.ssh, fanout)
+    down = {name: e.cause for name, e in connected.failed.items()}
+    try:
+        found, notes = collect(state, connected.ok, wanted, down, stamp, native, fanout, samples=samples, every=every)
+    finally:
+        group.close_all(connected.ok)
+    return found, notes, down

@@ -80,7 +80,8 @@ def start_view(state: RunState, opts: WebOptions, ui):
     live = Feed(state, view, opts.fanout, mask)
     feeds: list[Feed | PulledFeed] = [live]
     server = LiveServer(view, Actions(lambda rank, lines: feeds[-1].log_tail(rank, lines),
-                                      lambda: _stop(state, view, live, opts)), security.new_token(), opts.port)
+                                      lambda: _stop(state, view, live, opts),
+                                      lambda: _stacks(state, view, opts, mask)), security.new_token(), opts.port)
     if live.connect() == 0:
         folder = pulled_folder(state, Path(opts.pulled) if opts.pulled else None)
         if folder is None:
@@ -110,6 +111,24 @@ def _stop(state: RunState, view: RunView, feed: Feed, opts: WebOptions) -> dict:
     finally:
         feed.poll_once()
     return {"ok": True, "lines": recorder.lines}
+
+
+def _stacks(state: RunState, view: RunView, opts: WebOptions, mask) -> dict:
+    """The Stacks button: `distctl stacks` itself (dumps saved on the hosts as it saves them); the
+    roll-call, then the grouped stacks as the command prints them, and the ranks it could not dump."""
+    from orchestrator.run import stacks
+
+    if view.source == "pulled":
+        return {"ok": False, "error": "no host of this run can be reached: no stacks to take"}
+    stamp = stacks.new_stamp()
+    try:
+        found, notes, _ = stacks.take(state, {r.rank for hs in state.hosts for r in hs.ranks}, stamp, False,
+                                      opts.fanout)
+    except DistctlError as exc:
+        return {"ok": False, "error": f"stacks failed: {mask(str(exc))}"}
+    lines = [mask(line) for line in stacks.render_text(found, notes, stacks.saved_line(state.run_id, stamp))]
+    missing = [{"rank": d.rank, "host": d.host, "why": mask(d.error or "no dump")} for d in found if d.main is None]
+    return {"ok": not missing, "rollcall": lines[0], "lines": lines[1:], "missing": missing}
 
 
 def web(target: str | None, opts: WebOptions, ui) -> None:

@@ -1,11 +1,14 @@
 """Progress lines a rank prints, as numbers for the charts (pure: a line in, a reading out).
 
-Two shapes are read:
+The progress lines themselves are read by the parser the rest of distctl uses
+(hostside/progress.py's `parse`, which `distctl status` and each rank's tracker run too):
 - `distctl: step=N [total=N] [KEY=NUMBER]...`: the progress format any program may print
   (issue 21); every numeric KEY becomes a curve over N;
+- a tqdm bar (`120/1000 [00:37<04:35, 3.20it/s]`): a step and a total, no curve.
+What only the view reads is here:
 - the bundled trainer's epoch line, `epoch=E rank=R loss=X samples_per_s=Y [test_accuracy=Z]`
-  (trainer/log.py): its numbers become curves over the epoch.
-A `--- distctl: ... ---` line (a restart or a resume, written into every rank log) is a mark.
+  (trainer/log.py): its numbers become curves over the epoch;
+- a `--- distctl: ... ---` line (a restart or a resume, written into every rank log): a mark.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-PREFIX = "distctl: "
+from orchestrator.hostside import progress as shared
+
 MARK = "--- distctl: "
 NOT_CURVES = {"step", "total", "rank", "epoch"}  # what a line says about position, not a measurement
 
@@ -34,15 +38,15 @@ def parse_progress(line: str) -> Reading | Mark | None:
     """The reading a line carries, a mark, or None for any other line."""
     if line.startswith(MARK):
         return Mark(line[len(MARK):].rstrip(" -"))
-    if line.startswith(PREFIX + "step="):
-        pairs = _pairs(line[len(PREFIX):])
-        step, total = _integer(pairs.get("step")), _integer(pairs.get("total"))
-        return None if step is None else Reading(step, _numbers(pairs), total)
     if line.startswith("epoch="):
         pairs = _pairs(line)
         epoch = _integer(pairs.get("epoch"))
         return None if epoch is None else Reading(epoch, _numbers(pairs))
-    return None
+    found = shared.parse(line.encode("utf-8", "replace"))
+    if found is None:
+        return None
+    step, total, values = found
+    return Reading(step, {k: v for k, v in values.items() if k not in NOT_CURVES}, total)
 
 
 def _pairs(text: str) -> dict[str, str]:

@@ -6,9 +6,9 @@ requests there. So:
   is swapped for, or a header), else 403: another page cannot guess it;
 - the Host header must name loopback (`127.0.0.1`, `localhost`, `[::1]`, any port), else 403:
   a DNS-rebinding page reaches 127.0.0.1 under its own name, and its Host says so;
-- Stop changes the run, so it needs more than a cookie the browser adds by itself: the token
-  in the `X-Distctl-Token` header (a cross-site page cannot set it without a preflight this
-  server never grants) and an `Origin` equal to the page's own.
+- Stop changes the run and Stacks signals every rank, so they need more than a cookie the
+  browser adds by itself: the token in the `X-Distctl-Token` header (a cross-site page cannot
+  set it without a preflight this server never grants) and an `Origin` equal to the page's own.
 """
 
 from __future__ import annotations

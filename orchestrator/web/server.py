@@ -7,7 +7,9 @@ Routes, all behind security.py's checks:
 - `GET /static/NAME`: the page's script and style (package data, nothing from the internet);
 - `GET /events`: server-sent events, one JSON delta (view.py) every PUSH_S while anything changed;
 - `GET /api/state`: the whole view once (for scripts); `GET /api/log?rank=R&lines=N`: a rank's
-  last lines, loaded on demand; `POST /api/stop`: what `distctl stop` does.
+  last lines, loaded on demand; `POST /api/stop`: what `distctl stop` does; `POST /api/stacks`:
+  what `distctl stacks` does (JSON: `rollcall`, `lines` as the command prints them, `missing`;
+  `error` alone when no stack could be taken).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from orchestrator.web.view import Cursor, RunView
 PUSH_S = 0.25  # a line reaches the page within this (plus the network) after the follower read it
 KEEPALIVE_S = 15.0
 STATIC = {"app.js": "application/javascript", "app.css": "text/css"}
+ACTIONS = ("/api/stop", "/api/stacks")  # they act on the hosts: the header token and the page's Origin
 HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -42,9 +45,11 @@ HEADERS = {
 class Actions:
     """What the page can ask of the run besides watching it (feed.Feed and commands.stop do it)."""
 
-    def __init__(self, log_tail: Callable[[int, int], list[str]], stop: Callable[[], dict]):
+    def __init__(self, log_tail: Callable[[int, int], list[str]], stop: Callable[[], dict],
+                 stacks: Callable[[], dict] | None = None):
         self.log_tail = log_tail
         self.stop = stop
+        self.stacks = stacks
 
 
 def _static(name: str) -> bytes:
@@ -97,6 +102,7 @@ class LiveServer:
         app.router.add_get("/api/state", self.snapshot)
         app.router.add_get("/api/log", self.log)
         app.router.add_post("/api/stop", self.stop)
+        app.router.add_post("/api/stacks", self.stacks)
         return app
 
     # ------------------------------------------------------------------ security
@@ -107,7 +113,7 @@ class LiveServer:
         allowed = security.request_allowed(host, self.token, request.query.get("token"),
                                            request.cookies.get(self.cookie),
                                            request.headers.get(security.TOKEN_HEADER))
-        if request.path == "/api/stop":
+        if request.path in ACTIONS:
             allowed = security.stop_allowed(host, request.headers.get("Origin"),
                                             request.headers.get(security.TOKEN_HEADER), self.token)
         if not allowed:
@@ -175,6 +181,14 @@ class LiveServer:
     async def stop(self, request: web.Request) -> web.StreamResponse:
         result = await asyncio.get_running_loop().run_in_executor(None, self.actions.stop)
         return web.json_response(result, status=200 if result.get("ok") else 502)
+
+    async def stacks(self, request: web.Request) -> web.StreamResponse:
+        """Every rank's stacks; 200 with `ok` false when some rank could not be dumped (the roll-call
+        names it and why), 502 with `error` when none could be taken."""
+        if self.actions.stacks is None:
+            raise web.HTTPNotFound(text="this view cannot take stacks\n")
+        result = await asyncio.get_running_loop().run_in_executor(None, self.actions.stacks)
+        return web.json_response(result, status=502 if "error" in result else 200)
 
 
 def _dumps(data: Any) -> str:

@@ -11,6 +11,7 @@ const model = {
   series: new Map(),      // "rank/key" -> {rank, key, gen, stride, points: [[step, t, mean, lo, hi]]}
   lines: [], lastSeq: -1, lastNotice: 0, skipped: 0, clockSkew: 0,
 };
+let stacksPending = false;  // the Stacks button waits for its answer
 const dirty = { meta: false, keys: new Set(), lines: false, rebuildLog: false };
 // Read by the browser test and the delay bench: what each chart drew last, and when.
 window.distctlView = { model, drawn: new Map(), messages: 0 };
@@ -117,6 +118,7 @@ function renderHeader() {
     ...(run.max_restarts ? [" · attempt ", el("b", { text: String(run.attempt) }),
       ", restarts ", el("b", { text: run.restarts + "/" + run.max_restarts })] : []));
   $("stop").disabled = !["running", "starting", "restarting", "unknown"].includes(run.state) || run.source === "pulled";
+  $("stacks").disabled = stacksPending || $("stop").disabled;
 }
 
 setInterval(() => { const e = $("elapsed"); if (e) e.textContent = duration(elapsed()); }, 1000);
@@ -444,5 +446,27 @@ $("confirm").addEventListener("close", async () => {
     $("stop").disabled = false;
   }
 });
+
+// ------------------------------------------------------------------ stacks
+
+$("stacks").addEventListener("click", async () => {
+  stacksPending = true;
+  $("stacks").disabled = true;
+  $("stacks-panel").hidden = false;
+  $("stacks-rollcall").textContent = "taking every rank's stacks…";
+  $("stacks-text").textContent = "";
+  try {
+    const response = await fetch("/api/stacks", { method: "POST", headers: { "X-Distctl-Token": TOKEN } });
+    const result = await response.json();
+    $("stacks-rollcall").textContent = result.error || result.rollcall;
+    $("stacks-text").textContent = (result.lines || []).join("\n").replace(/^\n+/, "");  // no blank first line
+  } catch (err) {
+    $("stacks-rollcall").textContent = "stacks failed: " + err;
+  }
+  stacksPending = false;
+  dirty.meta = true; schedule();
+});
+
+$("stacks-close").addEventListener("click", () => { $("stacks-panel").hidden = true; });
 
 connect();
