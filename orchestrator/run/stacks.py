@@ -15,6 +15,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
+from orchestrator import shell
 from orchestrator.ssh import group
 from orchestrator.errors import HostError
 from orchestrator.console.rankset import format_ranks, ranks_phrase
@@ -319,3 +320,27 @@ def collect(state: RunState, conns: dict[str, Connection], wanted: set[int], dow
             dumps += [RankDump(name, r.rank, "", error=f"host unreachable: {causes.get(name, '?')}")
                       for r in hs.ranks if r.rank in wanted]
     return sorted(dumps, key=lambda d: d.rank), notes
+
+
+HUNG_FILE = "hung"  # hostside/agent.py: one line per hang it judged, the stacks folder it took then
+
+
+def hang_report(state: RunState, conns: dict[str, Connection], fanout: int) -> list[str]:
+    """The roll-call of the stacks every host's agent took when it judged the run hung
+    (job.hang_timeout), read from the run directories, and where they are kept."""
+    def one(hs: HostState) -> tuple[list[RankDump], str]:
+        rundir = shell.join([hs.rundir])
+        out = conns[hs.host.name].run(f'cd {rundir} && s=$(tail -n 1 {HUNG_FILE}) && echo "$s" && '
+                                      f'cat "stacks/$s/ranks.jsonl"', timeout=30)
+        stamp, _, rest = out.stdout.partition("\n")
+        return parse_host(hs.host.name, f"{hs.rundir}/work/", rest)[0], stamp.strip()
+
+    found = group.fan_out("hung stacks", [hs for hs in state.hosts if hs.host.name in conns], one, fanout,
+                          lambda hs: hs.host.name)
+    dumps = sorted((d for ranks, _ in found.ok.values() for d in ranks), key=lambda d: d.rank)
+    stamps = sorted({stamp for _, stamp in found.ok.values() if stamp})
+    if not dumps:
+        return []
+    where = ", ".join(f"stacks/{s}/" for s in stamps)
+    return [f"roll-call when it hung: {rollcall(dumps)}",
+            f"stacks taken then: in each host's run directory, {where} (distctl pull brings them back)"]
