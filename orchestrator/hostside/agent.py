@@ -2,7 +2,7 @@
 
     agent.py CONFIG_JSON
 
-Started detached by the launch step of a run with job.max_restarts, right after the
+Started detached by the launch step of a run with job.max_restarts or job.hang_timeout, right after the
 host's ranks (attempt 0) were started; it adopts them through their rankR.pid files.
 The agent on rank 0's host is the coordinator: it listens on rank 0's address at
 job.port + 1, every other agent connects to it, reports its ranks' exits and sends a
@@ -26,6 +26,12 @@ heartbeat. The coordinator alone decides (agent_policy.decide, a pure function):
 Each decision goes to `agent.events` (the log follower relays it to the workstation),
 into every rank's log as a `--- distctl: ... ---` line, and into `agent.state` (JSON:
 attempt, hosts, dropped, restarts, outcome), which `distctl status` reads.
+
+With job.hang_timeout (config "hang_timeout"), each agent also reads its ranks' logs as they
+grow (Ranks.progressed, Ranks.joined) and members tell the coordinator in their heartbeats how
+long their ranks have been quiet; when no rank progressed for that long, every host takes its
+ranks' stacks (RunDir.take_stacks) and the run restarts or ends as `hung`. With max_restarts 0
+the agent only watches: it never restarts, it stops the other ranks when one fails or it hangs.
 
 The decisions are agent_policy.py (Coordinator, Member: pure code over the Ranks and Host
 interfaces and a clock, returning the messages to send); this file is the I/O: the rank
