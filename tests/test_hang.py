@@ -48,6 +48,42 @@ def host_file(cluster, host: str, run_id: str, name: str) -> str:
     return h.run(f"cat {h.workdir}/runs/{run_id}/{name} 2>/dev/null").stdout
 
 
+def plan_with(job: str):
+    from test_plan import ARTIFACTS, INVENTORY, facts
+
+    from orchestrator.inventory.model import parse_inventory
+    from orchestrator.plan.model import Network, plan_launch
+
+    inv = parse_inventory(INVENTORY.replace("train: {epochs: 2}", job), "inv.yaml", environ={"MY_TOKEN": "x"})
+    return inv, plan_launch(inv, "run-1", ARTIFACTS, facts(), Network("10.213.0.11", {"node1": "eth0", "node2": "e"}))
+
+
+def test_hang_timeout_alone_starts_a_watching_agent_and_no_restart_step():
+    from orchestrator.plan.model import StepKind, agent_config
+
+    inv, plan = plan_with("command: python prog.py, hang_timeout: 30")
+    assert plan.agent and plan.hang_timeout == 30 and not plan.max_restarts
+    assert not [s for s in plan.steps if s.kind is StepKind.RESTART]
+    cfg = agent_config(inv, plan.run_id, list(plan.hosts), 1, plan.master_addr)
+    assert (cfg["max_restarts"], cfg["hang_timeout"], cfg["join_line"]) == (0, 30, None)
+    assert cfg["stacks"][1] == "0 2.0 1 0.1 2"  # node2's rank, dumped as `distctl stacks` does
+    assert all("distctl-agent" in s.command for s in plan.steps if s.kind is StepKind.LAUNCH)
+    trainer_inv, trainer = plan_with("train: {epochs: 2}, hang_timeout: 600")
+    cfg = agent_config(trainer_inv, trainer.run_id, list(trainer.hosts), 0, trainer.master_addr)
+    assert cfg["join_line"] == "joined "  # the trainer's line right after init_process_group
+    _, neither = plan_with("command: python prog.py")
+    assert not neither.agent and not any("distctl-agent" in s.command for s in neither.steps)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_bad_hang_timeout_is_one_clear_line(value):
+    from orchestrator.errors import DistctlError
+
+    with pytest.raises(DistctlError) as err:
+        plan_with(f"command: python prog.py, hang_timeout: {value}")
+    assert "hang_timeout" in str(err.value) and "a positive number of seconds" in str(err.value)
+
+
 @pytest.mark.cluster
 def test_a_hung_run_attached_takes_every_ranks_stacks_and_exits_15(cluster, tmp_path, monkeypatch):
     inv = hanging(cluster, tmp_path, monkeypatch)
