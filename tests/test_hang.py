@@ -124,3 +124,18 @@ def test_a_hang_with_a_restart_left_restarts_once(cluster, tmp_path, monkeypatch
     assert re.search(r"run \S+ finished: 2 rank\(s\) exited 0, after 1 restart\(s\)", up.stderr), up.stderr
     run_id = last_run_id(tmp_path)
     assert "attempt=1 rank=1" in host_file(cluster, "node2", run_id, "rank1.log")
+
+
+@pytest.mark.cluster
+def test_stop_ends_a_watched_run_and_its_agents_and_is_never_a_hang(cluster, tmp_path, monkeypatch):
+    inv = hanging(cluster, tmp_path, monkeypatch)
+    inv.write_text(inv.read_text().replace("hang_timeout: 3", "hang_timeout: 300"))
+    assert distctl("up", str(inv), "--detach", cwd=tmp_path).returncode == 0
+    run_id = last_run_id(tmp_path)
+    wait_for(lambda: "attempt=0 rank=1" in host_file(cluster, "node2", run_id, "rank1.log"), 60, "rank 1 to start")
+    stop = distctl("stop", cwd=tmp_path)
+    assert stop.returncode == 0, stop.stderr
+    assert not any(run_pids(cluster, run_id).values())  # the agents carry the run's marker too
+    status = distctl("status", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "hung" not in status.stdout and not host_file(cluster, "node1", run_id, "hung")
