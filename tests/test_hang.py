@@ -139,3 +139,16 @@ def test_stop_ends_a_watched_run_and_its_agents_and_is_never_a_hang(cluster, tmp
     status = distctl("status", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert "hung" not in status.stdout and not host_file(cluster, "node1", run_id, "hung")
+
+
+@pytest.mark.cluster
+def test_a_watching_agent_ends_a_failed_run_and_stops_the_others_without_a_restart(cluster, tmp_path, monkeypatch):
+    inv = hanging(cluster, tmp_path, monkeypatch)
+    inv.write_text(inv.read_text().replace("hang_timeout: 3", "hang_timeout: 300"))
+    (tmp_path / "project" / "prog.py").write_text(HANGS.replace("stuck() if", "sys.exit(7) if"))
+    up = distctl("up", str(inv), cwd=tmp_path, timeout=180)
+    assert up.returncode == 1, up.stderr
+    assert "rank 1 on node2 failed first: exited with code 7" in up.stderr, up.stderr
+    assert "restart" not in up.stderr
+    run_id = last_run_id(tmp_path)
+    assert not any(run_pids(cluster, run_id).values())
