@@ -41,6 +41,17 @@ class FakeRanks:
     def start(self, attempt: int, env: dict, marker: str) -> None:
         self.attempts.append((attempt, env, marker))
         self.exits, self.ending = {}, {}
+        self.joins, self.output = set(), set()
+
+    joins: set[int] = set()  # the ranks that joined in this attempt (the test says when)
+    output: set[int] = set()  # ranks that printed since the last progressed() call
+
+    def progressed(self) -> list[int]:
+        out, self.output = sorted(self.output), set()
+        return out
+
+    def joined(self) -> list[int]:
+        return sorted(self.joins)
 
 
 class FakeRunDir:
@@ -68,6 +79,11 @@ class FakeRunDir:
     def pause(self, moment: str) -> None:
         pass
 
+    stacks_taken = 0
+
+    def take_stacks(self) -> None:
+        self.stacks_taken += 1
+
 
 HOSTS = [{"name": "a", "ranks": [0]}, {"name": "b", "ranks": [1]}, {"name": "c", "ranks": [2]}]
 LOST_AFTER, GRACE = 5.0, 1.0
@@ -76,7 +92,7 @@ LOST_AFTER, GRACE = 5.0, 1.0
 class World:
     """A coordinator (host 0) and members; member i reaches the coordinator on link id i."""
 
-    def __init__(self, min_hosts: int = 3, max_restarts: int = 2) -> None:
+    def __init__(self, min_hosts: int = 3, max_restarts: int = 2, hang_timeout: float | None = None) -> None:
         self.now = 0.0
         self.ranks = {i: FakeRanks(h["ranks"]) for i, h in enumerate(HOSTS)}
         self.dirs = {i: FakeRunDir() for i in range(len(HOSTS))}
@@ -84,7 +100,8 @@ class World:
         for i, h in enumerate(HOSTS):
             cfg = {"me": i, "hosts": HOSTS, "ranks": [{"rank": r} for r in h["ranks"]], "max_restarts": max_restarts,
                    "min_hosts": min_hosts, "lost_after": LOST_AFTER, "grace": GRACE, "final_codes": [2, 3],
-                   "peer_lost": [4], "wait_port": True, "heartbeat": 0.5, "silent": 2.0, "settle": 0.5}
+                   "peer_lost": [4], "wait_port": True, "heartbeat": 0.5, "silent": 2.0, "settle": 0.5,
+                   "hang_timeout": hang_timeout}
             kind = Coordinator if i == 0 else Member
             self.agents[i] = kind(cfg, self.ranks[i], self.dirs[i], lambda: self.now)
         self.up: set[int] = set()  # members linked to the coordinator
@@ -277,3 +294,99 @@ def test_a_final_code_ends_the_run_without_a_restart(code):
     w.run_until(lambda: all(a.finished() for a in w.agents.values()))
     assert w.events()[-1] == f"end failed: c r2 exited {code}: not restarted (a restart would fail the same way)"
     assert all(r.attempts == [] for r in w.ranks.values())
+
+
+# ---------------------------------------------------------------- the hang timeout
+
+HANG = 10.0
+
+
+def join_all(w: World) -> None:
+    for r in w.ranks.values():
+        r.joins = set(r.ranks)
+
+
+def test_no_progress_for_the_hang_timeout_takes_every_hosts_stacks_then_ends_the_run_hung():
+    w = World(max_restarts=0, hang_timeout=HANG)
+    w.run_until(lambda: w.now > 3 * HANG)
+    assert w.coordinator.outcome is None  # the clock starts only once every rank joined
+    join_all(w)
+    joined = w.now
+    w.run_until(lambda: w.coordinator.outcome is not None, limit=2 * HANG)
+    assert joined + HANG <= w.now <= joined + HANG + 1.0  # within a heartbeat of the deadline
+    assert w.coordinator.outcome == "hung"
+    assert [d.stacks_taken for d in w.dirs.values()] == [1, 1, 1]  # before anything is stopped
+    assert w.events()[-1] == "end hung: no rank made progress for 10s (job.hang_timeout)"
+    w.run_until(lambda: all(a.finished() for a in w.agents.values()))
+    assert all(r.terminated for r in w.ranks.values()) and all(r.attempts == [] for r in w.ranks.values())
+    assert w.dirs[2].state["outcome"] == "hung: no rank made progress for 10s (job.hang_timeout)"
+
+
+def test_progress_on_any_host_sets_the_hang_clock_back():
+    w = World(max_restarts=0, hang_timeout=HANG)
+    join_all(w)
+    for _ in range(6):  # only c's rank prints, every 0.7 of the timeout: never hung
+        w.run_until(lambda until=w.now + 0.7 * HANG: w.now >= until)
+        w.ranks[2].output.add(2)
+    assert w.coordinator.outcome is None
+    last = w.now
+    w.run_until(lambda: w.coordinator.outcome is not None, limit=2 * HANG)
+    assert w.coordinator.outcome == "hung" and w.now >= last + HANG
+
+
+def test_a_hang_with_restarts_left_restarts_and_the_clock_starts_again_once_the_ranks_joined():
+    w = World(max_restarts=1, hang_timeout=HANG)
+    join_all(w)
+    w.run_until(lambda: w.coordinator.phase == "stopping", limit=2 * HANG)
+    assert w.events()[-1] == "restart 1/1 after hung: no rank made progress for 10s (job.hang_timeout)"
+    assert [d.stacks_taken for d in w.dirs.values()] == [1, 1, 1]
+    w.run_until(lambda: w.coordinator.phase == "run")
+    assert [r.attempts[-1][0] for r in w.ranks.values()] == [1, 1, 1]
+    w.run_until(lambda: w.now > 50)  # not joined yet: no clock
+    assert w.coordinator.outcome is None
+    join_all(w)
+    joined = w.now
+    w.run_until(lambda: w.coordinator.outcome is not None, limit=2 * HANG)
+    assert w.now >= joined + HANG
+    assert w.coordinator.outcome == "hung"
+    assert w.events()[-1] == ("end hung: restarts exhausted (1/1): no rank made progress for 10s "
+                              "(job.hang_timeout)")
+
+
+def test_a_stop_wins_over_a_hang():
+    w = World(max_restarts=0, hang_timeout=HANG)
+    join_all(w)
+    w.run_until(lambda: w.now > HANG - 1)
+    w.dirs[1].stopping = True
+    w.run_until(lambda: all(a.finished() for a in w.agents.values()))
+    assert [a.outcome for a in w.agents.values()] == ["stopped"] * 3
+    assert [d.stacks_taken for d in w.dirs.values()] == [0, 0, 0]
+
+
+def test_a_silent_host_is_never_taken_for_a_hang():
+    w = World(max_restarts=0, hang_timeout=HANG)
+    join_all(w)
+    w.step()
+    w.cut(2)  # the link to c breaks: its ranks' progress cannot be known
+    w.run_until(lambda: w.now > 3 * HANG)
+    assert w.coordinator.outcome is None
+
+
+def test_a_watch_only_agent_ends_a_failed_run_as_failed_not_exhausted():
+    w = World(max_restarts=0, hang_timeout=HANG)
+    w.ranks[1].exit(1, 7)
+    w.run_until(lambda: all(a.finished() for a in w.agents.values()))
+    assert w.coordinator.outcome == "failed" and w.events()[-1] == "end failed: b r1 exited 7"
+    assert all(r.attempts == [] for r in w.ranks.values())
+
+
+def test_a_rank_of_the_new_attempt_that_ends_before_the_others_start_is_counted():
+    w = World()
+    w.ranks[1].exit(1, 7)
+    w.run_until(lambda: w.coordinator.phase == "starting")
+    w.ranks[0].exit(0, 0)  # attempt 1's rank 0 is done before "start" reached the others
+    w.step()
+    for i in (1, 2):
+        w.ranks[i].exit(i, 0)
+    w.run_until(lambda: all(a.finished() for a in w.agents.values()), limit=10)
+    assert w.coordinator.outcome == "finished"

@@ -385,7 +385,8 @@ def _fleet_status(state: RunState, opts: Options, ui: Ui, as_json: bool) -> None
         found = query_status(state, conns, down, opts.fanout)
         first = found.failed_first()
         failure = {"host": first.host, "rank": first.status.rank, "exit_code": first.status.code,
-                   "log_tail": log_tail(state, conns, first)} if first else None
+                   "log_tail": log_tail(state, conns, first)} if first and found.summary != "hung" else None
+        hung = _hang_lines(state, conns, found, opts.fanout)
     finally:
         group.close_all(conns)
     if found.summary:
@@ -394,7 +395,22 @@ def _fleet_status(state: RunState, opts: Options, ui: Ui, as_json: bool) -> None
         ui.out(render.status_json(found, failure))
     else:
         _show_status(found, failure, ui)
+        for line in hung:
+            ui.out(ui.shown(line))
     _exit_for_status(found)
+
+
+def _hang_lines(state: RunState, conns: dict, found: RunStatus, fanout: int) -> list[str]:
+    """A hung run (job.hang_timeout): why, and the roll-call of the stacks the agents took."""
+    if found.summary != "hung":
+        return []
+    from orchestrator.run.stacks import hang_report
+
+    why = next(str(a["outcome"]) for a in found.agents if str(a.get("outcome") or "").startswith("hung"))
+    try:
+        return [why] + hang_report(state, conns, fanout)
+    except HostError:
+        return [why]
 
 
 def _exit_for_status(found: RunStatus) -> None:

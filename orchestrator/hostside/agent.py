@@ -2,7 +2,7 @@
 
     agent.py CONFIG_JSON
 
-Started detached by the launch step of a run with job.max_restarts, right after the
+Started detached by the launch step of a run with job.max_restarts or job.hang_timeout, right after the
 host's ranks (attempt 0) were started; it adopts them through their rankR.pid files.
 The agent on rank 0's host is the coordinator: it listens on rank 0's address at
 job.port + 1, every other agent connects to it, reports its ranks' exits and sends a
@@ -26,6 +26,12 @@ heartbeat. The coordinator alone decides (agent_policy.decide, a pure function):
 Each decision goes to `agent.events` (the log follower relays it to the workstation),
 into every rank's log as a `--- distctl: ... ---` line, and into `agent.state` (JSON:
 attempt, hosts, dropped, restarts, outcome), which `distctl status` reads.
+
+With job.hang_timeout (config "hang_timeout"), each agent also reads its ranks' logs as they
+grow (Ranks.progressed, Ranks.joined) and members tell the coordinator in their heartbeats how
+long their ranks have been quiet; when no rank progressed for that long, every host takes its
+ranks' stacks (RunDir.take_stacks) and the run restarts or ends as `hung`. With max_restarts 0
+the agent only watches: it never restarts, it stops the other ranks when one fails or it hangs.
 
 The decisions are agent_policy.py (Coordinator, Member: pure code over the Ranks and Host
 interfaces and a clock, returning the messages to send); this file is the I/O: the rank
@@ -53,6 +59,7 @@ from orchestrator.hostside.agent_policy import (COORDINATOR, Action, Close, Coor
                                                 Send)
 
 TICK_S = 0.2
+STACKS_TIMEOUT_S = 20.0  # the stacks of the ranks of a hung run: bounded, the run is torn down after
 RETRY_S = 1.0
 MAX_PENDING = 32  # connections not yet authenticated; past it, the oldest is closed
 
@@ -79,6 +86,13 @@ class Ranks:
         self.pgid: dict[int, int | None] = {r: read_int("rank%d.pid" % r) for r in self.slots}
         self.exits: dict[int, Exit] = {}  # rank -> (code, time) of this attempt
         self.kill_at: float | None = None
+        # The hang watch (job.hang_timeout): how far each log was read, and what it showed.
+        self.join_line = (cfg.get("join_line") or "").encode()
+        self.offset: dict[int, int] = {r: attempt_start("rank%d.log" % r, read_int("rank%d.from" % r) or 0)
+                                       for r in self.slots}
+        self.carry: dict[int, bytes] = {r: b"" for r in self.slots}
+        self.joins: set[int] = set()
+        self.fresh: set[int] = set()
 
     def poll(self) -> list[tuple[int, int | None]]:
         """Ranks that ended since the last call: [(rank, code)]."""
@@ -101,6 +115,37 @@ class Ranks:
 
     def running(self) -> list[int]:
         return [r for r in self.slots if r not in self.exits]
+
+    def progressed(self) -> list[int]:
+        """Ranks whose log grew since the last call (the `--- distctl:` lines of distctl aside)."""
+        for rank in self.slots:
+            self.read_log(rank)
+        out, self.fresh = sorted(self.fresh), set()
+        return out
+
+    def joined(self) -> list[int]:
+        return sorted(self.joins)
+
+    def read_log(self, rank: int) -> None:
+        path = "rank%d.log" % rank
+        try:
+            size = os.path.getsize(path)
+            if size <= self.offset[rank]:
+                self.offset[rank] = min(size, self.offset[rank])
+                return
+            with open(path, "rb") as f:
+                f.seek(self.offset[rank])
+                data = f.read(min(size - self.offset[rank], 1 << 20))
+        except OSError:
+            return
+        self.offset[rank] += len(data)
+        *lines, rest = (self.carry[rank] + data).split(b"\n")
+        self.carry[rank] = rest[-4096:]
+        own = [line for line in lines if not line.startswith(MARK)]
+        if own or (rest and not rest.startswith(MARK) and not MARK.startswith(rest)):
+            self.fresh.add(rank)
+            if not self.join_line or any(line.startswith(self.join_line) for line in own):
+                self.joins.add(rank)
 
     def signal(self, sig: int) -> None:
         """Signal the group of every running rank while it is ours (never a recycled id)."""
@@ -125,12 +170,33 @@ class Ranks:
                          "export %s\n" % " ".join("%s=%s" % kv for kv in sorted(values.items())))
             append("rank%d.log" % rank, "--- distctl: %s ---\n" % marker)
             self.pgid[rank] = None  # a rank the step does not start counts as ended (no code)
+            self.offset[rank] = os.path.getsize("rank%d.log" % rank)  # the hang watch starts here
+            self.carry[rank] = b""
+        self.joins, self.fresh = set(), set()
         out = run_step(self.cfg["restart"])
         for rank, pgid in launched(out):
             if rank in self.pgid:
                 self.pgid[rank] = pgid
         self.exits = {}
         self.kill_at = None
+
+
+MARK = b"--- distctl: "  # a line distctl writes into a rank log: no progress of the rank
+
+
+def attempt_start(path: str, lines: int) -> int:
+    """The byte offset after the first `lines` lines of `path` (what earlier attempts wrote)."""
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            for _ in range(lines):
+                line = f.readline()
+                if not line:
+                    break
+                offset += len(line)
+    except OSError:
+        pass
+    return offset
 
 
 def run_step(command: str) -> str:
@@ -174,6 +240,25 @@ class RunDir:
 
     def master_listening(self) -> bool:
         return listening(self.cfg["master"][0], self.cfg["master"][1])
+
+    def take_stacks(self) -> None:
+        """The stacks of the ranks of this host, as `distctl stacks` takes them (hostside/stacks.py), saved in
+        stacks/hang-TIME/ (rankR.txt for each rank, and the JSON lines of the program in ranks.jsonl);
+        the name of the folder goes to the `hung` file, where `up` and `status` find it."""
+        if not self.cfg.get("stacks"):
+            return
+        stamp = "hang-%s-%d" % (time.strftime("%Y%m%dT%H%M%S"), os.getpid())
+        before, after = self.cfg["stacks"]
+        try:
+            proc = subprocess.run(["sh", "-c", "%s %s %s" % (before, stamp, after)], stdin=subprocess.DEVNULL,
+                                  capture_output=True, close_fds=True, text=True, timeout=STACKS_TIMEOUT_S)
+            out, why = proc.stdout, proc.stderr.strip()[-300:] if proc.returncode else ""
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out, why = "", str(e)
+        os.makedirs(os.path.join("stacks", stamp), exist_ok=True)
+        write_atomic(os.path.join("stacks", stamp, "ranks.jsonl"), out)
+        append("hung", stamp + "\n")
+        self.log("stacks taken: stacks/%s%s" % (stamp, "; " + why if why else ""))
 
     def pause(self, moment: str) -> None:
         """Stop here while `agent.paused` exists, so that a test kills the agent at a moment it
@@ -450,6 +535,8 @@ def main(argv: list[str]) -> int:
         return 2
     cfg = json.loads(argv[0])
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if cfg.get("hang_timeout") and os.path.exists("hung"):
+        os.remove("hung")  # left by an earlier attempt (up --resume): not of this run
     rundir = RunDir(cfg)
     policy = (Coordinator if cfg["me"] == 0 else Member)(cfg, Ranks(cfg), rundir, time.monotonic)
     try:

@@ -55,6 +55,12 @@ class Ranks(Protocol):
     def start(self, attempt: int, env: dict[int, dict[str, int]], marker: str) -> None:
         """Start attempt `attempt` of every rank of this host, with its placement `env`."""
 
+    def progressed(self) -> list[int]:
+        """Ranks that made progress (their log grew) since the last call, in this attempt."""
+
+    def joined(self) -> list[int]:
+        """Ranks that joined in this attempt (the `joined` line of the trainer; any program: its first output)."""
+
 
 class Host(Protocol):
     """What the agent keeps in the run directory, and reads there."""
@@ -76,6 +82,9 @@ class Host(Protocol):
 
     def pause(self, moment: str) -> None:
         """The test hook: wait here while a test means to kill this agent at `moment`."""
+
+    def take_stacks(self) -> None:
+        """Dump the stacks of the running ranks of this host into the run directory (bounded)."""
 
 
 # ---------------------------------------------------------------- the decision (pure)
@@ -133,6 +142,8 @@ def decide(cfg: Msg, attempt: int, hosts: list[int], exits: dict[int, Exit], dow
     survivors = [i for i in hosts if i not in lost]
     if lost:
         why += "; lost %s (silent for %gs)" % (", ".join(names[i] for i in lost), cfg["lost_after"])
+    if not cfg["max_restarts"]:
+        return ("end", "failed", why)  # an agent that only watches (job.hang_timeout)
     if attempt >= cfg["max_restarts"]:
         return ("end", "exhausted", "restarts exhausted (%d/%d): %s" % (attempt, cfg["max_restarts"], why))
     if len(survivors) < cfg["min_hosts"]:
@@ -169,7 +180,11 @@ def invalid(cfg: Msg, msg: Msg, to_coordinator: bool) -> str | None:
     hosts = len(cfg["hosts"])
     ranks = {r for h in cfg["hosts"] for r in h["ranks"]}
     attempt_ok = is_int(msg.get("attempt"), 0, 1 << 20)
-    if kind == "hb" or (to_coordinator and kind == "stopping"):
+    if kind == "hb":
+        quiet = msg.get("quiet")
+        ok = quiet is None or (type(quiet) in (int, float) and 0 <= quiet < 1e9)
+        return None if ok and is_int(msg.get("attempt", 0), 0, 1 << 20) else "hb: malformed quiet or attempt"
+    if to_coordinator and kind == "stopping":
         return None
     if to_coordinator:
         if kind == "hello":
@@ -189,8 +204,8 @@ def invalid(cfg: Msg, msg: Msg, to_coordinator: bool) -> str | None:
         return "unknown kind %.40r" % (kind,)
     if "state" in msg and not isinstance(msg["state"], dict):
         return "malformed state"
-    if kind == "restart":
-        return None if attempt_ok else "restart: malformed attempt"
+    if kind in ("restart", "stacks"):
+        return None if attempt_ok else "%s: malformed attempt" % kind
     if kind == "start":
         chosen = msg.get("hosts")
         ok = (attempt_ok and isinstance(chosen, list) and all(is_int(i, 0, hosts) for i in chosen)
@@ -219,6 +234,8 @@ class Agent:
         self.silent_s = float(cfg.get("silent", SILENT_S))
         self.heartbeat_s = float(cfg.get("heartbeat", HEARTBEAT_S))
         self.next_beat = clock()
+        self.hang_s: float | None = cfg.get("hang_timeout") or None
+        self.quiet_since: float | None = None  # every rank here joined: since then, its last progress
         host.write_state(self.state)
 
     def adopt(self, state: Msg) -> None:
@@ -236,11 +253,34 @@ class Agent:
         if outcome not in ("finished", "ended") and self.ranks.running():
             self.ranks.terminate(self.cfg["grace"])
 
+    def watch(self, now: float) -> None:
+        """The hang clock of the ranks of this host: it starts once every one of them joined (or
+        ended), and the progress of any of them sets it back to now."""
+        if not self.hang_s:
+            return
+        progressed = self.ranks.progressed()
+        if self.quiet_since is None:
+            mine = {r["rank"] for r in self.cfg["ranks"]}
+            if mine <= set(self.ranks.joined()) | set(self.ranks.exits):
+                self.quiet_since = now
+        elif progressed:
+            self.quiet_since = now
+
+    def quiet(self, now: float) -> float | None:
+        """Seconds without progress on this host (None: not every rank joined yet)."""
+        return None if self.quiet_since is None else now - self.quiet_since
+
+    def heartbeat(self, now: float) -> Msg:
+        if not self.hang_s:
+            return {"t": "hb"}
+        return {"t": "hb", "attempt": self.attempt, "quiet": self.quiet(now)}
+
     def finished(self) -> bool:
         return self.outcome is not None and not self.ranks.running()
 
     def relaunch(self, attempt: int, hosts: list[int], text: str) -> None:
         self.attempt, self.hosts = attempt, hosts
+        self.quiet_since = None  # the hang clock starts again once the ranks joined again
         marker = "restart %d/%d after %s" % (attempt, self.cfg["max_restarts"], text)
         self.ranks.start(attempt, placement(self.cfg, hosts, self.me), marker)
         self.host.log("attempt %d started: ranks %s" % (attempt, sorted(r["rank"] for r in self.cfg["ranks"])))
@@ -269,6 +309,7 @@ class Coordinator(Agent):
         self.phase_deadline = 0.0
         self.pending: tuple[list[int], str] = ([], "")  # (survivors, text) of the restart in progress
         self.stop_seen = False  # a member found the `stopping` file
+        self.progress_at: dict[int, float] = {}  # host -> the last progress of its ranks, this attempt (our clock)
 
     # -- what the I/O reports
     def opened(self, link: int) -> None:
@@ -299,13 +340,21 @@ class Coordinator(Agent):
             self.acks.add(host)
         elif kind == "stopping":
             self.stop_seen = True
+        elif kind == "hb" and msg.get("attempt", 0) == self.attempt and self.phase == "run":
+            quiet = msg.get("quiet")
+            if quiet is None:
+                self.progress_at.pop(host, None)
+            else:
+                self.progress_at[host] = self.clock() - quiet  # a duration: the clocks of the hosts may disagree
         return []
 
     def tick(self) -> list[Action]:
         now = self.clock()
         out: list[Action] = []
+        self.watch(now)
         for rank, code in self.ranks.poll():
-            if self.phase == "run":
+            # (while "starting" too: a rank of the new attempt may end before the others start)
+            if self.phase in ("run", "starting"):
                 self.note_exit(rank, code)
         for link, heard in list(self.heard.items()):
             if now - heard > self.silent_s:  # a silent link, or one that never said hello
@@ -327,6 +376,33 @@ class Coordinator(Agent):
         if self.beat():
             out += self.broadcast({"t": "hb"})
         return out
+
+    def hung_for(self, now: float) -> float | None:
+        """Seconds without progress on any host once every rank joined; None: not judged now
+        (no hang timeout, a failure or phase under way, a host not heard from: its silence is
+        never taken for a hang)."""
+        if not self.hang_s or self.phase != "run" or self.first_failure is not None:
+            return None
+        if all(r in self.exits for i in self.hosts for r in self.cfg["hosts"][i]["ranks"]):
+            return None  # every rank ended: nothing is hung
+        if self.quiet_since is not None:
+            self.progress_at[self.me] = self.quiet_since
+        if any(i in self.silent_since or i not in self.progress_at for i in self.hosts):
+            return None
+        return now - max(self.progress_at[i] for i in self.hosts)
+
+    def hang(self, now: float) -> list[Action]:
+        """No rank progressed for job.hang_timeout: every host dumps the stacks of its ranks, then
+        the run restarts (a hang counts as a failure) or ends as hung."""
+        text = "no rank made progress for %gs (job.hang_timeout)" % (self.hang_s or 0)
+        self.host.event("hung: %s; taking the stacks of every rank" % text)
+        out = self.broadcast({"t": "stacks", "attempt": self.attempt})
+        self.host.take_stacks()
+        if self.cfg["max_restarts"] and self.attempt < self.cfg["max_restarts"]:
+            return out + self.restart(now, list(self.hosts), "hung: " + text)
+        if self.cfg["max_restarts"]:
+            text = "restarts exhausted (%d/%d): %s" % (self.attempt, self.cfg["max_restarts"], text)
+        return out + self.end("hung", text)
 
     # -- the decisions
     def host_of(self, link: int) -> int | None:
@@ -389,6 +465,9 @@ class Coordinator(Agent):
     def tick_run(self, now: float, stopping: bool) -> list[Action]:
         down = {i: now - t for i, t in self.silent_since.items()}
         failing = None if self.first_failure is None else now - self.first_failure
+        hung = None if stopping else self.hung_for(now)
+        if hung is not None and self.hang_s is not None and hung >= self.hang_s:
+            return self.hang(now)
         action = decide(self.cfg, self.attempt, self.hosts, self.exits, down, stopping, failing)
         if action[0] == "done":
             return self.end("finished", "every rank exited 0")
@@ -396,7 +475,9 @@ class Coordinator(Agent):
             return self.end(action[1], action[2])
         if action[0] != "restart":
             return []
-        survivors, text = action[1], action[2]
+        return self.restart(now, action[1], action[2])
+
+    def restart(self, now: float, survivors: list[int], text: str) -> list[Action]:
         dropped = [self.names[i] for i in self.hosts if i not in survivors]
         attempt = self.attempt + 1
         self.host.event("restart %d/%d after %s" % (attempt, self.cfg["max_restarts"], text))
@@ -406,6 +487,7 @@ class Coordinator(Agent):
                     "dropped": self.state["dropped"] + dropped, "restarts": self.state["restarts"] + [text]})
         self.pending = (survivors, text)
         self.hosts = survivors
+        self.progress_at = {}
         self.phase, self.acks = "stopping", set()
         self.phase_deadline = now + self.cfg["grace"] + self.cfg["lost_after"]
         out = self.broadcast({"t": "restart", "attempt": attempt, "state": self.state})
@@ -492,7 +574,9 @@ class Member(Agent):
         kind = msg.get("t")
         if isinstance(msg.get("state"), dict):
             self.adopt(msg["state"])
-        if kind == "restart" and self.outcome is None:
+        if kind == "stacks" and self.outcome is None and msg["attempt"] == self.attempt:
+            self.host.take_stacks()
+        elif kind == "restart" and self.outcome is None:
             self.restart_to, self.acked = msg["attempt"], False
             self.ranks.terminate(self.cfg["grace"])
         elif kind == "start" and self.outcome is None:
@@ -507,6 +591,7 @@ class Member(Agent):
     def tick(self) -> list[Action]:
         now = self.clock()
         out: list[Action] = []
+        self.watch(now)
         if self.linked and now - self.heard > self.silent_s:
             out.append(Close(COORDINATOR))
             out += self.closed()
@@ -527,5 +612,5 @@ class Member(Agent):
                 and (not self.ranks.running() or any(c != 0 for c, _ in self.ranks.exits.values()))):
             self.begin_end("failed", "lost contact with the coordinator on %s for %gs" % (self.names[0], cut))
         if self.beat():
-            out += self.send({"t": "hb"})
+            out += self.send(self.heartbeat(now))
         return out

@@ -92,11 +92,17 @@ class Job:
     max_restarts: int = 0  # restarts of every rank after a failure (hostside/agent.py); 0: none
     min_hosts: int | None = None  # drop a lost host while this many remain; None: every host
     lost_host_timeout: float = 180.0  # a silent host is a link fault until then, then lost
+    hang_timeout: float | None = None  # no rank's progress for this long: stacks, then end or restart; None: off
 
     @property
     def restarts(self) -> bool:
         """A per-host agent watches the ranks and restarts them (job.max_restarts > 0)."""
         return self.max_restarts > 0
+
+    @property
+    def agent(self) -> bool:
+        """A per-host agent runs beside the ranks: to restart them, or only to judge the hang timeout."""
+        return self.restarts or self.hang_timeout is not None
 
     @property
     def control_port(self) -> int:
@@ -218,7 +224,7 @@ HOST_KEYS = ("name", "address", "connection", "user", "port", "identity_file", "
              "workdir", "slots", "env")
 JOB_KEYS = ("name", "port", "backend", "data", "dataset", "fallback", "join_timeout", "env", "train",
             "code", "command", "setup", "outputs", "wait_for_rank0", "max_restarts", "min_hosts",
-            "lost_host_timeout")
+            "lost_host_timeout", "hang_timeout")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "seed", "timeout")
 SSH_KEYS = ("known_hosts", "accept_new_host_keys", "config", "connect_timeout", "reconnect_timeout")
 TOP_KEYS = ("defaults", "hosts", "job", "ssh", "slurm")
@@ -331,6 +337,7 @@ def _job(ctx: y.Ctx, node: yaml.Node | None, environ: dict[str, str]) -> Job:
         "max_restarts": ("a whole number from 0 to 1000", y.int_in(0, 1000)),
         "min_hosts": ("a positive whole number", y.int_in(1, 100_000)),
         "lost_host_timeout": ("a positive number of seconds", y.positive_number),
+        "hang_timeout": ("a positive number of seconds", y.positive_number),
     }
     values: dict[str, Any] = {}
     for key, n in keys.items():
@@ -355,8 +362,9 @@ def _job(ctx: y.Ctx, node: yaml.Node | None, environ: dict[str, str]) -> Job:
     if "min_hosts" in values and not values.get("max_restarts"):
         raise ctx.fail(keys["min_hosts"], "job", "'min_hosts' needs 'max_restarts' of 1 or more: "
                        "dropping a lost host restarts the job on the others, and counts as a restart")
-    if values.get("max_restarts") and values.get("port") == 65535:
-        raise ctx.fail(keys["port"], "job", "with 'max_restarts', port + 1 is the agents' control port: "
+    if (values.get("max_restarts") or values.get("hang_timeout")) and values.get("port") == 65535:
+        raise ctx.fail(keys["port"], "job", "with 'max_restarts' or 'hang_timeout', port + 1 is the agents' "
+                       "control port: "
                        "choose a port below 65535")
     for folder in ("data", "code"):
         if folder in values:

@@ -19,6 +19,7 @@ from enum import Enum
 
 from orchestrator import shell
 from orchestrator import timers
+from orchestrator.hostside import program
 from orchestrator.contract import PEER_LOST, RUN_MARKER, TRAINER_FINAL
 from orchestrator.plan.scripts import (FROM_PREPARE, follow_script, launch_script, prepare_script, push_script,
                                   refollow_script, restart_script, setup_script, wait_port_script)
@@ -256,7 +257,8 @@ def plan_launch(inv: Inventory, run_id: str, artifacts: tuple[Artifact, ...],
     notes += tuple(f"--set {o} (on top of {os.path.basename(inv.path)})" for o in inv.overrides)
     return Plan(run_id=run_id, inventory=_inventory_path(inv), ssh=inv.ssh, world_size=world, master_addr=master,
                 port=inv.job.port, hosts=tuple(host_plans), trainer=inv.job.is_trainer, outputs=inv.job.outputs,
-                max_restarts=inv.job.max_restarts, overrides=inv.overrides, args=inv.job.args,
+                max_restarts=inv.job.max_restarts, hang_timeout=inv.job.hang_timeout, overrides=inv.overrides,
+                args=inv.job.args,
                 command=inv.job.command + inv.job.args, job_kept=True,
                 artifacts=artifacts, steps=_steps(host_plans, artifacts, inv, master, run_id),
                 join_timeout=inv.job.join_timeout, resume=resume, notes=notes, setup=inv.job.setup)
@@ -271,6 +273,7 @@ def _clock_offset(facts: dict[str, HostFacts] | None, name: str) -> float | None
     return round(clock.offset, 3) if clock else None
 
 
+HANG_DUMP_TIMEOUT_S = 2.0  # as `distctl stacks` (run/stacks.py): an armed process dumps within milliseconds
 RESTART_GRACE_S = 5.0  # a restart gives ranks this long after SIGTERM, then SIGKILL
 # The agents' timers, in seconds: a heartbeat this often, a link silent this long is dead, the
 # exits of a failure's peers awaited this long before judging it (hostside/agent.py).
@@ -297,8 +300,19 @@ def agent_config(inv: Inventory, run_id: str, host_plans: list[HostPlan], index:
         "final_codes": list(TRAINER_FINAL) if job.is_trainer else [],
         "peer_lost": [PEER_LOST] if job.is_trainer else [],
         "wait_port": job.wait_for_rank0,  # rank 0's host first, and its port open, before the others
-        **AGENT_TIMERS, **_agent_test_overrides(),
+        **AGENT_TIMERS, **_agent_test_overrides(), **_hang_config(inv, hp),
     }
+
+
+def _hang_config(inv: Inventory, hp: HostPlan) -> dict:
+    """With job.hang_timeout: the timeout, the line that says a rank joined (the trainer's
+    `joined`; any program's first output stands for it otherwise), and how to take this host's
+    stacks, as `distctl stacks` does, split around the folder name the agent chooses."""
+    if inv.job.hang_timeout is None:
+        return {}
+    return {"hang_timeout": inv.job.hang_timeout, "join_line": "joined " if inv.job.is_trainer else None,
+            "stacks": [program(hp.python, "stacks", hp.rundir),
+                       shell.join([0, HANG_DUMP_TIMEOUT_S, 1, 0.1, *[r.rank for r in hp.ranks]])]}
 
 
 def _agent_test_overrides() -> dict:
@@ -329,7 +343,7 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
                    for hp in host_plans if hp.setup_dir and inv.job.setup])
     launches = [Step(StepKind.LAUNCH, hp.host.name, launch_script(
                     hp.rundir, hp.ranks, hp.code_dir, hp.python,
-                    agent_config(inv, run_id, host_plans, i, master) if inv.job.restarts else None))
+                    agent_config(inv, run_id, host_plans, i, master) if inv.job.agent else None))
                 for i, hp in enumerate(host_plans)]
     first = host_plans[0]
     if inv.job.wait_for_rank0:

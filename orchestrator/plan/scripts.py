@@ -27,7 +27,7 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
     The wrapper traps TERM so that it outlives the program's graceful stop and records the
     exit code; what `distctl_detach` prints is the process group id `stop` signals. More
     than one rank on a host gets OMP_NUM_THREADS=1 unless it is set, as torchrun does.
-    With `agent` (job.max_restarts), the host's agent starts after its ranks and adopts
+    With `agent` (job.max_restarts or job.hang_timeout), the host's agent starts after its ranks and adopts
     them; it restarts them with the same wrappers (see hostside/agent.py).
     `stacks/site/sitecustomize.py` arms every Python process of a rank for `distctl stacks`
     (hostside/sitecustomize.py); the wrappers put it on PYTHONPATH.

@@ -79,6 +79,12 @@ class RunState:
     args: tuple[str, ...] = ()  # `up ... -- ARGS`
     command: tuple[str, ...] = ()  # the user's command as run, ARGS included (empty: the trainer)
     job_kept: bool = False  # this record keeps the above (older records do not)
+    hang_timeout: float | None = None  # job.hang_timeout: the agents end (or restart) a run hung this long
+
+    @property
+    def agent(self) -> bool:
+        """Each host runs an agent (hostside/agent.py): for restarts, or only to judge a hang."""
+        return bool(self.max_restarts) or self.hang_timeout is not None
 
     @property
     def init_method(self) -> str:
@@ -233,7 +239,7 @@ def load_run(path: Path) -> RunState:
                     tuple(data.get("outputs") or ()), data.get("cwd"), data.get("started"), data.get("last_state"),
                     int(data.get("max_restarts") or 0), overrides=_strings(data.get("overrides")),
                     args=_strings(data.get("args")), command=_strings(data.get("command")),
-                    job_kept=data.get("job_kept") is True)
+                    job_kept=data.get("job_kept") is True, hang_timeout=_seconds(data.get("hang_timeout")))
 
 
 _T = TypeVar("_T")

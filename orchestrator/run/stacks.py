@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from orchestrator import shell
 from orchestrator.ssh import group
 from orchestrator.errors import HostError
 from orchestrator.console.rankset import format_ranks, ranks_phrase
@@ -342,3 +343,27 @@ def take(state: RunState, wanted: set[int], stamp: str, native: bool, fanout: in
     finally:
         group.close_all(connected.ok)
     return found, notes, down
+
+
+HUNG_FILE = "hung"  # hostside/agent.py: one line per hang it judged, the stacks folder it took then
+
+
+def hang_report(state: RunState, conns: dict[str, Connection], fanout: int) -> list[str]:
+    """The roll-call of the stacks every host's agent took when it judged the run hung
+    (job.hang_timeout), read from the run directories, and where they are kept."""
+    def one(hs: HostState) -> tuple[list[RankDump], str]:
+        rundir = shell.join([hs.rundir])
+        out = conns[hs.host.name].run(f'cd {rundir} && s=$(tail -n 1 {HUNG_FILE}) && echo "$s" && '
+                                      f'cat "stacks/$s/ranks.jsonl"', timeout=30)
+        stamp, _, rest = out.stdout.partition("\n")
+        return parse_host(hs.host.name, f"{hs.rundir}/work/", rest)[0], stamp.strip()
+
+    found = group.fan_out("hung stacks", [hs for hs in state.hosts if hs.host.name in conns], one, fanout,
+                          lambda hs: hs.host.name)
+    dumps = sorted((d for ranks, _ in found.ok.values() for d in ranks), key=lambda d: d.rank)
+    stamps = sorted({stamp for _, stamp in found.ok.values() if stamp})
+    if not dumps:
+        return []
+    where = ", ".join(f"stacks/{s}/" for s in stamps)
+    return [f"roll-call when it hung: {rollcall(dumps)}",
+            f"stacks taken then: in each host's run directory, {where} (distctl pull brings them back)"]

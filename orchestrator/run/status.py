@@ -110,6 +110,8 @@ class RunStatus:
         any rank failed on its own, whatever the program's exit codes."""
         known = [(r.status.state, r.status.code) for r in self.rows if r.status.state != "missing"]
         word = summarize(known)
+        if any(str(a.get("outcome") or "").startswith("hung") for a in self.agents):
+            return "hung"  # the agents judged it so (job.hang_timeout) and ended it
         if self.stop_at is not None and word in ("failed", "stopped") and not self._failed_before_stop():
             return "stopped"
         if word == "stopped" and not self.state.trainer:

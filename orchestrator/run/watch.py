@@ -47,7 +47,7 @@ def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float,
         if conn is not None:
             halt_host(conn, hs.rundir, requested)
 
-    if state.max_restarts or requested:  # a host that fails to halt: the stop halts it again, and reports it
+    if state.agent or requested:  # a host that fails to halt: the stop halts it again, and reports it
         fan_out("halt", state.hosts, halt, fanout, lambda hs: hs.host.name)
 
     def one(hs) -> None:
@@ -133,7 +133,9 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
             return  # every host relays the same decision
         agent.seen.add(text)
         kind, _, rest = text.partition(" ")
-        if kind in ("restart", "lost"):  # lost: an agent is gone (hostside/agent.py), and how long the run waits
+        # lost: an agent is gone (hostside/agent.py), and how long the run waits; hung: the
+        # agents judged the run hung (job.hang_timeout) and take every rank's stacks
+        if kind in ("restart", "lost", "hung:"):
             ui.warn(text)
         elif kind == "dropped" and rest in links.hosts and rest not in agent.dropped:
             agent.dropped.append(rest)
@@ -165,7 +167,9 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
             first_failure.append(rank)
             # After the hang watchdog's teardown the ranks exit from its SIGTERM: not a new failure;
             # after a user's stop, the stop is under way already.
-            if (code != STOPPED or not state.trainer) and not hang and not stop_requested:
+            # After the agents judged the run hung, they stopped it: their stacks say the rest.
+            hung = agent.end is not None and agent.end[0] == "hung"
+            if (code != STOPPED or not state.trainer) and not hang and not stop_requested and not hung:
                 live_stacks.extend(_stacks_of_the_others(state, conns, set(host_of) - set(exits), ui))
                 before_teardown.update(exits)
                 teardown(_ended(host, rank, code))
@@ -215,9 +219,24 @@ def watch_run(state: RunState, conns: dict[str, Connection], ui: Ui, join_timeou
                   before_teardown | {r for r, code in exits.items() if code not in (143, 137, None)})
         outcome = _with_autopsy(state, conns, outcome, ranked, before, live_stacks, events.tails, host_of, times)
     outcome = agent.amend(outcome)
+    if agent.end and agent.end[0] == "hung":
+        outcome = _hung(state, conns, agent.end[1])
     if fallback_told and outcome.code == ExitCode.OK:  # said again at the end: easy to miss mid-run
         outcome.message += " (on generated digits, not MNIST: MNIST could not be had)"
     return outcome
+
+
+def _hung(state: RunState, conns: dict[str, Connection], why: str) -> Outcome:
+    """The agents judged the run hung (job.hang_timeout) and ended it: why, and the roll-call of
+    the stacks they took first."""
+    from orchestrator.run.stacks import hang_report
+
+    lines = [f"run {state.run_id} hung: {why}; the run was stopped"]
+    try:
+        lines += hang_report(state, conns, 64)
+    except HostError:
+        pass
+    return Outcome(ExitCode.HUNG, "\n".join(lines))
 
 
 def _stacks_of_the_others(state: RunState, conns: dict[str, Connection], live: set[int], ui) -> list:
