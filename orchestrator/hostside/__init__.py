@@ -42,7 +42,7 @@ PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers
 # Each part is a module here (tests import it); sent, the files are one program: every line
 # `from orchestrator.hostside.PART import ...` is left out, and the names are simply there.
 PARTS: dict[str, tuple[str, ...]] = {"agent": ("prelude", "agent_policy"), "follow": ("prelude",),
-                                     "wait_port": ("prelude",)}
+                                     "wait_port": ("prelude",), "slurm_follow": ("prelude",)}
 FUTURE = "from __future__ import annotations\n"
 SIBLING = "from orchestrator.hostside."
 

@@ -37,7 +37,7 @@ import sys
 import time
 from typing import BinaryIO
 
-from orchestrator.hostside.prelude import group_alive, read_int
+from orchestrator.hostside.prelude import exit_record, group_alive, read_int
 
 POLL_S = 0.2
 HEARTBEAT_S = 2.0  # a line `hb` after this long without output, while following (--heartbeat)
@@ -148,14 +148,7 @@ class RankLog:
         return group_alive(read_int("rank%d.pid" % self.rank))
 
     def exit_record(self) -> bytes:
-        name = "rank%d.exit" % self.rank
-        try:
-            with open(name) as f:
-                code = f.read().strip() or "-"
-            at = "%.3f" % os.path.getmtime(name)
-        except OSError:
-            code, at = "-", "-"
-        return b"exit %d %s %s\n" % (self.rank, code.encode(), at.encode())
+        return exit_record(self.rank)
 
 
 def recorded_start(rank: int) -> int:

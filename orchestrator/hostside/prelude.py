@@ -3,9 +3,10 @@
     group_alive  a process group lives, and is this run's (the recycled-id guard)
     read_int     the number in a small file (a pid file, an exit code), or None
     listening    a TCP port accepts connections
+    exit_record  a rank's `exit R CODE TIME` record, as both followers send it
 
 hostside/__init__.py (PARTS) puts this text before the program that imports from it, so a
-fix here reaches follow, wait_port and the agent alike. Standard library, Python 3.8.
+fix here reaches follow, wait_port, slurm_follow and the agent alike. Standard library, Python 3.8.
 """
 
 from __future__ import annotations
@@ -46,3 +47,16 @@ def listening(addr: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def exit_record(rank: int) -> bytes:
+    """`exit R CODE TIME`: rank R's exit code as its wrapper wrote it in rankR.exit and that file's
+    mtime by this host's clock; `-` for each when there is none (killed, or never started)."""
+    name = "rank%d.exit" % rank
+    try:
+        with open(name) as f:
+            code = f.read().strip() or "-"
+        at = "%.3f" % os.path.getmtime(name)
+    except OSError:
+        code, at = "-", "-"
+    return b"exit %d %s %s\n" % (rank, code.encode(), at.encode())

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from orchestrator.hostside.prelude import exit_record
+
 POLL_S = 0.2
 QUEUE_S = 1.0
 HEARTBEAT_S = 2.0
@@ -69,14 +71,7 @@ class RankLog:
             out.write(b"%d %s\n" % (self.rank, line))
 
     def exit_record(self) -> bytes:
-        name = "rank%d.exit" % self.rank
-        try:
-            with open(name) as f:
-                code = f.read().strip() or "-"
-            at = "%.3f" % os.path.getmtime(name)
-        except OSError:
-            code, at = "-", "-"
-        return b"exit %d %s %s\n" % (self.rank, code.encode(), at.encode())
+        return exit_record(self.rank)
 
 
 def queue_state(job: str) -> str:
