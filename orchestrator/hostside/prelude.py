@@ -50,8 +50,8 @@ def listening(addr: str, port: int) -> bool:
 
 
 def exit_record(rank: int) -> bytes:
-    """`exit R CODE TIME`: rank R's exit code as its wrapper wrote it in rankR.exit and that file's
-    mtime by this host's clock; `-` for each when there is none (killed, or never started)."""
+    """`exit R CODE TIME`: the exit code the wrapper of rank R wrote in rankR.exit and the mtime of
+    that file by the clock of this host; `-` for each when there is none (killed, never started)."""
     name = "rank%d.exit" % rank
     try:
         with open(name) as f:
