@@ -388,3 +388,16 @@ def test_a_restarted_job_keeps_the_report_of_the_failure_it_recovered_from():
     assert report["failure"]["rank"] == 1 and report["failure"]["restarted"] is True
     assert [(r["state"], r["code"]) for r in report["ranks"]] == [("starting", None), ("running", None)]
     assert [(m["text"], m["step"]) for m in report["marks"]] == [("restart 1/2 after node2 r1 exited 1", 5)]
+
+
+def test_a_status_poll_of_the_attempt_a_restart_ended_is_not_a_new_failure():
+    """On a loaded machine a poll taken before the restart is read after it: the teardown's exits it
+    shows (rank 0 ended 143 by the restart) belong to the attempt before, not to a new failure."""
+    view = RunView(run_state(hosts=2, slots=1), "live")
+    view.exit("node2", 1, 3, 10.0)
+    view.event("node1", "restart 1/1 after node2 r1 exited 3")
+    view.statuses("node1", [RankStatus(0, "exited", 143)], {"attempt": 0})  # the late poll of attempt 0
+    report = view.delta(Cursor())
+    assert report["failure"]["rank"] == 1 and report["failure"]["restarted"] is True
+    view.statuses("node1", [RankStatus(0, "exited", 1)], {"attempt": 1})  # attempt 1's own failure counts
+    assert view.delta(Cursor())["failure"]["rank"] == 0

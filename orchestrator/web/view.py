@@ -151,7 +151,11 @@ class RunView:
 
     def statuses(self, host: str, found: list[RankStatus], agent: dict | None) -> None:
         with self.lock:
-            for s in found:
+            restarts = sum(1 for m in self.marks if m["text"].startswith("restart "))
+            # A poll of an attempt a restart has already ended (it ran before the restart and is read
+            # after it, on a loaded machine) would show that attempt's teardown as new exits.
+            stale = agent is not None and int(agent.get("attempt") or 0) < restarts
+            for s in ([] if stale else found):
                 r = self.ranks.get(s.rank)
                 if r is not None and s.state not in ("missing", "unreachable"):
                     ended = s.state in ("exited", "killed")  # running again after a restart: no code
