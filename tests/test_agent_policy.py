@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.hostside.agent_policy import COORDINATOR, Close, Coordinator, Member, Send
+from orchestrator.hostside.agent_policy import COORDINATOR, Close, Coordinator, Member, Send, Watcher
 
 
 class FakeRanks:
@@ -390,3 +390,68 @@ def test_a_rank_of_the_new_attempt_that_ends_before_the_others_start_is_counted(
         w.ranks[i].exit(i, 0)
     w.run_until(lambda: all(a.finished() for a in w.agents.values()), limit=10)
     assert w.coordinator.outcome == "finished"
+
+
+# ---------------------------------------------------------------- a watcher (no restarts, no hang timeout)
+
+TEARDOWN = 3.0
+
+
+class Watched:
+    """One host with a watcher over ranks 4, 5 and 6, and a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.ranks = FakeRanks([4, 5, 6])
+        self.dir = FakeRunDir()
+        cfg = {"me": 1, "watch": True, "hosts": [{"name": "a", "ranks": [0]}, {"name": "b", "ranks": [4, 5, 6]}],
+               "ranks": [{"rank": r} for r in (4, 5, 6)], "max_restarts": 0, "grace": GRACE, "teardown": TEARDOWN}
+        self.agent = Watcher(cfg, self.ranks, self.dir, lambda: self.now)
+
+    def step(self, seconds: float = 0.1) -> None:
+        self.now += seconds
+        assert self.agent.tick() == []  # it has no one to tell
+
+    def run_until(self, condition, limit: float = 30.0) -> None:
+        end = self.now + limit
+        while not condition():
+            assert self.now < end, "the condition never held"
+            self.step()
+
+
+def test_a_watcher_records_a_run_whose_ranks_all_exited_0_as_finished_and_touches_nothing():
+    w = Watched()
+    for r in (4, 5, 6):
+        w.ranks.exit(r, 0)
+    w.run_until(w.agent.finished)
+    assert w.dir.state["outcome"] == "finished" and w.ranks.terminated == 0
+    assert w.dir.events == []  # an attached up reports such a run from the exits, not from events
+
+
+def test_a_watcher_stops_the_other_ranks_of_its_host_only_after_the_teardown_delay():
+    w = Watched()
+    w.step()
+    w.ranks.exit(5, 7)
+    w.run_until(lambda: w.ranks.terminated > 0)
+    assert w.now >= TEARDOWN  # an attached up had that long to take their stacks first
+    w.run_until(w.agent.finished)
+    assert w.dir.state["outcome"] == "failed: b r5 exited 7" and w.ranks.terminated == 1
+    assert {r: c for r, (c, _) in w.ranks.exits.items()} == {4: 143, 5: 7, 6: 143}
+    assert w.dir.events == [] and w.ranks.attempts == []  # it never restarts anything
+
+
+def test_a_failed_rank_whose_peers_end_by_themselves_is_recorded_without_any_signal():
+    w = Watched()
+    w.ranks.exit(6, None)
+    w.step()
+    w.ranks.exit(4, 4)
+    w.ranks.exit(5, 4)
+    w.run_until(w.agent.finished, limit=TEARDOWN / 2)
+    assert w.dir.state["outcome"] == "failed: b r6 was killed (no exit code)" and w.ranks.terminated == 0
+
+
+def test_a_stop_ends_a_watcher_as_stopped():
+    w = Watched()
+    w.dir.stopping = True
+    w.run_until(w.agent.finished)
+    assert w.dir.state["outcome"] == "stopped"

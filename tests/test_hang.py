@@ -62,7 +62,7 @@ def test_hang_timeout_alone_starts_a_watching_agent_and_no_restart_step():
     from orchestrator.plan.model import StepKind, agent_config
 
     inv, plan = plan_with("command: python prog.py, hang_timeout: 30")
-    assert plan.agent and plan.hang_timeout == 30 and not plan.max_restarts
+    assert plan.coordinated and plan.hang_timeout == 30 and not plan.max_restarts
     assert not [s for s in plan.steps if s.kind is StepKind.RESTART]
     cfg = agent_config(inv, plan.run_id, list(plan.hosts), 1, plan.master_addr)
     assert (cfg["max_restarts"], cfg["hang_timeout"], cfg["join_line"]) == (0, 30, None)
@@ -71,8 +71,13 @@ def test_hang_timeout_alone_starts_a_watching_agent_and_no_restart_step():
     trainer_inv, trainer = plan_with("train: {epochs: 2}, hang_timeout: 600")
     cfg = agent_config(trainer_inv, trainer.run_id, list(trainer.hosts), 0, trainer.master_addr)
     assert cfg["join_line"] == "joined "  # the trainer's line right after init_process_group
-    _, neither = plan_with("command: python prog.py")
-    assert not neither.agent and not any("distctl-agent" in s.command for s in neither.steps)
+    neither_inv, neither = plan_with("command: python prog.py")
+    # Neither: every host's agent only watches its own ranks, with no port and no secret.
+    assert not neither.coordinated
+    cfg = agent_config(neither_inv, neither.run_id, list(neither.hosts), 1, neither.master_addr)
+    assert cfg["watch"] and "coord" not in cfg and "restart" not in cfg and cfg["max_restarts"] == 0
+    assert all("distctl-agent" in s.command and ": >agent.watch" in s.command
+               for s in neither.steps if s.kind is StepKind.LAUNCH)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "soon"])

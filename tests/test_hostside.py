@@ -379,7 +379,9 @@ def test_detach_names_a_command_it_cannot_start():
 
 def rank_script(rundir: Path, code: str) -> str:
     ranks = [RankPlan(rank=r, local_rank=r, argv=("sh", "-c", code)) for r in (0, 1)]
-    return launch_script(str(rundir), ranks, str(rundir / "code"), sys.executable)
+    watcher = {"run": "t", "me": 0, "watch": True, "hosts": [{"name": "here", "ranks": [0, 1]}],
+               "ranks": [{"rank": 0}, {"rank": 1}], "max_restarts": 0, "grace": 5.0, "teardown": 10.0}
+    return launch_script(str(rundir), ranks, str(rundir / "code"), sys.executable, watcher)
 
 
 def launch(rundir: Path, code: str) -> dict[int, int]:
@@ -389,7 +391,9 @@ def launch(rundir: Path, code: str) -> dict[int, int]:
                           env={"PATH": os.environ["PATH"]})
     assert done.returncode == 0, done.stderr
     pgids = {r: int((rundir / f"rank{r}.pid").read_text()) for r in (0, 1)}
-    assert done.stdout.splitlines() == [f"launched rank={r} pgid={pgids[r]}" for r in (0, 1)]
+    agent = int((rundir / "agent.pid").read_text())
+    assert done.stdout.splitlines() == [f"launched rank={r} pgid={pgids[r]}" for r in (0, 1)] + [
+        f"launched agent pgid={agent}"]
     return pgids
 
 
@@ -433,6 +437,14 @@ def test_a_stopped_rank_outlives_its_wrapper_and_its_code_is_kept(tmp_path):
 # ------------------------------------------------------------------ status and stop, by process group
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_status_and_stop_find_ranks_by_their_process_groups_with_this_machines_sh(tmp_path):
     """The rank groups here carry no run marker, so the /proc sweep cannot find them: what
     status and stop see is the groups alone, as on a host without /proc (macOS)."""
@@ -441,12 +453,15 @@ def test_status_and_stop_find_ranks_by_their_process_groups_with_this_machines_s
         wait_for(lambda: all((tmp_path / f"rank{r}.log").exists() for r in (0, 1)), 30, "both ranks")
         status = subprocess.run(["sh", "-c", status_script(str(tmp_path), [0, 1, 2])], capture_output=True,
                                 text=True, timeout=30)
-        assert status.stdout.splitlines() == ["rank=0 state=running", "rank=1 state=running",
-                                              "rank=2 state=not-started"]
+        lines = status.stdout.splitlines()
+        assert lines[:3] == ["rank=0 state=running", "rank=1 state=running", "rank=2 state=not-started"]
+        assert [line for line in lines[3:] if not line.startswith("agent {")] == ["agent-alive=1"]  # its watcher
         stop = subprocess.run(["sh", "-c", stop_script(str(tmp_path), "no-such-run", grace=10)],
                               capture_output=True, text=True, timeout=60)
         assert (stop.returncode, stop.stdout, stop.stderr) == (0, "left=0\n", "")
         assert [exit_of(tmp_path, r) for r in (0, 1)] == ["143\n"] * 2  # TERM reached each rank
+        agent = int((tmp_path / "agent.pid").read_text())  # the stop killed the watcher first
+        wait_for(lambda: not running(agent), 10, "the agent gone")
     finally:
         kill_groups(pgids)
 

@@ -129,9 +129,11 @@ def test_launch_scripts_pass_hostile_values_verbatim_in_a_local_sandbox(path, py
         exit_file = Path(hp.rundir, "rank0.exit")  # the detached wrapper is done: nothing writes any more
         assert wait_for(lambda: exit_file.exists() and exit_file.read_text(), 30, "the rank's exit code",
                         every=0.01) == "0\n"
-        assert sorted(p.name for p in Path(hp.rundir).iterdir()) == [
-            "ckpt", "distctl-progress.py", "env", "format", "rank0.exit", "rank0.from", "rank0.log", "rank0.pid",
-            "stacks", "uses", "work"]
+        # Its watcher read its config and started (it writes agent.log once the rank's end is seen).
+        wait_for(lambda: Path(hp.rundir, "agent.state").exists(), 30, "the agent's state", every=0.01)
+        assert sorted(p.name for p in Path(hp.rundir).iterdir() if p.name != "agent.log") == [
+            "agent.pid", "agent.state", "agent.watch", "ckpt", "distctl-progress.py", "env", "format",
+            "rank0.exit", "rank0.from", "rank0.log", "rank0.pid", "stacks", "uses", "work"]
         assert not os.path.exists(CANARY)
         assert not [p for p in Path(base).rglob(REL_CANARY)]
     finally:

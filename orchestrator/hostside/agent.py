@@ -1,10 +1,15 @@
-"""Restart a run's ranks after a failure, without the workstation: one agent per host.
+"""Watch a run's ranks on their host and restart them after a failure, without the workstation.
 
     agent.py CONFIG_JSON
 
-Started detached by the launch step of a run with job.max_restarts or job.hang_timeout, right after the
-host's ranks (attempt 0) were started; it adopts them through their rankR.pid files.
-The agent on rank 0's host is the coordinator: it listens on rank 0's address at
+Started detached by the launch step of every run, right after the host's ranks (attempt 0)
+were started; it adopts them through their rankR.pid files.
+
+Without job.max_restarts or job.hang_timeout (config "watch") the agent is a Watcher
+(agent_policy.py): alone on its host, no port, no peers. It records how the ranks here ended
+in agent.state and, a while after one of them failed, stops the others here.
+
+Otherwise the agent on rank 0's host is the coordinator: it listens on rank 0's address at
 job.port + 1, every other agent connects to it, reports its ranks' exits and sends a
 heartbeat. The coordinator alone decides (agent_policy.decide, a pure function):
 
@@ -33,7 +38,7 @@ long their ranks have been quiet; when no rank progressed for that long, every h
 ranks' stacks (RunDir.take_stacks) and the run restarts or ends as `hung`. With max_restarts 0
 the agent only watches: it never restarts, it stops the other ranks when one fails or it hangs.
 
-The decisions are agent_policy.py (Coordinator, Member: pure code over the Ranks and Host
+The decisions are agent_policy.py (Coordinator, Member, Watcher: pure code over the Ranks and Host
 interfaces and a clock, returning the messages to send); this file is the I/O: the rank
 processes, the run directory's files, and one loop over the sockets. On a host both are one
 program (hostside/__init__.py joins them). An agent that dies stops nothing: the others treat
@@ -56,7 +61,7 @@ import time
 
 from orchestrator.hostside.prelude import group_alive, listening, read_int
 from orchestrator.hostside.agent_policy import (COORDINATOR, Action, Close, Coordinator, Exit, Member, Msg,
-                                                Send)
+                                                Send, Watcher)
 
 TICK_S = 0.2
 STACKS_TIMEOUT_S = 20.0  # the stacks of the ranks of a hung run: bounded, the run is torn down after
@@ -418,7 +423,7 @@ class Link:
 class Loop:
     """Sockets for a policy (Coordinator or Member): what arrives goes to it, what it returns is done."""
 
-    def __init__(self, cfg: Msg, policy: Coordinator | Member) -> None:
+    def __init__(self, cfg: Msg, policy: Coordinator | Member | Watcher) -> None:
         self.cfg, self.policy = cfg, policy
         self.sel = selectors.DefaultSelector()
         self.links: dict[int, Link] = {}
@@ -426,7 +431,7 @@ class Loop:
         self.listener: socket.socket | None = None
         self.next_try = 0.0
         self.key = run_key()
-        if self.key is None:
+        if self.key is None and not isinstance(policy, Watcher):
             policy.host.log("no run key in env: messages between agents are not authenticated")
         if isinstance(policy, Coordinator):
             addr, port = cfg["coord"][0], cfg["coord"][1]
@@ -538,7 +543,8 @@ def main(argv: list[str]) -> int:
     if cfg.get("hang_timeout") and os.path.exists("hung"):
         os.remove("hung")  # left by an earlier attempt (up --resume): not of this run
     rundir = RunDir(cfg)
-    policy = (Coordinator if cfg["me"] == 0 else Member)(cfg, Ranks(cfg), rundir, time.monotonic)
+    kind = Watcher if cfg.get("watch") else Coordinator if cfg["me"] == 0 else Member
+    policy = kind(cfg, Ranks(cfg), rundir, time.monotonic)
     try:
         Loop(cfg, policy).serve()
     except Exception as e:  # the ranks run on; what went wrong is on record

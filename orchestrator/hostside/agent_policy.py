@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Tuple, U
 HEARTBEAT_S = 2.0
 SILENT_S = 10.0  # nothing heard for this long: the connection is dead
 SETTLE_S = 2.0  # after the first failure, the exits of its peers arrive: then judge
+TEARDOWN_S = 10.0  # a watcher stops the other ranks of its host this long after a failure there
 PORT_WAIT_S = 60.0
 
 Msg = Dict[str, Any]
@@ -614,3 +615,59 @@ class Member(Agent):
         if self.beat():
             out += self.send(self.heartbeat(now))
         return out
+
+
+class Watcher(Agent):
+    """The agent of a run with neither restarts nor a hang timeout: on its own host, without a
+    port or a peer. It records how the ranks here ended (agent.state) and, when one failed,
+    stops the others here once `teardown` seconds passed: long enough for an attached `up` to
+    take their stacks and stop the run everywhere itself (the culprit report), short enough that
+    a detached run leaves no rank waiting out the timeout of a collective on this host. The ranks
+    of other hosts are theirs to end (the peer-lost error of their program, or their own watcher).
+    It writes no events: an attached `up` reports such a run from the exits of the ranks."""
+
+    def __init__(self, cfg: Msg, ranks: Ranks, host: Host, clock: Clock) -> None:
+        Agent.__init__(self, cfg, ranks, host, clock)
+        self.first_failure: float | None = None
+        self.failed: list[tuple[int, int | None]] = []  # (rank, code) in the order seen
+
+    def closed(self, link: int) -> list[Action]:
+        return []  # it has no links
+
+    def receive(self, link: int, msg: Msg) -> list[Action]:
+        return []
+
+    def tick(self) -> list[Action]:
+        now = self.clock()
+        for rank, code in self.ranks.poll():
+            if code != 0:
+                self.failed.append((rank, code))
+                if self.first_failure is None:
+                    self.first_failure = now
+                    self.host.pause("failed")
+        if self.outcome is not None:
+            return []
+        me = self.names[self.me]
+        if self.host.stop_requested():
+            self.begin_end("stopped", "stopped by distctl stop")
+        elif self.failed:
+            rank, code = self.failed[0]
+            why = "%s r%d %s" % (me, rank, code_text(code))
+            running = self.ranks.running()
+            due = now - (self.first_failure or now) >= float(self.cfg.get("teardown", TEARDOWN_S))
+            if running and due:
+                self.host.log("%s: stopping the other ranks here: %s" % (why, ", ".join("r%d" % r for r in running)))
+            if due or not running:
+                self.begin_end("failed", why)
+        elif not self.ranks.running():
+            self.begin_end("finished", "every rank exited 0")
+        return []
+
+    def begin_end(self, outcome: str, text: str) -> None:
+        """As Agent.begin_end, without an event (see the class)."""
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        self.adopt({"outcome": outcome if outcome in ("finished", "stopped") else "%s: %s" % (outcome, text)})
+        if self.ranks.running():
+            self.ranks.terminate(self.cfg["grace"])

@@ -11,8 +11,9 @@ what is there. When a rank is done, its unfinished last line is flushed and `exi
 TIME` follows: CODE from rankR.exit, TIME the mtime of that file by the clock of this host;
 `-` for each when there is none (the rank was killed, or never started).
 
-Under a restart agent (agent.pid, job.max_restarts) a rank is done only once the agent is
-gone too: a restart starts it again, and its log goes on. Each line of agent.events (the
+Under an agent that may start ranks again (agent.pid without the `agent.watch` mark of a
+watcher) a rank is done only once the agent is gone too: a restart starts it again, and its
+log goes on. Each line of agent.events (the
 agent's decisions: restarts, dropped hosts, the end) comes out as `ev TEXT`. While following,
 `hb` comes out after SECONDS (2) without output: the workstation tells a quiet run from a
 stalled link by these (orchestrator/timers.py).
@@ -217,7 +218,7 @@ def main(argv: list[str]) -> int:
     events = Events()
     stop = StopMark()
     while logs:
-        agent = live and group_alive(read_int("agent.pid"))
+        agent = live and not os.path.exists("agent.watch") and group_alive(read_int("agent.pid"))
         ended = [log for log in logs if not live or (not agent and not log.alive())]
         before = out.written
         stop.pump(out)  # after `ended`: the mark is made before any rank is signalled

@@ -100,8 +100,9 @@ class Job:
         return self.max_restarts > 0
 
     @property
-    def agent(self) -> bool:
-        """A per-host agent runs beside the ranks: to restart them, or only to judge the hang timeout."""
+    def coordinated(self) -> bool:
+        """The hosts' agents talk to the coordinator on rank 0's host (job.port + 1): to restart
+        the ranks, or to judge the hang timeout. Otherwise each host's agent only watches its own."""
         return self.restarts or self.hang_timeout is not None
 
     @property

@@ -36,7 +36,7 @@ def prepare(plan: Plan, conns: dict[str, Connection], fanout: int,
     """The PREPARE phase (`steps`; by default the plan's): what each host already has."""
     # With restart agents, the run's secret for their channel (hostside/agent.py): made here, sent
     # only inside the env file over SSH (0600 in the 0700 run directory), never recorded or shown.
-    key = f"{AGENT_KEY_LINE}{secrets.token_hex(32)}\n" if plan.agent else ""
+    key = f"{AGENT_KEY_LINE}{secrets.token_hex(32)}\n" if plan.coordinated else ""
 
     def one(step: Step) -> Prepared:
         hp = plan.host_plan(step.host)

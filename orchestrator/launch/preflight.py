@@ -90,7 +90,7 @@ def tool_python(host: Host) -> str:
 def preflight_port(inv: Inventory, conns: dict[str, Connection], address: str, fanout: int) -> None:
     """The rendezvous port (and with job.max_restarts the agents' control port, the next one)
     is free on rank 0's host and reachable from every worker."""
-    for port in (inv.job.port, *((inv.job.control_port,) if inv.job.agent else ())):
+    for port in (inv.job.port, *((inv.job.control_port,) if inv.job.coordinated else ())):
         _check_port(inv, conns, address, port, fanout)
 
 

@@ -278,6 +278,9 @@ RESTART_GRACE_S = 5.0  # a restart gives ranks this long after SIGTERM, then SIG
 # The agents' timers, in seconds: a heartbeat this often, a link silent this long is dead, the
 # exits of a failure's peers awaited this long before judging it (hostside/agent.py).
 AGENT_TIMERS = {"heartbeat": 2.0, "silent": 10.0, "settle": 2.0}
+# A watcher (no restarts, no hang timeout) stops its host's other ranks this long after one failed:
+# an attached `up` takes their stacks and stops the run everywhere well before (run/watch.py).
+WATCHER_TIMERS = {"teardown": 10.0}
 # Tests only: JSON that overrides AGENT_TIMERS and may add "pause": {host: [moment, ...]}, where
 # an agent waits (hostside/agent.py, Agent.pause) so that a test can kill it at that moment.
 AGENT_TEST_VARIABLE = "DISTCTL_TEST_AGENT"
@@ -286,13 +289,18 @@ AGENT_TEST_VARIABLE = "DISTCTL_TEST_AGENT"
 
 def agent_config(inv: Inventory, run_id: str, host_plans: list[HostPlan], index: int, master: str) -> dict:
     """What hostside/agent.py needs on host `index`: every host's ranks (to renumber them when
-    one is dropped), this host's wrappers, the coordinator's address, and the restart rules."""
+    one is dropped), this host's wrappers, the coordinator's address, and the restart rules.
+    Without restarts or a hang timeout, only what a watcher of this host's ranks needs ("watch")."""
     hp = host_plans[index]
     job = inv.job
+    hosts = [{"name": h.host.name, "ranks": [r.rank for r in h.ranks]} for h in host_plans]
+    ranks = [{"rank": r.rank} for r in hp.ranks]
+    if not job.coordinated:
+        return {"run": run_id, "me": index, "watch": True, "hosts": hosts, "ranks": ranks, "max_restarts": 0,
+                "grace": RESTART_GRACE_S, **WATCHER_TIMERS, **_agent_test_overrides()}
     return {
         "run": run_id, "me": index,
-        "hosts": [{"name": h.host.name, "ranks": [r.rank for r in h.ranks]} for h in host_plans],
-        "ranks": [{"rank": r.rank} for r in hp.ranks],
+        "hosts": hosts, "ranks": ranks,
         "restart": _restart_command(inv, hp),  # the plan's RESTART step for this host, verbatim
         "coord": [master, job.control_port], "master": [master, job.port],
         "max_restarts": job.max_restarts, "min_hosts": job.min_hosts or len(host_plans),
@@ -320,7 +328,7 @@ def _agent_test_overrides() -> dict:
     if not raw:
         return {}
     given = json.loads(raw)
-    return {k: v for k, v in given.items() if k in AGENT_TIMERS or k == "pause"}
+    return {k: v for k, v in given.items() if k in AGENT_TIMERS or k in WATCHER_TIMERS or k == "pause"}
 
 
 def _restart_command(inv: Inventory, hp: HostPlan) -> str:
@@ -343,7 +351,7 @@ def _steps(host_plans: list[HostPlan], artifacts: tuple[Artifact, ...], inv: Inv
                    for hp in host_plans if hp.setup_dir and inv.job.setup])
     launches = [Step(StepKind.LAUNCH, hp.host.name, launch_script(
                     hp.rundir, hp.ranks, hp.code_dir, hp.python,
-                    agent_config(inv, run_id, host_plans, i, master) if inv.job.agent else None))
+                    agent_config(inv, run_id, host_plans, i, master)))
                 for i, hp in enumerate(host_plans)]
     first = host_plans[0]
     if inv.job.wait_for_rank0:

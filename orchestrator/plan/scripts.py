@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python: str,
-                  agent: dict | None = None) -> str:
+                  agent: dict) -> str:
     """Start each rank in its own session and process group, detached from SSH.
 
     Ranks run in `work/`, this run's own copy of the pushed code (made once; a resumed run
@@ -27,8 +27,10 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
     The wrapper traps TERM so that it outlives the program's graceful stop and records the
     exit code; what `distctl_detach` prints is the process group id `stop` signals. More
     than one rank on a host gets OMP_NUM_THREADS=1 unless it is set, as torchrun does.
-    With `agent` (job.max_restarts or job.hang_timeout), the host's agent starts after its ranks and adopts
-    them; it restarts them with the same wrappers (see hostside/agent.py).
+    The host's agent starts after its ranks and adopts them (hostside/agent.py, its config
+    `agent`): with job.max_restarts it restarts them with the same wrappers; a watcher (config
+    "watch": neither restarts nor a hang timeout) leaves the `agent.watch` mark, which tells the
+    follower and `status` that no rank of this run will start again.
     `stacks/site/sitecustomize.py` arms every Python process of a rank for `distctl stacks`
     (hostside/sitecustomize.py); the wrappers put it on PYTHONPATH.
     """
@@ -38,10 +40,11 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
                 f"[ -d work ] || {{ rm -rf work.tmp && cp -R {code} work.tmp && mv work.tmp work; }} || exit 1",
                 stack_site_script(), detach_function(python)]
     commands.append("rm -f stop-requested")  # an earlier attempt's stop (lifecycle.STOP_REQUESTED): not this one's
-    if agent is not None:
-        commands.append("rm -f stopping agent.state agent.events rank*.env")
+    watch = bool(agent.get("watch"))
+    commands.append("rm -f stopping agent.state agent.events agent.watch rank*.env"
+                    + (" && : >agent.watch" if watch else ""))
     for r in ranks:
-        remove_exit, *rest = _start_rank(r, len(ranks), python, agent is not None)
+        remove_exit, *rest = _start_rank(r, len(ranks), python, not watch)
         # A resumed run appends to its logs: mark where the new attempt starts.
         log = f"rank{r.rank}.log"
         commands += [remove_exit,
@@ -49,11 +52,10 @@ def launch_script(rundir: str, ranks: Sequence[RankPlan], code_dir: str, python:
                      f"[ -s {log} ] && {{ [ -z \"$(tail -c 1 {log})\" ] || echo >>{log}; "
                      f"echo \"--- distctl: resumed $(date -u +%Y-%m-%dT%H:%M:%SZ) ---\" >>{log}; }}",
                      *rest]
-    if agent is not None:
-        # The agent gets the run's environment (its marker included, so `stop` sweeps it too).
-        start = program(python, "agent", json.dumps(agent, separators=(",", ":"), sort_keys=True))
-        commands += [f"pgid=$({DETACH} sh -c '. ./env; exec \"$@\"' distctl-agent {start}) || exit 1",
-                     "echo \"$pgid\" >agent.pid", "echo launched agent pgid=$pgid"]
+    # The agent gets the run's environment (its marker included, so `stop` sweeps it too).
+    start = program(python, "agent", json.dumps(agent, separators=(",", ":"), sort_keys=True))
+    commands += [f"pgid=$({DETACH} sh -c '. ./env; exec \"$@\"' distctl-agent {start}) || exit 1",
+                 "echo \"$pgid\" >agent.pid", "echo launched agent pgid=$pgid"]
     return shell.lines(*commands)
 
 

@@ -82,8 +82,8 @@ class RunState:
     hang_timeout: float | None = None  # job.hang_timeout: the agents end (or restart) a run hung this long
 
     @property
-    def agent(self) -> bool:
-        """Each host runs an agent (hostside/agent.py): for restarts, or only to judge a hang."""
+    def coordinated(self) -> bool:
+        """The hosts' agents (hostside/agent.py) talk to a coordinator: for restarts, or to judge a hang."""
         return bool(self.max_restarts) or self.hang_timeout is not None
 
     @property

@@ -85,10 +85,11 @@ def status_script(rundir: str, ranks: list[int]) -> str:
         f"cd {shell.join([rundir])} 2>/dev/null || {{ echo missing=1; exit 0; }}",
         OURS,
         'alive() { [ -f "$1" ] && g=$(cat "$1") && ours "$g" && kill -0 -"$g" 2>/dev/null; }',
-        "agent=0; alive agent.pid && agent=1",
+        # (a watcher, agent.watch, starts no rank again: its ranks are never `restarting`)
+        "agent=0; alive agent.pid && agent=1; restarter=$agent; [ ! -f agent.watch ] || restarter=0",
         f"for r in {' '.join(str(r) for r in ranks)}; do",
         "  live=0; alive rank$r.pid && live=1",
-        '  if [ $agent = 1 ] && [ $live = 0 ] && [ "$(cat rank$r.exit 2>/dev/null)" != 0 ]; then '
+        '  if [ $restarter = 1 ] && [ $live = 0 ] && [ "$(cat rank$r.exit 2>/dev/null)" != 0 ]; then '
         'echo "rank=$r state=restarting";',
         '  elif [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) '
         'at=$(stat -c %Y rank$r.exit 2>/dev/null || stat -f %m rank$r.exit)";',

@@ -47,7 +47,7 @@ def stop_everywhere(state: RunState, conns: dict[str, Connection], grace: float,
         if conn is not None:
             halt_host(conn, hs.rundir, requested)
 
-    if state.agent or requested:  # a host that fails to halt: the stop halts it again, and reports it
+    if state.coordinated or requested:  # a host that fails to halt: the stop halts it again, and reports it
         fan_out("halt", state.hosts, halt, fanout, lambda hs: hs.host.name)
 
     def one(hs) -> None:
