@@ -399,5 +399,36 @@ def test_a_status_poll_of_the_attempt_a_restart_ended_is_not_a_new_failure():
     view.statuses("node1", [RankStatus(0, "exited", 143)], {"attempt": 0})  # the late poll of attempt 0
     report = view.delta(Cursor())
     assert report["failure"]["rank"] == 1 and report["failure"]["restarted"] is True
-    view.statuses("node1", [RankStatus(0, "exited", 1)], {"attempt": 1})  # attempt 1's own failure counts
+    ended = {"attempt": 1, "outcome": "exhausted: restarts exhausted (1/1): node1 r0 exited 1"}
+    view.statuses("node1", [RankStatus(0, "exited", 1)], ended)  # attempt 1's own failure counts
     assert view.delta(Cursor())["failure"]["rank"] == 0
+
+
+def test_the_teardown_of_a_restart_is_not_a_new_failure_however_its_news_is_ordered():
+    """The coordinator agent says `restart 1/1`, records attempt 1, then stops every rank: a poll
+    during that teardown shows attempt 1 and the torn-down ranks exited 143 (the status script says
+    `exited` for a rank whose exit file is written while its group still lives). Seen on the test
+    cluster, before or after the restart's event: one poll of each host named rank 2 (143) the
+    culprit. While its host's agent lives and has not decided how the run ends, a rank that exited
+    non-zero is restarting; the agent's restart event names the culprit."""
+    tearing_down = {"attempt": 1, "restarts": ["node2 r3 exited 3"], "outcome": None, "gone": False}
+    teardown = [("node1", [RankStatus(0, "exited", 143, 20.0), RankStatus(1, "exited", 143, 20.0)]),
+                ("node2", [RankStatus(2, "exited", 143, 20.0), RankStatus(3, "restarting")])]
+    for event_first in (True, False):
+        view = RunView(run_state(hosts=2, slots=2), "live")
+        view.line("node2", 3, "RuntimeError: injected failure on rank 3 at step 40")
+        if event_first:
+            view.event("node1", "restart 1/1 after node2 r3 exited 3")
+        for host, found in teardown:
+            view.statuses(host, found, tearing_down)
+            failure = view.delta(Cursor())["failure"]
+            assert failure is None or (failure["rank"], failure["code"], failure.get("restarted")) == (3, 3, True)
+        view.line("node1", 0, "--- distctl: restart 1/1 after node2 r3 exited 3 ---")  # the marker, at relaunch
+        report = view.delta(Cursor())
+        assert report["failure"] == {"rank": 3, "host": "node2", "code": 3, "collateral": [], "restarted": True,
+                                     "tail": ["RuntimeError: injected failure on rank 3 at step 40"]}
+        assert [r["state"] for r in report["ranks"]] == ["restarting"] * 4
+        view.request_stop()  # the page's Stop: the report it showed outlives it
+        view.statuses("node2", [RankStatus(2, "exited", 143, 30.0), RankStatus(3, "exited", 143, 30.0)],
+                      {**tearing_down, "gone": True})
+        assert (view.failure() or {}).get("rank") == 3

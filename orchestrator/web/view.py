@@ -158,8 +158,9 @@ class RunView:
             for s in ([] if stale else found):
                 r = self.ranks.get(s.rank)
                 if r is not None and s.state not in ("missing", "unreachable"):
-                    ended = s.state in ("exited", "killed")  # running again after a restart: no code
-                    r.state, r.code = s.state, (s.code if s.code is not None else r.code) if ended else None
+                    state = "restarting" if _restarting(s, agent) else s.state
+                    ended = state in ("exited", "killed")  # running again after a restart: no code
+                    r.state, r.code = state, (s.code if s.code is not None else r.code) if ended else None
                     r.exit_at = (s.at if s.at is not None else r.exit_at) if ended else None
             self._remember_failure()
             self.hosts[host].update(reachable=True, why=None, agent=agent)
@@ -281,6 +282,17 @@ class RunView:
 
     def _current_failure(self) -> dict | None:
         return failure_report(self.ranks, self.state)
+
+
+def _restarting(s: RankStatus, agent: dict | None) -> bool:
+    """A rank that failed while its host's restart agent lives and has not decided how the run ends:
+    the agent restarts it (its restart event names the culprit) or records the run's end (then its
+    exits count). The status script means the same by `restarting`, but calls a rank whose exit file
+    is written while its group still lives `exited`: the restart's teardown (143), read under attempt 1
+    already (the agent records the new attempt before it stops the ranks), named a torn-down rank the
+    culprit on the test cluster, in one poll of each host right after `restart 1/1`."""
+    undecided = agent is not None and not agent.get("outcome") and not agent.get("gone")
+    return undecided and s.state in ("exited", "killed") and s.code != 0
 
 
 def _series_update(key: tuple[int, str], s: Series, cursor: Cursor) -> dict | None:
