@@ -89,7 +89,9 @@ def status_script(rundir: str, ranks: list[int]) -> str:
         "agent=0; alive agent.pid && agent=1; restarter=$agent; [ ! -f agent.watch ] || restarter=0",
         f"for r in {' '.join(str(r) for r in ranks)}; do",
         "  live=0; alive rank$r.pid && live=1",
-        '  if [ $restarter = 1 ] && [ $live = 0 ] && [ "$(cat rank$r.exit 2>/dev/null)" != 0 ]; then '
+        # (an exit file while the group lingers: a restart's teardown under way, not the run's end)
+        '  if [ $restarter = 1 ] && { [ $live = 0 ] || [ -f rank$r.exit ]; } && '
+        '[ "$(cat rank$r.exit 2>/dev/null)" != 0 ]; then '
         'echo "rank=$r state=restarting";',
         '  elif [ -f rank$r.exit ]; then echo "rank=$r state=exited code=$(cat rank$r.exit) '
         'at=$(stat -c %Y rank$r.exit 2>/dev/null || stat -f %m rank$r.exit)";',
