@@ -21,10 +21,12 @@ from orchestrator.cli import render
 from orchestrator.run.stacks import straggler_rank, waited_for
 from orchestrator.run.status import RankRow, RunStatus, parse_progress
 from orchestrator.run.lifecycle import RankStatus
-from orchestrator.run.stragglers import Judge, Verdict, parse_record
+from orchestrator.run.stragglers import Judge, Verdict, Watch, parse_record, watching
+from orchestrator.ssh.remote import Result
 from orchestrator.timers import TEST_TIMERS
 
 from e2e import distctl, kill_tree, last_run_id, start_distctl, wait_for, write_inventory
+from support.fakes import FakeConnection, RecordingUi
 from support.watched import a_run
 from test_stacks import arm_folder, armed_env, project
 
@@ -112,6 +114,68 @@ def test_status_marks_the_straggler_row_and_says_since_when():
     assert [r["straggler"] for r in shown["ranks"]] == [False, False, True]
     assert shown["straggler"]["rank"] == 2 and shown["straggler"]["host"] == "node2"
     assert render.status_straggler(RunStatus(state, rows)) == []
+
+
+# ------------------------------------------------------------------ the watch over fake hosts
+
+WAIT = [("/v/site-packages/torch/distributed/distributed_c10d.py", 2500, "all_reduce"), ("/w/work/t.py", 9, "train")]
+WORK = [("/w/work/t.py", 5, "slow_step"), ("/w/work/t.py", 8, "train")]
+
+
+def collector_says(busy: set[int], ranks: tuple[int, ...], python: bool = True):
+    """A host's answer to the stacks collector: each rank's main thread waiting, or in `busy` at work."""
+    def answer(call) -> Result:
+        lines = []
+        for rank in ranks:
+            frames = WORK if rank in busy else WAIT
+            dump = "Current thread 0x0000000000000001 (most recent call first):\n" + "".join(
+                f'  File "{f}", line {n} in {fn}\n' for f, n, fn in frames)
+            procs = [{"pid": 100 + rank, "ppid": 1, "name": "python3", "armed": True, "main": 1, "dump": dump,
+                      "native": None, "why": None}]
+            lines.append(json.dumps({"rank": rank, "error": None, "procs": procs} if python else
+                                    {"rank": rank, "error": "no armed Python process among its processes (sh)",
+                                     "procs": []}))
+        return Result(0, "\n".join(lines) + "\n", "")
+    return answer
+
+
+def test_the_watch_says_each_change_once_and_keeps_the_verdict_in_rank_0s_run_directory():
+    busy: set[int] = {2}
+    node1 = FakeConnection("node1").answer("main_block", lambda call: collector_says(busy, (0, 1))(call))
+    node2 = FakeConnection("node2").answer("main_block", lambda call: collector_says(busy, (2,))(call))
+    ui = RecordingUi()
+    watch = Watch(a_run(node1=(0, 1), node2=(2,)), {"node1": node1, "node2": node2}, ui, every=3.0)
+    for _ in range(12):
+        watch.judge_round(watch.sample())
+    assert ui.warnings == ["straggler: rank 2 on node2: waiting in a collective in 0% of 10 samples, the others "
+                           "100% (median): they wait for it"]
+    (kept,) = [c for c in node1.calls if "straggler.tmp" in c.command]
+    assert kept.command.startswith("cat >/w/runs/t-1/straggler.tmp && mv ")
+    assert parse_record(kept.stdin.decode())["rank"] == 2
+    assert not [c for c in node2.calls if "straggler" in c.command]  # rank 0's host keeps it
+    busy.clear()
+    for _ in range(20):
+        watch.judge_round(watch.sample())
+    assert ui.lines[-1] == ("info", "rank 2 on node2 is no longer a straggler")
+    assert [c for c in node1.commands if "main_block" not in c][-2:] == [kept.command, "rm -f /w/runs/t-1/straggler"]
+
+
+def test_the_watch_of_a_program_that_is_not_python_says_nothing_and_keeps_nothing():
+    node1 = FakeConnection("node1").answer("main_block", collector_says(set(), (0, 1), python=False))
+    node2 = FakeConnection("node2").answer("main_block", collector_says(set(), (2,), python=False))
+    ui = RecordingUi()
+    watch = Watch(a_run(node1=(0, 1), node2=(2,)), {"node1": node1, "node2": node2}, ui, every=3.0)
+    assert watch.sample() == {}  # the loop then waits twice as long, up to IDLE_MAX_S
+    assert ui.lines == [] and all("main_block" in c for c in node1.commands + node2.commands)
+
+
+def test_an_opted_out_watch_starts_nothing():
+    with watching(a_run(node1=(0,)), {}, RecordingUi(), enabled=False) as watch:
+        assert watch is None
+    before = threading.active_count()
+    with watching(a_run(node1=(0,)), {}, RecordingUi()) as watch:
+        assert watch is not None and threading.active_count() == before + 1
+    assert threading.active_count() == before  # idle between rounds: it ends at once
 
 
 # ------------------------------------------------------------------ hostside/stacks.py

@@ -43,6 +43,7 @@ FILE = "straggler"  # in rank 0's run directory: status reads it
 IDLE_MAX_S = 30.0
 SAMPLE_TIMEOUT_S = 10.0  # one round on one host, at most (a dump takes milliseconds)
 NO_SAVE = "-"  # hostside/stacks.py keeps no copy of these samples
+STOP_WAIT_S = 1.0  # what the end of `up` waits for a round under way
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,11 @@ class Watch:
         self._thread.start()
 
     def stop(self) -> None:
-        """No more rounds; a round under way is left to end on its own (it says nothing more)."""
+        """No more rounds. A round under way gets a moment to end (it says nothing more); one
+        that takes longer (a stalled link) is left to end on its own."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=STOP_WAIT_S)
 
     def _loop(self) -> None:
         delay = self.every
