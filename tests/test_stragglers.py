@@ -160,6 +160,17 @@ def test_the_watch_says_each_change_once_and_keeps_the_verdict_in_rank_0s_run_di
     assert [c for c in node1.commands if "main_block" not in c][-2:] == [kept.command, "rm -f /w/runs/t-1/straggler"]
 
 
+def test_a_watch_that_finds_no_straggler_removes_a_verdict_an_earlier_watch_kept():
+    node1 = FakeConnection("node1").answer("main_block", collector_says(set(), (0, 1)))
+    node2 = FakeConnection("node2").answer("main_block", collector_says(set(), (2,)))
+    ui = RecordingUi()
+    watch = Watch(a_run(node1=(0, 1), node2=(2,)), {"node1": node1, "node2": node2}, ui, every=3.0)
+    for _ in range(15):
+        watch.judge_round(watch.sample())
+    assert ui.lines == []
+    assert [c for c in node1.commands if "main_block" not in c] == ["rm -f /w/runs/t-1/straggler"]  # once
+
+
 def test_the_watch_of_a_program_that_is_not_python_says_nothing_and_keeps_nothing():
     node1 = FakeConnection("node1").answer("main_block", collector_says(set(), (0, 1), python=False))
     node2 = FakeConnection("node2").answer("main_block", collector_says(set(), (2,), python=False))
