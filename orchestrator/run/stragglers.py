@@ -110,7 +110,6 @@ class Watch:
         self._stop = threading.Event()
         self._synced = False  # the file agrees with this watch's verdict (a stale one is removed)
         self._thread = threading.Thread(target=self._loop, name="straggler-watch", daemon=True)
-        self.rounds: deque[float] = deque(maxlen=100)  # seconds the last rounds took
 
     def start(self) -> None:
         self._thread.start()
@@ -125,12 +124,13 @@ class Watch:
     def _loop(self) -> None:
         delay = self.every
         while not self._stop.wait(delay):
-            started = time.monotonic()
             waiting = self.sample()
-            self.rounds.append(time.monotonic() - started)
             delay = self.every if waiting else min(IDLE_MAX_S, delay * 2)
             if waiting and not self._stop.is_set():
-                self.judge_round(waiting)
+                try:
+                    self.judge_round(waiting)
+                except Exception:  # as in sample(): never a traceback in the middle of the run's lines
+                    pass
 
     def sample(self) -> dict[int, bool]:
         """rank -> waiting in a collective, for every rank whose main thread could be dumped."""
