@@ -1,5 +1,6 @@
 """The timers of following a run: how often a quiet follower says it is alive, how long a silent
-link may stay silent before it counts as stalled, and how fast a lost link is retried.
+link may stay silent before it counts as stalled, how fast a lost link is retried, and how
+often the straggler watch samples every rank's stack (run/stragglers.py).
 
 None of them is an inventory key: the defaults suit every real fleet (a user's own bound, how long
 a host may stay unreachable, is ``ssh.reconnect_timeout``). Tests shorten them, so that a test
@@ -32,6 +33,9 @@ class Timers:
     stall: float = 20.0
     first_retry: float = 0.5  # a lost link is retried after this long, then twice as long each time...
     max_retry: float = 10.0  # ...up to this
+    # One stack sample of every rank this often while `up` or `logs -f` follows (run/stragglers.py):
+    # a straggler is named after about 10 samples (30 s), at a Python start per host each time.
+    straggler_every: float = 3.0
 
 
 DEFAULT = Timers()

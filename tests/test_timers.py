@@ -31,7 +31,7 @@ def test_a_bad_setting_is_one_clear_error(text):
         parse_timers(text)
     assert error.value.exit_code == ExitCode.BAD_INPUT
     assert str(error.value) == (f"{TEST_TIMERS}: {text!r} is not NAME=SECONDS with SECONDS > 0 and NAME one of "
-                                "heartbeat, stall, first_retry, max_retry")
+                                "heartbeat, stall, first_retry, max_retry, straggler_every")
 
 
 def arguments(command: str) -> list[str]:

@@ -30,6 +30,7 @@ from orchestrator.run.status import RunStatus, log_tail
 from orchestrator.run.status import query as query_status
 from orchestrator.run.watch import FAILURE_GRACE, RankEvents, raise_for, stop_everywhere, watch_run
 from orchestrator.run.links import HostLinks
+from orchestrator.run.stragglers import watching
 from orchestrator.ssh.stream import follow
 from orchestrator.run.target import CheckRequest, LogRequest, Options, Target
 from orchestrator.console.ui import Ui
@@ -248,7 +249,8 @@ class _Walk:
             _report_detached(state)
             return
         try:
-            outcome = watch_run(state, self.conns, ui, state.join_timeout, after_prepare=True)
+            with watching(state, self.conns, ui, self.opts.straggler_watch, self.opts.fanout):
+                outcome = watch_run(state, self.conns, ui, state.join_timeout, after_prepare=True)
         except KeyboardInterrupt:
             ui.info(render.up_watch_interrupted(state.run_id))
             raise Detached("detached") from None
@@ -436,6 +438,8 @@ def _show_status(found: RunStatus, failure: dict | None, ui: Ui) -> None:
             ui.out(line)
     for line in render.status_restarts(found) + render.status_outcome(found, failure, ui.shown):
         ui.out(line)
+    for line in render.status_straggler(found):  # kept by the straggler watch of up / logs -f
+        ui.out(ui.shown(line))
     if found.autopsy:  # kept by the attached up that saw the failure (autopsy.py)
         ui.out("culprit and collateral, as up saw them:")
         for line in found.autopsy:
@@ -494,9 +498,12 @@ def _fleet_logs(state: RunState, opts: Options, ui: Ui, request: LogRequest) -> 
     followers: list = []
     try:
         followers = links.open_all(follow_live, tail)
-        # Replaying (no -f) reads what is there: a dropped link is only healed while following.
-        follow(followers, lambda f, text: links.line(f, text, events.line), tick=tick,
-               links=links if follow_live else None)
+        # The straggler watch needs every rank: not with --host/--rank, nor with a host down.
+        every_rank = follow_live and reached == {r.rank for hs in state.hosts for r in hs.ranks}
+        with watching(state, conns, ui, opts.straggler_watch and every_rank, opts.fanout):
+            # Replaying (no -f) reads what is there: a dropped link is only healed while following.
+            follow(followers, lambda f, text: links.line(f, text, events.line), tick=tick,
+                   links=links if follow_live else None)
         finish()
     except KeyboardInterrupt:
         finish()

@@ -24,6 +24,10 @@ FULL = click.option("--full", is_flag=True,
                          "(by default those are named by size and digest, and steps alike on several hosts "
                          "shown once with a table of each host's values).")
 
+STRAGGLER_WATCH = click.option("--straggler-watch/--no-straggler-watch", default=True, show_default=True,
+                               help="While following: sample every rank's stack every few seconds and say "
+                                    "when a rank becomes (or stops being) the one the others wait for.")
+
 
 def _hosts_chosen(f):
     f = click.option("--exclude", multiple=True, metavar="NAME[,NAME]",
@@ -105,11 +109,13 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool, no_color: b
 @_hosts_chosen
 @click.option("--host", "show_host", help="Show only this host's rank lines (the run is not changed).")
 @click.option("--rank", "show_rank", type=int, help="Show only this rank's lines (the run is not changed).")
+@STRAGGLER_WATCH
 @_fanout
 @click.pass_obj
 def up(obj, inventory: str, args: tuple[str, ...], dry_run: bool, full: bool, detach: bool, resume: bool,
        accept_new_host_keys: bool, web: bool, overrides: tuple[str, ...], only: tuple[str, ...],
-       exclude: tuple[str, ...], show_host: str | None, show_rank: int | None, fanout: int) -> None:
+       exclude: tuple[str, ...], show_host: str | None, show_rank: int | None, straggler_watch: bool,
+       fanout: int) -> None:
     """Push the trainer, start every rank, and stream their logs.
 
     Words after -- are appended to job.command (or to the bundled trainer's arguments) and
@@ -131,14 +137,15 @@ def up(obj, inventory: str, args: tuple[str, ...], dry_run: bool, full: bool, de
     if dry_run:
         commands.dry_run(inv, obj["ui"], resume, full)
         return
+    opts = commands.Options(fanout, accept_new_host_keys, straggler_watch)
     if not web:
-        commands.up(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], detach, resume)
+        commands.up(inv, opts, obj["ui"], detach, resume)
         return
     from orchestrator.web.command import UpWeb, WebOptions
 
     view = UpWeb(WebOptions(fanout=fanout), obj["ui"])  # says what to install before anything starts
     try:
-        commands.up(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], detach, resume, view.launched)
+        commands.up(inv, opts, obj["ui"], detach, resume, view.launched)
         if detach:
             view.serve_detached()
     finally:
@@ -184,10 +191,11 @@ def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overri
 @click.option("--tail", type=click.IntRange(0), help="Only the last N lines of each log.")
 @click.option("--grep", metavar="REGEX", help="Only lines matching this Python regex (matched on the hosts).")
 @click.option("--collapse", is_flag=True, help="Lines several ranks print alike once, as [r0-7,9] LINE.")
+@STRAGGLER_WATCH
 @_fanout
 @click.pass_obj
 def logs(obj, target: str | None, follow: bool, host: str | None, rank: int | None, tail: int | None,
-         grep: str | None, collapse: bool, fanout: int) -> None:
+         grep: str | None, collapse: bool, straggler_watch: bool, fanout: int) -> None:
     """Replay (and follow) every rank's log from the hosts.
 
     TARGET is a run id or an inventory; default: the last run started here.
@@ -198,7 +206,8 @@ def logs(obj, target: str | None, follow: bool, host: str | None, rank: int | No
       distctl logs --host node2 --tail 20
       distctl logs --grep 'loss|error' --collapse
     """
-    commands.logs(target, commands.Options(fanout), obj["ui"], follow, host, rank, tail, grep, collapse)
+    commands.logs(target, commands.Options(fanout, straggler_watch=straggler_watch), obj["ui"], follow, host, rank,
+                  tail, grep, collapse)
 
 
 @cli.command()

@@ -10,7 +10,7 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from orchestrator.cli import planview
@@ -172,20 +172,40 @@ STATUS_COLUMNS = ["host", "rank", "state", "epoch", "progress", "detail"]
 
 def status_rows(found: RunStatus) -> list[list[str]]:
     """The status table's rows (on a terminal), a rank each."""
-    return [[r.host, str(r.status.rank), status_state(r), status_epoch(r), status_steps(r), r.detail]
-            for r in found.rows]
+    return [[r.host, str(r.status.rank), status_state(r) + status_mark(found, r), status_epoch(r), status_steps(r),
+             r.detail] for r in found.rows]
 
 
 def status_lines(found: RunStatus, prefix: Callable[[str, int], str]) -> list[str]:
     """The table as lines (for a pipe or a log): the header, then `  [node1 r0] running, epoch 2  (detail)`.
     `prefix` labels a rank (the Ui's `[host rN]`, in the host's colour on a terminal)."""
-    return [status_header(found), *(_status_line(r, prefix(r.host, r.status.rank)) for r in found.rows)]
+    return [status_header(found), *(_status_line(r, prefix(r.host, r.status.rank), status_mark(found, r))
+                                    for r in found.rows)]
 
 
-def _status_line(row: RankRow, prefix: str) -> str:
+def _status_line(row: RankRow, prefix: str, mark: str = "") -> str:
     epoch, detail, steps = status_epoch(row), row.detail, status_steps(row)
     return (f"  {prefix} {status_state(row)}{f', epoch {epoch}' if epoch else ''}{f', {steps}' if steps else ''}"
-            f"{f'  ({detail})' if detail else ''}")
+            f"{mark}{f'  ({detail})' if detail else ''}")
+
+
+def status_mark(found: RunStatus, row: RankRow) -> str:
+    """`, straggler` on the row of the rank the straggler watch named (run/stragglers.py)."""
+    named = found.straggler
+    return ", straggler" if named and named.get("rank") == row.status.rank and named.get("host") == row.host else ""
+
+
+def status_straggler(found: RunStatus) -> list[str]:
+    """The watch's verdict in words, with the time it was named (local time)."""
+    named = found.straggler
+    if not named:
+        return []
+    try:
+        since = datetime.strptime(str(named.get("since")), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        when = f" (since {since.astimezone().strftime('%Y-%m-%d %H:%M:%S')})"
+    except ValueError:
+        when = ""
+    return [f"{named.get('line') or 'straggler: rank ' + str(named.get('rank'))}{when}"]
 
 
 def status_steps(row: RankRow) -> str:
@@ -250,7 +270,8 @@ def status_json(found: RunStatus, failure: dict | None) -> str:
         "elapsed_s": None if found.elapsed is None else round(found.elapsed, 1),
         "ranks": [{"host": r.host, "rank": r.status.rank, "state": r.status.state, "exit_code": r.status.code,
                    "detail": r.detail, "epoch": r.progress.epoch, "step": r.progress.step, "total": r.progress.total,
-                   "steps_per_s": r.progress.rate, "left_s": r.progress.left_s, "metrics": r.progress.metrics}
+                   "steps_per_s": r.progress.rate, "left_s": r.progress.left_s, "metrics": r.progress.metrics,
+                   "straggler": bool(status_mark(found, r))}
                   for r in found.rows],
         "unreachable": list(found.unreachable),
         "missing": list(found.missing),
@@ -258,6 +279,7 @@ def status_json(found: RunStatus, failure: dict | None) -> str:
         "first_failure": failure,
         "restarts": found.restarts,
         "autopsy": found.autopsy,
+        "straggler": found.straggler,
     }, indent=2)
 
 

@@ -13,13 +13,21 @@ where py-spy is found (on PATH or beside this python).
 Prints one JSON line per rank: {"rank", "error" (why nothing was dumped, or null), "procs":
 [{"pid", "ppid", "name", "armed", "main" (the main thread's id), "dump", "native", "why"}]}
 in tree order (the rank's own process first), and `{"native": ...}` first when NATIVE=1 and
-py-spy is missing. Each rank's dumps are also saved as stacks/STAMP/rankR.txt.
+py-spy is missing. Each rank's dumps are also saved as stacks/STAMP/rankR.txt (not when STAMP
+is `-`: the straggler watch samples every few seconds and keeps nothing).
+
+Collectors take turns (`distctl stacks`, the straggler watch, the restart agent's hang stacks,
+the stacks before a teardown): each signal-and-read holds stacks/lock, so no collector reads
+a dump another one asked for. A process's stacks/live/<pid> grows by one dump per signal:
+past LIVE_MAX it is cut back to its header line (the handler appends, so it writes on at the
+new end).
 
 SAMPLES > 1 then signals each rank's main process SAMPLES-1 more times, EVERY seconds apart,
 and adds "samples": [[MAIN THREAD BLOCK, COUNT]...]: how often each distinct main-thread stack
 was seen, the first dump included (`distctl stacks --samples`: who waits for whom).
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -28,6 +36,44 @@ import sys
 import time
 
 SETTLE = 0.05  # a dump is whole once its file stopped growing for this long
+LIVE_MAX = 1 << 20  # bytes: about 300 dumps of a rank with a few threads
+NO_SAVE = "-"
+
+
+class Turn:
+    """stacks/lock held: one collector signals and reads at a time (none where it cannot be had)."""
+
+    fd = None  # type: int | None
+
+    def __enter__(self):
+        try:
+            self.fd = os.open(os.path.join("stacks", "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            self.fd = None
+            return self
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+
+
+def trim(pids):
+    """Cut each live file past LIVE_MAX back to its header line, when that line is its only header
+    (a program that exec-ed another armed twice: left as it is)."""
+    for pid in pids:
+        path = os.path.join("stacks", "live", str(pid))
+        try:
+            if os.path.getsize(path) <= LIVE_MAX:
+                continue
+            with open(path, "rb") as f:
+                head = f.readline()
+                if not head.startswith(b"distctl-stacks ") or b"\ndistctl-stacks " in f.read():
+                    continue
+            os.truncate(path, len(head))
+        except OSError:
+            continue
 
 
 def processes():
@@ -177,6 +223,8 @@ def signal_all(ranks, marks):
 
 def save(r, stamp):
     """One rank: its dumps as stacks/STAMP/rankR.txt, each process under a header line."""
+    if stamp == NO_SAVE:
+        return
     parts = []
     for p in r["procs"]:
         parts.append("# pid %d (parent %d) %s: %s\n" % (p["pid"], p["ppid"], p["name"],
@@ -218,14 +266,16 @@ def sample(ranks, marks, samples, every, timeout):
     for _ in range(samples - 1):
         time.sleep(every)
         sizes = {}
-        for p in mains.values():
-            if p:
-                try:
-                    sizes[p["pid"]] = os.path.getsize(os.path.join("stacks", "live", str(p["pid"])))
-                    os.kill(p["pid"], marks[p["pid"]][0])
-                except OSError:
-                    sizes.pop(p["pid"], None)
-        dumps = wait_dumps(sizes, timeout)
+        with Turn():
+            for p in mains.values():
+                if p:
+                    try:
+                        sizes[p["pid"]] = os.path.getsize(os.path.join("stacks", "live", str(p["pid"])))
+                        os.kill(p["pid"], marks[p["pid"]][0])
+                    except OSError:
+                        sizes.pop(p["pid"], None)
+            dumps = wait_dumps(sizes, timeout)
+            trim(sizes)
         for rank, p in mains.items():
             block = p and main_block(dumps.get(p["pid"]), p["main"])
             if block:
@@ -256,7 +306,10 @@ def main(argv):
             if mark:
                 marks[pid] = mark
         ranks.append({"rank": int(rank), "error": error, "procs": [describe(p, procs, marks) for p in pids]})
-    dumps = wait_dumps(signal_all(ranks, marks), timeout)
+    with Turn():
+        sizes = signal_all(ranks, marks)
+        dumps = wait_dumps(sizes, timeout)
+        trim(sizes)
     for r in ranks:
         for p in r["procs"]:
             if p["armed"]:

@@ -188,22 +188,43 @@ def waiting_shares(dumps: list[RankDump]) -> dict[int, tuple[float, int]]:
     return out
 
 
-def straggler(dumps: list[RankDump]) -> str | None:
+def waited_for(shares: dict[int, tuple[float, int]], rank: int, median_at_least: float = 0.5,
+               own_at_most: float = 0.5) -> float | None:
+    """The others' median share when `rank` is the one they wait for (that median is at least
+    `median_at_least`, and its own share at most `own_at_most` of it), else None."""
+    if rank not in shares or len(shares) < 2:
+        return None
+    median = statistics.median(share for r, (share, _) in shares.items() if r != rank)
+    return median if median >= median_at_least and shares[rank][0] <= median * own_at_most else None
+
+
+def straggler_rank(shares: dict[int, tuple[float, int]]) -> int | None:
     """The rank the others wait for: in synchronous training every rank advances at the slowest
     one's pace, so rates say nothing; but the others are mostly found waiting in a collective and
     it rarely is. Named when the others' median share is at least half and its own at most half
-    of that median."""
-    shares = waiting_shares(dumps)
+    of that median. `distctl stacks --samples` and the watch while `up` follows (stragglers.py)
+    both judge by this rule."""
     if len(shares) < 2:
         return None
-    slowest = min(shares, key=lambda r: shares[r][0])
-    median = statistics.median(share for r, (share, _) in shares.items() if r != slowest)
-    own, count = shares[slowest]
-    if median < 0.5 or own > median / 2:
-        return None
-    host = next(d.host for d in dumps if d.rank == slowest)
-    return (f"straggler: rank {slowest} on {host}: waiting in a collective in {own:.0%} of {count} samples, "
+    slowest = min(shares, key=lambda r: (shares[r][0], r))
+    return slowest if waited_for(shares, slowest) is not None else None
+
+
+def straggler_line(rank: int, host: str, shares: dict[int, tuple[float, int]]) -> str:
+    """`straggler: rank 2 on node2: waiting in a collective in 7% of 30 samples, the others 87% (median): ...`"""
+    own, count = shares[rank]
+    median = statistics.median(share for r, (share, _) in shares.items() if r != rank)
+    return (f"straggler: rank {rank} on {host}: waiting in a collective in {own:.0%} of {count} samples, "
             f"the others {median:.0%} (median): they wait for it")
+
+
+def straggler(dumps: list[RankDump]) -> str | None:
+    """The straggler among sampled ranks (straggler_rank), in words; None when no rank stands out."""
+    shares = waiting_shares(dumps)
+    slowest = straggler_rank(shares)
+    if slowest is None:
+        return None
+    return straggler_line(slowest, next(d.host for d in dumps if d.rank == slowest), shares)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from orchestrator.hostside import program
 from orchestrator.plan.state import HostState, RunState, summarize
 from orchestrator.run.tails import log_lines, remote_tail_command, tail_of
 from orchestrator.run.watch import STOPPED, on_workstation_clock, root_causes
+from orchestrator.run.stragglers import FILE as STRAGGLER_FILE, parse_record
 
 GONE_DETAIL = "gone without an exit code: host rebooted or processes killed"
 # A rank that exited this long before the stop was requested failed on its own (file times are
@@ -29,8 +30,9 @@ def status_command(state: RunState, hs: HostState) -> str:
     got (hostside/progress.py: the bundled trainer's epochs, any program's steps)."""
     ranks = [r.rank for r in hs.ranks]
     autopsy = f"sed 's/^/autopsy /' {shell.join([hs.rundir + '/autopsy.txt'])} 2>/dev/null; true"
+    straggler = f"sed 's/^/straggler /' {shell.join([hs.rundir + '/' + STRAGGLER_FILE])} 2>/dev/null; true"
     return shell.lines(status_script(hs.rundir, ranks), program(hs.python, "progress", hs.rundir, *ranks),
-                       autopsy)
+                       autopsy, straggler)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class RunStatus:
     stop_at: float | None = None  # when a user's `distctl stop` was requested (workstation clock)
     missing: list[str] = field(default_factory=list)  # hosts whose run directory is gone
     autopsy: list[str] = field(default_factory=list)  # culprit and collateral, as the attached up kept it
+    straggler: dict | None = None  # the straggler watch's verdict, as it kept it (stragglers.py)
 
     @property
     def summary(self) -> str | None:
@@ -183,7 +186,8 @@ def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], f
         if not state.trainer:  # a user program's `epoch=` lines are its own, not the trainer's contract
             progress = {rank: replace(p, epoch=None, stopped_epoch=None) for rank, p in progress.items()}
         # Only status_script's own lines are rank states: the others carry a rank's words (`rank=1`).
-        own = "\n".join(line for line in out.splitlines() if not line.startswith(("progress ", "step ", "autopsy ")))
+        own = "\n".join(line for line in out.splitlines()
+                        if not line.startswith(("progress ", "step ", "autopsy ", "straggler ")))
         return out, parse_status(own), progress, parse_agent(own), [line[8:] for line in out.splitlines()
                                                                     if line.startswith("autopsy ")]
 
@@ -195,6 +199,7 @@ def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], f
     missing: list[str] = []
     autopsy: list[str] = []
     stops: list[float] = []
+    straggler = None
     for hs in state.hosts:
         name = hs.host.name
         if name in found.ok and parse_missing(found.ok[name][0]):
@@ -208,10 +213,12 @@ def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], f
             stop = parse_stop(out)
             stops += [] if stop is None else [stop - (hs.clock_offset or 0.0)]
             autopsy += report
+            straggler = straggler or next((parse_record(line[10:]) for line in out.splitlines()
+                                           if line.startswith("straggler ")), None)
         else:
             rows += [RankRow(name, RankStatus(r.rank, "unreachable"), unreachable[name]) for r in hs.ranks]
     return RunStatus(state, rows, {h: unreachable[h] for h in sorted(unreachable)}, time.time(), agents,
-                     min(stops) if stops else None, missing, autopsy)
+                     min(stops) if stops else None, missing, autopsy, straggler)
 
 
 def missing_detail(host: str) -> str:

@@ -30,6 +30,7 @@ class Options:
 
     fanout: int = DEFAULT_FANOUT  # hosts asked at once
     accept_new_host_keys: bool = False
+    straggler_watch: bool = True  # `up` and `logs -f` name the straggler (run/stragglers.py)
 
 
 @dataclass(frozen=True)
