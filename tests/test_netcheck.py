@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from orchestrator.launch.collcheck import Outcome, bandwidth, failure, parse_outcome, report_lines
+from orchestrator.launch.collcheck import Outcome, as_json, bandwidth, failure, parse_outcome, report_lines
 from orchestrator.launch.netcheck import Link, parse_measure, slow_links
 
 from e2e import distctl, write_inventory
@@ -70,6 +70,11 @@ def test_the_report_gives_the_slowest_hosts_bandwidth_then_each_hosts_time():
         "all_reduce of 64 MiB over 2 hosts (gloo, 5 timed after 1 warm-up): algbw 0.5 GB/s, busbw 0.5 GB/s",
         "node1 (rank 0): 0.0671 s per all_reduce", "node2 (rank 1): 0.134 s per all_reduce"]
     assert failure(out, "10.0.0.1", 29500, 120) is None
+    assert as_json(out) == {
+        "algbw_gbps": pytest.approx(0.5), "busbw_gbps": pytest.approx(0.5), "backend": "gloo", "bytes": 67108864,
+        "hosts": [
+        {"host": "node1", "rank": 0, "seconds": 0.067108864, "error": None},
+        {"host": "node2", "rank": 1, "seconds": 0.134217728, "error": None}]}
 
 
 def test_a_rank_the_others_waited_for_in_vain_is_named():

@@ -164,11 +164,11 @@ def run(state, mib, iters, timeout, deadline):
         backend, nbytes, seconds = measure(torch, dist, state, world, mib, iters)
         state.stage = "finish"
         dist.barrier()
-        state.done = True
     except Exception as exc:
         fail(state, exc)
     say("coll ok backend=%s bytes=%d iters=%d seconds=%.6f" % (backend, nbytes, iters, seconds))
-    dist.destroy_process_group()
+    dist.destroy_process_group()  # still under the watchdog: it may wait on a peer
+    state.done = True
     return 0
 
 
