@@ -102,7 +102,7 @@ def test_each_program_is_a_stdlib_module_a_python_38_host_can_run(name):
 
 def test_a_bad_command_line_is_a_usage_error_not_a_traceback():
     for name, args in (("follow", []), ("wait_port", ["127.0.0.1"]), ("port_check", ["listen"]),
-                       ("detach", []), ("progress", [])):
+                       ("detach", []), ("progress", []), ("collective", [])):
         done = run(name, *args)
         assert (done.returncode, done.stdout) == (2, ""), name
         assert done.stderr.startswith(f"usage: {name}.py "), done.stderr
