@@ -110,9 +110,10 @@ def test_fabric_and_paramiko_stay_in_the_ssh_package() -> None:
 
 
 def test_the_workstation_never_imports_torch() -> None:
+    # hostside/collective.py is sent to the hosts (`check --collective`) and imports torch there
     users = sorted(m for m, p in MODULES.items() for imp, _ in imports_of(p)
                    if imp.split(".")[0] in ("torch", "torchvision", "trainer"))
-    assert users == []
+    assert users == ["orchestrator.hostside.collective"] * 2  # torch and torch.distributed, inside main
 
 
 def test_host_side_programs_import_nothing_of_distctl_but_their_parts() -> None:

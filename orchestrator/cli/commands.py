@@ -65,11 +65,13 @@ def dry_run(inv: Inventory, ui: Ui, resume: bool = False, full: bool = False) ->
 
 
 def check(inv: Inventory, opts: Options, ui: Ui, as_json: bool, show_plan: bool = False, full: bool = False,
-          net: bool = False, min_gbps: float | None = None) -> None:
+          net: bool = False, min_gbps: float | None = None, collective: bool = False) -> None:
     """Read-only: connect, discover, preflight; the verdict in a few lines (the plan on request).
-    With `net`, then each host's link to rank 0's host (netcheck.py)."""
+    With `net`, then each host's link to rank 0's host (netcheck.py); with `collective` (which
+    implies `net`), then an all_reduce over every host (collcheck.py)."""
     inv = _with_options(inv, opts)
-    target_for(inv).check(inv, opts, ui, CheckRequest(as_json, show_plan, full, net, min_gbps))
+    target_for(inv).check(inv, opts, ui, CheckRequest(as_json, show_plan, full, net or collective, min_gbps,
+                                                      collective))
 
 
 def up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool,
@@ -104,7 +106,7 @@ def _resolve(inv: Inventory, opts: Options, ui: Ui, run_id: str, resume: bool = 
 
 
 def _fleet_check(inv: Inventory, opts: Options, ui: Ui, request: CheckRequest) -> None:
-    from orchestrator.launch import netcheck
+    from orchestrator.launch import collcheck, netcheck
 
     as_json, show_plan, full, net, min_gbps = (request.as_json, request.show_plan, request.full, request.net,
                                                request.min_gbps)
@@ -112,6 +114,7 @@ def _fleet_check(inv: Inventory, opts: Options, ui: Ui, request: CheckRequest) -
     conns, facts, plan = _resolve(inv, opts, ui, f"{inv.job.run_name}-<run id>")
     try:
         links = _measure_net(plan, conns, ui) if net else None
+        coll = _measure_collective(plan, facts, conns, ui) if request.collective else None
     finally:
         group.close_all(conns)
     rank0 = plan.hosts[0].host.name
@@ -120,6 +123,8 @@ def _fleet_check(inv: Inventory, opts: Options, ui: Ui, request: CheckRequest) -
         if links is not None:  # the measurements, added under "net"
             data = json.loads(text)
             data["net"] = [{"host": x.host, "gbps": x.gbps, "rtt_ms": x.rtt_ms, "error": x.error} for x in links]
+            if coll is not None:
+                data["collective"] = collcheck.as_json(coll)
             text = json.dumps(data, indent=2)
         ui.out(text)
     else:
@@ -127,6 +132,8 @@ def _fleet_check(inv: Inventory, opts: Options, ui: Ui, request: CheckRequest) -
             ui.out(line)
         for line in netcheck.link_lines(links or [], rank0):
             ui.out(line)
+        for line in collcheck.report_lines(coll or []):
+            ui.out(f"collective: {line}")
         plan_shown = show_plan or ui.verbose
         if plan_shown:
             ui.out("")
@@ -134,6 +141,9 @@ def _fleet_check(inv: Inventory, opts: Options, ui: Ui, request: CheckRequest) -
     slow = netcheck.slow_links(links or [], rank0, netcheck.MIN_GBPS if min_gbps is None else min_gbps)
     if slow:
         raise DistctlError("slow network: " + "; ".join(slow), ExitCode.PREFLIGHT)
+    failed = collcheck.failure(coll or [], plan.master_addr, plan.port, collcheck.TIMEOUT)
+    if failed:
+        raise DistctlError(failed, ExitCode.PREFLIGHT)
     if not as_json:
         ui.info(render.check_passed(show_plan or ui.verbose))
 
@@ -150,6 +160,24 @@ def _measure_net(plan: Plan, conns: dict[str, Connection], ui: Ui) -> list:
     links = netcheck.measure(plan, conns)
     ui.info(f"network measured in {time.monotonic() - started:.1f} s")
     return links
+
+
+def _measure_collective(plan: Plan, facts: dict[str, HostFacts], conns: dict[str, Connection], ui: Ui) -> list:
+    from orchestrator.launch import collcheck
+
+    if len(plan.hosts) < 2:
+        ui.info("collective: one host, nothing to measure")
+        return []
+    lacking = collcheck.torch_missing(plan, facts)
+    if lacking:
+        raise DistctlError(f"--collective needs torch on every host; none for the job's python on "
+                           f"{', '.join(lacking)}", ExitCode.PREFLIGHT)
+    ui.info(f"all_reduce of {collcheck.MIB} MiB over {len(plan.hosts)} hosts, one rank each, at "
+            f"{plan.master_addr}:{plan.port} (torch on every host)")
+    started = time.monotonic()
+    outcomes = collcheck.measure(plan, conns)
+    ui.info(f"collective measured in {time.monotonic() - started:.1f} s")
+    return outcomes
 
 
 def _fleet_up(inv: Inventory, opts: Options, ui: Ui, detach: bool, resume: bool,

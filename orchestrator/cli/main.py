@@ -161,26 +161,31 @@ def up(obj, inventory: str, args: tuple[str, ...], dry_run: bool, full: bool, de
 @click.option("--net", is_flag=True, help="Also measure each host's bandwidth and latency to rank 0's host.")
 @click.option("--min-gbps", type=click.FloatRange(0), metavar="GB/S",
               help="With --net: the least bandwidth (GB/s) a host must reach [default: 0.1].")
+@click.option("--collective", is_flag=True,
+              help="With --net (implied): also time an all_reduce over every host (needs torch on the hosts).")
 @SET
 @_hosts_chosen
 @_fanout
 @click.pass_obj
 def check(obj, inventory: str, as_json: bool, accept_new_host_keys: bool, overrides: tuple[str, ...],
           only: tuple[str, ...], exclude: tuple[str, ...], show_plan: bool, full: bool, net: bool,
-          min_gbps: float | None, fanout: int) -> None:
+          min_gbps: float | None, collective: bool, fanout: int) -> None:
     """Connect, discover and preflight without starting anything.
 
     Exits 0 only if `distctl up` would start. With --net, each host's link to rank 0's host
     is measured too; a host below half the others' median or below --min-gbps exits 5.
+    --collective then times an all_reduce over every host, one rank each (gloo, or NCCL where
+    every host has a GPU) and prints its bus bandwidth; a failure names the host and exits 5.
 
     \b
     Example:
       distctl check inventory.yaml
       distctl check inventory.yaml --net --min-gbps 1
+      distctl check inventory.yaml --net --collective
     """
     inv = commands.load_job(inventory, overrides, (), only, exclude)
     commands.check(inv, commands.Options(fanout, accept_new_host_keys), obj["ui"], as_json, show_plan, full, net,
-                   min_gbps)
+                   min_gbps, collective)
 
 
 @cli.command()

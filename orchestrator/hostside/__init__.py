@@ -18,6 +18,7 @@ use double quotes only (a single quote would print as '"'"').
     slurm_follow  a Slurm run's rank logs on the login node, ended by Slurm's state and the run's files
     clean      which old runs and unused code, data and setup folders `distctl clean` may remove
     netbench   a host's bandwidth and latency to rank 0's host (`check --net`)
+    collective one rank of a timed all_reduce over every host (`check --net --collective`; needs torch)
     stacks     every rank's Python stacks, through the handler sitecustomize.py armed (`distctl stacks`)
 
 Parts joined before a program (PARTS): `prelude` (process group alive and ours, pid files,
@@ -35,7 +36,7 @@ from pathlib import Path
 from orchestrator import shell
 
 PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session",
-            "agent", "progress", "slurm_follow", "clean", "stacks", "netbench")
+            "agent", "progress", "slurm_follow", "clean", "stacks", "netbench", "collective")
 
 
 # A program made of several files: the parts come first, in this order, then the program itself.

@@ -42,6 +42,7 @@ class CheckRequest:
     full: bool = False  # the plan's every command byte for byte
     net: bool = False  # measure each host's link to rank 0's host
     min_gbps: float | None = None
+    collective: bool = False  # with net: an all_reduce over every host (needs torch there)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ class SlurmCluster:
         submit.dry_run(inv, new_run_id(inv.job.run_name), ui)  # the script is short: shown whole, full or not
 
     def check(self, inv: Inventory, opts: Options, ui: Ui, request: CheckRequest) -> None:
-        if request.net:
+        if request.net or request.collective:
             raise _refuse("check --net")
         submit.check(inv, ui, request.as_json)
 
