@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from orchestrator.hostside.progress import Tracker, parse
+from orchestrator.hostside.tracking import Tracker, parse
 
 from e2e import distctl, wait_for, write_inventory
 
@@ -92,9 +92,32 @@ def test_status_shows_each_ranks_step_rate_and_time_left(cluster, tmp_path):
 
 
 def test_latest_finds_the_last_progress_line_of_a_chunk_past_lines_that_only_look_alike():
-    from orchestrator.hostside.progress import latest
+    from orchestrator.hostside.tracking import latest
 
     chunk = b"".join(b"distctl: step=%d total=100000\nnoise %d\n" % (i, i) for i in range(50000))
     assert latest(chunk + b"the word it] in a line\n") == (49999, 100000, {})
     assert latest(b"x\r 5/9 [00:01<00:04, 1.0it/s]\r 6/9 [00:02<00:03, 1.0it/s]") == (6, 9, {})
     assert latest(b"nothing to see\n") is None
+
+
+def test_the_agents_progress_file_follows_the_log_from_the_attempt_and_writes_at_most_once_a_second(
+        tmp_path, monkeypatch):
+    from orchestrator.hostside.tracking import ProgressFile
+
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "rank3.log"
+    log.write_bytes(b"distctl: step=90 total=100\n--- distctl: resumed ---\n")  # an earlier attempt's
+    progress = ProgressFile(3, log.stat().st_size)
+    out = tmp_path / "rank3.progress"
+    progress.pump(10.0)
+    assert not out.exists()  # nothing of this attempt yet
+    with log.open("ab") as f:
+        f.write(b"distctl: step=1 total=100 loss=2.5\n")
+    progress.pump(10.0)
+    assert out.read_text() == "step=1 total=100 rate=- at=10.000 loss=2.5\n"
+    with log.open("ab") as f:
+        f.write(b"  5%| | 5/100 [00:01<00:19,  4.00it/s]\r")  # a tqdm redraw, no newline yet
+    progress.pump(10.5)
+    assert out.read_text().startswith("step=1 ")  # written at most once a second
+    progress.pump(10.6, final=True)  # the rank ended: its last step at once
+    assert out.read_text() == "step=5 total=100 rate=8 at=10.500 loss=2.5\n"  # 4 steps in 0.5 s

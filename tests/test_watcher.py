@@ -71,7 +71,8 @@ def test_a_detached_runs_watcher_stops_its_hosts_other_ranks_after_one_failed(cl
 
 def kill_agent(cluster, host: str, run_id: str) -> None:
     """SIGKILL the host's agent (it leads its own process group); its ranks are left running."""
-    os.kill(int(host_file(cluster, host, run_id, "agent.pid")), signal.SIGKILL)
+    pid = wait_for(lambda: host_file(cluster, host, run_id, "agent.pid").strip(), 60, f"{host}'s agent")
+    os.kill(int(pid), signal.SIGKILL)
 
 
 @pytest.mark.cluster

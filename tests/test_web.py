@@ -218,7 +218,7 @@ def test_progress_lines_become_readings_and_marks(line, found):
     ("distctl: step=4 epoch=1 rank=1 loss=2", Reading(4, {"loss": 2.0})),
 ])
 def test_the_view_reads_progress_with_the_parser_status_uses(line, found):
-    from orchestrator.hostside.progress import parse
+    from orchestrator.hostside.tracking import parse
 
     assert parse_progress(line) == found
     assert parse(line.encode())[0] == found.step

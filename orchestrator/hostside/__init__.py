@@ -12,9 +12,10 @@ use double quotes only (a single quote would print as '"'"').
     detach     start a command in a new session, print its process group id
     store_peers  this host's connections to rank 0's rendezvous store (the join watchdog)
     outputs    list job.outputs with sizes and digests, and send the chosen files
-    progress   the bundled trainer's last epoch per rank log, and the epoch it stopped at
+    progress   each rank's progress as the agent keeps it, the trainer's last epoch and the epoch it stopped at
     session    a command server: many commands over one channel, one login shell
-    agent      restarts the ranks after a failure (job.max_restarts), coordinated by rank 0's host
+    agent      watches each host's ranks and keeps their progress; restarts them after a failure
+               (job.max_restarts), coordinated by rank 0's host
     slurm_follow  a Slurm run's rank logs on the login node, ended by Slurm's state and the run's files
     clean      which old runs and unused code, data and setup folders `distctl clean` may remove
     netbench   a host's bandwidth and latency to rank 0's host (`check --net`)
@@ -22,7 +23,8 @@ use double quotes only (a single quote would print as '"'"').
     stacks     every rank's Python stacks, through the handler sitecustomize.py armed (`distctl stacks`)
 
 Parts joined before a program (PARTS): `prelude` (process group alive and ours, pid files,
-a listening port) for every program that needs it; `agent_policy` (the agent's decisions).
+a listening port) for every program that needs it; `tracking` (progress read from a rank's
+log) and `agent_policy` (the agent's decisions) for the agent.
 
 sitecustomize.py is no program: the launch step writes it into the run directory, where
 Python's `site` imports it in every Python process of a rank (`site_source`).
@@ -42,7 +44,7 @@ PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers
 # A program made of several files: the parts come first, in this order, then the program itself.
 # Each part is a module here (tests import it); sent, the files are one program: every line
 # `from orchestrator.hostside.PART import ...` is left out, and the names are simply there.
-PARTS: dict[str, tuple[str, ...]] = {"agent": ("prelude", "agent_policy"), "follow": ("prelude",),
+PARTS: dict[str, tuple[str, ...]] = {"agent": ("prelude", "tracking", "agent_policy"), "follow": ("prelude",),
                                      "wait_port": ("prelude",), "slurm_follow": ("prelude",)}
 FUTURE = "from __future__ import annotations\n"
 SIBLING = "from orchestrator.hostside."

@@ -60,10 +60,12 @@ import sys
 import time
 
 from orchestrator.hostside.prelude import group_alive, listening, read_int
+from orchestrator.hostside.tracking import ProgressFile
 from orchestrator.hostside.agent_policy import (COORDINATOR, Action, Close, Coordinator, Exit, Member, Msg,
                                                 Send, Watcher)
 
 TICK_S = 0.2
+PROGRESS_S = 0.5  # how often the logs of the ranks are read for their progress
 STACKS_TIMEOUT_S = 20.0  # the stacks of the ranks of a hung run: bounded, the run is torn down after
 RETRY_S = 1.0
 MAX_PENDING = 32  # connections not yet authenticated; past it, the oldest is closed
@@ -98,6 +100,22 @@ class Ranks:
         self.carry: dict[int, bytes] = {r: b"" for r in self.slots}
         self.joins: set[int] = set()
         self.fresh: set[int] = set()
+        # The progress of each rank (rankR.progress), from where the current attempt starts.
+        self.progress = {r: ProgressFile(r, self.offset[r]) for r in self.slots}
+        self.tracked: set[int] = set()  # ranks whose end the progress file has caught up with
+        self.next_track = 0.0
+
+    def track(self, final: bool = False) -> None:
+        """Keep the progress file of each rank, every PROGRESS_S; a rank that ended once more, at
+        once (its last step); every rank when `final` (the agent ends)."""
+        now = time.time()
+        ended = [r for r in self.exits if r not in self.tracked]
+        if not final and not ended and now < self.next_track:
+            return
+        self.next_track = now + PROGRESS_S
+        for rank, progress in self.progress.items():
+            progress.pump(now, final=final or rank in ended)
+        self.tracked.update(ended)
 
     def poll(self) -> list[tuple[int, int | None]]:
         """Ranks that ended since the last call: [(rank, code)]."""
@@ -173,9 +191,11 @@ class Ranks:
             values = dict(env[rank], TORCHELASTIC_RESTART_COUNT=attempt)
             write_atomic("rank%d.env" % rank,
                          "export %s\n" % " ".join("%s=%s" % kv for kv in sorted(values.items())))
+            self.progress[rank].pump(time.time(), final=True)  # what the attempt that ends wrote last
             append("rank%d.log" % rank, "--- distctl: %s ---\n" % marker)
             self.pgid[rank] = None  # a rank the step does not start counts as ended (no code)
             self.offset[rank] = os.path.getsize("rank%d.log" % rank)  # the hang watch starts here
+            self.progress[rank].restart(self.offset[rank])
             self.carry[rank] = b""
         self.joins, self.fresh = set(), set()
         out = run_step(self.cfg["restart"])
@@ -183,6 +203,7 @@ class Ranks:
             if rank in self.pgid:
                 self.pgid[rank] = pgid
         self.exits = {}
+        self.tracked = set()
         self.kill_at = None
 
 
@@ -423,8 +444,8 @@ class Link:
 class Loop:
     """Sockets for a policy (Coordinator or Member): what arrives goes to it, what it returns is done."""
 
-    def __init__(self, cfg: Msg, policy: Coordinator | Member | Watcher) -> None:
-        self.cfg, self.policy = cfg, policy
+    def __init__(self, cfg: Msg, policy: Coordinator | Member | Watcher, ranks: Ranks) -> None:
+        self.cfg, self.policy, self.ranks = cfg, policy, ranks
         self.sel = selectors.DefaultSelector()
         self.links: dict[int, Link] = {}
         self.ids = itertools.count(1)
@@ -512,6 +533,8 @@ class Loop:
             for key, _ in self.sel.select(TICK_S):
                 self.readable(key.data)
             self.do(self.policy.tick())
+            self.ranks.track()
+        self.ranks.track(final=True)
         self.farewell()
         self.policy.host.log("done: %s" % self.policy.state["outcome"])
 
@@ -544,9 +567,10 @@ def main(argv: list[str]) -> int:
         os.remove("hung")  # left by an earlier attempt (up --resume): not of this run
     rundir = RunDir(cfg)
     kind = Watcher if cfg.get("watch") else Coordinator if cfg["me"] == 0 else Member
-    policy = kind(cfg, Ranks(cfg), rundir, time.monotonic)
+    ranks = Ranks(cfg)
+    policy = kind(cfg, ranks, rundir, time.monotonic)
     try:
-        Loop(cfg, policy).serve()
+        Loop(cfg, policy, ranks).serve()
     except Exception as e:  # the ranks run on; what went wrong is on record
         rundir.log("agent failed: %s: %s" % (type(e).__name__, e))
         raise

@@ -181,17 +181,8 @@ def rank_tree(rank, procs):
         ours = False
     if leader not in procs or not ours:
         return "gone without an exit code (host rebooted or processes killed)", []
-    pids = [pid for pid in tree(leader, procs)[1:] if not tracker(pid)]
+    pids = tree(leader, procs)[1:]
     return (None if pids else "no process below its wrapper"), pids
-
-
-def tracker(pid):
-    """The progress tracker of distctl beside the program: not one of the processes of the rank."""
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"distctl-progress.py" in f.read()
-    except OSError:
-        return False
 
 
 def describe(pid, procs, marks):

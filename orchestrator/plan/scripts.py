@@ -64,7 +64,7 @@ def _start_rank(r: RankPlan, ranks_here: int, python: str, restarts: bool, extra
     printed as `launched rank=R pgid=N` (what the restart agent reads back)."""
     exit_file = f"rank{r.rank}.exit"
     return [f"rm -f {exit_file}",
-            f"pgid=$({DETACH} sh -c {shell.join([rank_wrapper(r, ranks_here, python, restarts)])} "
+            f"pgid=$({DETACH} sh -c {shell.join([rank_wrapper(r, ranks_here, restarts)])} "
             f"distctl-rank{r.rank} {shell.join([*r.argv, *extra])}) || exit 1",
             f"echo \"$pgid\" >rank{r.rank}.pid",
             f"echo launched rank={r.rank} pgid=$pgid"]
@@ -80,37 +80,32 @@ def restart_script(rundir: str, ranks: Sequence[RankPlan], python: str, extra: S
     return shell.lines(*commands)
 
 
-def rank_wrapper(r: RankPlan, ranks_here: int, python: str, restarts: bool = False) -> str:
+def rank_wrapper(r: RankPlan, ranks_here: int, restarts: bool = False) -> str:
     """The shell around one rank's program (its argv follows as "$@"): the run's environment,
     the rank's own variables, its log, and its exit code in rankR.exit. Under an agent, the
     exports of the current attempt (rankR.env: a restart's rank, world size and count) win.
-    Beside the program, in its process group, the rank's progress tracker (`python -I`: not
-    armed for `stacks`), ended once the program exited (hostside/progress.py)."""
+    Nothing else runs beside the program: the host's agent keeps the rank's progress."""
     log, exit_file = f"rank{r.rank}.log", f"rank{r.rank}.exit"
     # Not `env RANK=0 python ...`: env would take a program path holding "=" for a variable.
     own = " ".join(f"{v.name}={shell.join([v.value])}" for v in r.env)
     threads = '[ -n "${OMP_NUM_THREADS+x}" ] || export OMP_NUM_THREADS=1; ' if ranks_here > 1 else ""
     attempt = f"[ ! -f rank{r.rank}.env ] || . ./rank{r.rank}.env; " if restarts else ""
-    tracker = f"{shell.join([python, '-I', PROGRESS, 'track', r.rank])} </dev/null >/dev/null 2>&1 & distctl_t=$!; "
-    return (f"trap : TERM INT HUP; . ./env; {f'export {own}; ' if own else ''}{attempt}{threads}{tracker}{STACK_ENV}"
+    return (f"trap : TERM INT HUP; . ./env; {f'export {own}; ' if own else ''}{attempt}{threads}{STACK_ENV}"
             f"(cd work && exec \"$@\") >>{log} 2>&1 </dev/null; "
-            f"echo $? >{exit_file}.tmp; kill $distctl_t 2>/dev/null; mv {exit_file}.tmp {exit_file}")
+            f"echo $? >{exit_file}.tmp; mv {exit_file}.tmp {exit_file}")
 
 
 DETACH = "distctl_detach"
-PROGRESS = "distctl-progress.py"  # in the run directory: each rank's progress tracker
 # After the run's env: an inventory's PYTHONPATH stays, behind the folder that arms `distctl stacks`.
 STACK_ENV = ('export DISTCTL_STACKS="$PWD/stacks" '
              'PYTHONPATH="$PWD/stacks/site${PYTHONPATH:+:$PYTHONPATH}"; ')
 
 
 def stack_site_script() -> str:
-    """Write hostside/sitecustomize.py where the rank wrappers' PYTHONPATH finds it, the folder
-    its armed processes write their dumps to, and the progress tracker the wrappers start."""
-    return shell.lines(
-        f"mkdir -p stacks/site stacks/live && printf %s {shell.join([hostside.site_source()])} "
-        ">stacks/site/sitecustomize.py || exit 1",
-        f"printf %s {shell.join([hostside.source('progress')])} >{PROGRESS} || exit 1")
+    """Write hostside/sitecustomize.py where the rank wrappers' PYTHONPATH finds it, and the
+    folder its armed processes write their dumps to."""
+    return (f"mkdir -p stacks/site stacks/live && printf %s {shell.join([hostside.site_source()])} "
+            ">stacks/site/sitecustomize.py || exit 1")
 
 
 def detach_function(python: str) -> str:

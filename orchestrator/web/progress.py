@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from orchestrator.hostside import progress as shared
+from orchestrator.hostside import tracking as shared
 
 MARK = "--- distctl: "
 NOT_CURVES = {"step", "total", "rank", "epoch"}  # what a line says about position, not a measurement
