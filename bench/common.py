@@ -59,10 +59,11 @@ def distctl_env(cwd: Path) -> dict[str, str]:
     return {"DISTCTL_STATE_DIR": str(cwd / ".distctl-state"), **os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
 
 
-def distctl(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`distctl ARGS` as a user runs it; raises with its output when it fails."""
+def distctl(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """`distctl ARGS` as a user runs it (with `env` added); raises with its output when it fails."""
     done = subprocess.run([*DISTCTL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=distctl_env(cwd))
+                          env={**distctl_env(cwd), **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"distctl {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     return done

@@ -104,15 +104,16 @@ class Ranks:
         self.progress = {r: ProgressFile(r, self.offset[r]) for r in self.slots}
         self.tracked: set[int] = set()  # ranks whose end the progress file has caught up with
         self.next_track = 0.0
+        self.track_every = float(cfg.get("progress", PROGRESS_S))  # 0: off (a benchmark's baseline)
 
     def track(self, final: bool = False) -> None:
         """Keep the progress file of each rank, every PROGRESS_S; a rank that ended once more, at
         once (its last step); every rank when `final` (the agent ends)."""
         now = time.time()
         ended = [r for r in self.exits if r not in self.tracked]
-        if not final and not ended and now < self.next_track:
+        if not self.track_every or (not final and not ended and now < self.next_track):
             return
-        self.next_track = now + PROGRESS_S
+        self.next_track = now + self.track_every
         for rank, progress in self.progress.items():
             progress.pump(now, final=final or rank in ended)
         self.tracked.update(ended)

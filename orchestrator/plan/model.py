@@ -281,8 +281,9 @@ AGENT_TIMERS = {"heartbeat": 2.0, "silent": 10.0, "settle": 2.0}
 # A watcher (no restarts, no hang timeout) stops its host's other ranks this long after one failed:
 # an attached `up` takes their stacks and stops the run everywhere well before (run/watch.py).
 WATCHER_TIMERS = {"teardown": 10.0}
-# Tests only: JSON that overrides AGENT_TIMERS and may add "pause": {host: [moment, ...]}, where
-# an agent waits (hostside/agent.py, Agent.pause) so that a test can kill it at that moment.
+# Tests only: JSON that overrides AGENT_TIMERS (and WATCHER_TIMERS) and may add "pause": {host:
+# [moment, ...]}, where an agent waits (hostside/agent.py, Agent.pause) so that a test can kill it
+# at that moment, and "progress": how often it reads the logs for progress (0: never; a benchmark).
 AGENT_TEST_VARIABLE = "DISTCTL_TEST_AGENT"
 # The bundled trainer's exit codes distctl decides by (tests/test_contract.py ties them to trainer.errors):
 
@@ -328,7 +329,7 @@ def _agent_test_overrides() -> dict:
     if not raw:
         return {}
     given = json.loads(raw)
-    return {k: v for k, v in given.items() if k in AGENT_TIMERS or k in WATCHER_TIMERS or k == "pause"}
+    return {k: v for k, v in given.items() if k in AGENT_TIMERS or k in WATCHER_TIMERS or k in ("pause", "progress")}
 
 
 def _restart_command(inv: Inventory, hp: HostPlan) -> str:
