@@ -104,7 +104,7 @@ class Ranks:
         self.progress = {r: ProgressFile(r, self.offset[r]) for r in self.slots}
         self.tracked: set[int] = set()  # ranks whose end the progress file has caught up with
         self.next_track = 0.0
-        self.track_every = float(cfg.get("progress", PROGRESS_S))  # 0: off (a benchmark's baseline)
+        self.track_every = float(cfg.get("progress", PROGRESS_S))  # 0: off (the baseline of a benchmark)
 
     def track(self, final: bool = False) -> None:
         """Keep the progress file of each rank, every PROGRESS_S; a rank that ended once more, at
