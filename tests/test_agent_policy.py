@@ -56,6 +56,7 @@ class FakeRanks:
 
 class FakeRunDir:
     def __init__(self) -> None:
+        self.stacks_why = []
         self.events: list[str] = []
         self.logs: list[str] = []
         self.state: dict = {}
@@ -80,9 +81,11 @@ class FakeRunDir:
         pass
 
     stacks_taken = 0
+    stacks_why: list[str]
 
-    def take_stacks(self) -> None:
+    def take_stacks(self, why: str = "hang") -> None:
         self.stacks_taken += 1
+        self.stacks_why.append(why)
 
 
 HOSTS = [{"name": "a", "ranks": [0]}, {"name": "b", "ranks": [1]}, {"name": "c", "ranks": [2]}]
@@ -424,7 +427,7 @@ def test_a_watcher_records_a_run_whose_ranks_all_exited_0_as_finished_and_touche
     for r in (4, 5, 6):
         w.ranks.exit(r, 0)
     w.run_until(w.agent.finished)
-    assert w.dir.state["outcome"] == "finished" and w.ranks.terminated == 0
+    assert w.dir.state["outcome"] == "finished" and w.ranks.terminated == 0 and w.dir.stacks_taken == 0
     assert w.dir.events == []  # an attached up reports such a run from the exits, not from events
 
 
@@ -436,6 +439,7 @@ def test_a_watcher_stops_the_other_ranks_of_its_host_only_after_the_teardown_del
     assert w.now >= TEARDOWN  # an attached up had that long to take their stacks first
     w.run_until(w.agent.finished)
     assert w.dir.state["outcome"] == "failed: b r5 exited 7" and w.ranks.terminated == 1
+    assert w.dir.stacks_why == ["failure"]  # the others' stacks, taken at once, for status's report
     assert {r: c for r, (c, _) in w.ranks.exits.items()} == {4: 143, 5: 7, 6: 143}
     assert w.dir.events == [] and w.ranks.attempts == []  # it never restarts anything
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from orchestrator.run.autopsy import collateral, culprit, looks_collateral
+from orchestrator.run.autopsy import collateral, culprit, from_records, looks_collateral
 from orchestrator.run.stacks import Frame, Process, RankDump, Thread
 
 from e2e import distctl, last_run_id, write_inventory
@@ -37,6 +37,30 @@ def test_when_every_failure_timed_out_the_rank_that_never_arrived_is_the_culprit
     stuck = dump(1, [("/w/work/data.py", 40, "load_batch"), ("/w/work/train.py", 80, "main")])
     assert culprit([0, 2], {0: GLOO_TIMEOUT, 2: GLOO_TIMEOUT}, [stuck]) == (
         1, "never arrived: still running, in load_batch (data.py:40), while the others' collective failed")
+
+
+HOSTS = {0: "node1", 1: "node1", 2: "node2"}
+
+
+def test_status_names_the_first_real_failure_and_its_consequences_from_the_records():
+    """A detached run: no attached up took stacks; the exits, last lines and the watchers' stacks."""
+    waiting = dump(0, [("/w/work/train.py", 88, "step")])
+    lines = from_records([1, 2, 0], {1: ["ValueError: bad batch"], 2: RESET, 0: ["killed"]}, [waiting], [],
+                         {1: 10.0, 2: 11.0, 0: 20.0}, HOSTS)
+    assert lines == ["ranks 0,2 (node1, node2) died only as a consequence (a lost peer or a timed-out collective, "
+                     "or an exit after the culprit's)",
+                     "the other ranks on the hosts of the failures, when they failed: rank 0 on node2 is in step "
+                     "(train.py:88)"]
+
+
+def test_status_takes_the_lone_rank_still_running_for_the_one_that_never_arrived():
+    lines = from_records([0, 2], {0: GLOO_TIMEOUT, 2: GLOO_TIMEOUT}, [], [1], {0: 10.0, 2: 10.5}, HOSTS)
+    assert lines[0] == ("culprit: rank 1 on node1 never arrived: still running while the others' collective "
+                        "failed (distctl stacks --rank 1 shows where)")
+    assert lines[1].startswith("ranks 0,2 (node1, node2) died only as a consequence")
+    # two ranks still running: nobody can be named that way
+    assert not from_records([0, 2], {0: GLOO_TIMEOUT, 2: GLOO_TIMEOUT}, [], [1, 3], {}, HOSTS)[0].startswith(
+        "culprit")
 
 
 RAISES = """import os, socket, time

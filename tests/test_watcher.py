@@ -66,6 +66,11 @@ def test_a_detached_runs_watcher_stops_its_hosts_other_ranks_after_one_failed(cl
     assert status.returncode == 1 and f"run {run_id} failed" in status.stderr, status.stderr
     assert "[node1 r0] exited 143\n  [node1 r1] exited 7\n" in status.stdout
     assert "first failure: rank 1 on node1 exited with code 7" in status.stdout  # not the rank it stopped
+    # no attached up analysed it: status does, from what the hosts kept (the watcher's stacks of rank 0)
+    assert ("culprit and collateral, from the hosts' records:\n"
+            "  rank 0 (node1) died only as a consequence") in status.stdout, status.stdout
+    assert re.search(r"the other ranks on the hosts of the failures, when they failed: rank 0 on node1 is in "
+                     r"<module> \(prog.py:\d+\)", status.stdout), status.stdout
     assert "restart" not in status.stdout  # a watcher is not a restart agent: nothing said of it
 
 
@@ -107,4 +112,40 @@ def test_a_watcher_killed_at_any_moment_stops_no_rank_and_the_run_still_ends(clu
         assert up.returncode == 0, err
         assert re.search(r"run \S+ finished: 2 rank\(s\) exited 0", err), err
     assert "agent" not in err  # a watcher's death is nothing an attached up reports
+    assert not any(run_pids(cluster, run_id).values())
+
+
+# Rank 0 (node1) fails as a timed-out collective does, once `fail` exists; rank 1 (node2) never
+# gets there: it is stuck in a function of its own.
+NEVER_ARRIVES = """
+import os, sys, time
+def stuck():
+    while True:
+        time.sleep(0.1)
+print("started rank=%s" % os.environ["RANK"], flush=True)
+if os.environ["RANK"] == "1":
+    stuck()
+while not os.path.exists("../fail"):
+    time.sleep(0.1)
+print("RuntimeError: [gloo/transport/tcp/pair.cc:534] Timed out waiting 5000ms for recv", flush=True)
+sys.exit(1)
+"""
+
+
+@pytest.mark.cluster
+def test_status_of_a_detached_run_names_the_rank_that_never_arrived(cluster, tmp_path, monkeypatch):
+    inv = gated(cluster, tmp_path, monkeypatch)
+    (tmp_path / "project" / "prog.py").write_text(NEVER_ARRIVES)
+    assert distctl("up", str(inv), "--detach", cwd=tmp_path).returncode == 0
+    run_id = last_run_id(tmp_path)
+    wait_for(lambda: "started rank=1" in host_file(cluster, "node2", run_id, "rank1.log"), 60, "rank 1")
+    release(cluster, run_id, ("node1",), "fail")
+    wait_for(lambda: host_file(cluster, "node1", run_id, "rank0.exit"), 60, "rank 0's exit")
+    try:
+        status = distctl("status", cwd=tmp_path)
+        assert status.returncode == 0, status.stderr  # still running: rank 1 is
+        assert ("culprit: rank 1 on node2 never arrived: still running while the others' collective failed "
+                "(distctl stacks --rank 1 shows where)") in status.stdout, status.stdout
+    finally:
+        assert distctl("stop", cwd=tmp_path).returncode == 0
     assert not any(run_pids(cluster, run_id).values())

@@ -417,6 +417,7 @@ def _fleet_status(state: RunState, opts: Options, ui: Ui, as_json: bool) -> None
         failure = {"host": first.host, "rank": first.status.rank, "exit_code": first.status.code,
                    "log_tail": log_tail(state, conns, first)} if first and found.summary != "hung" else None
         hung = _hang_lines(state, conns, found, opts.fanout)
+        found = found.analysed(conns, opts.fanout)
     finally:
         group.close_all(conns)
     if found.summary:
@@ -468,8 +469,9 @@ def _show_status(found: RunStatus, failure: dict | None, ui: Ui) -> None:
         ui.out(line)
     for line in render.status_straggler(found):  # kept by the straggler watch of up / logs -f
         ui.out(ui.shown(line))
-    if found.autopsy:  # kept by the attached up that saw the failure (autopsy.py)
-        ui.out("culprit and collateral, as up saw them:")
+    if found.autopsy:  # kept by the attached up that saw the failure, or made now (autopsy.py)
+        ui.out("culprit and collateral, as up saw them:" if found.autopsy_by == "up" else
+               "culprit and collateral, from the hosts' records:")
         for line in found.autopsy:
             ui.out(f"  {ui.shown(line)}")
 

@@ -278,7 +278,7 @@ def status_json(found: RunStatus, failure: dict | None) -> str:
         "stopped_epoch": found.stopped_epoch,
         "first_failure": failure,
         "restarts": found.restarts,
-        "autopsy": found.autopsy,
+        "autopsy": found.autopsy, "autopsy_by": found.autopsy_by if found.autopsy else None,
         "straggler": found.straggler,
     }, indent=2)
 

@@ -268,13 +268,14 @@ class RunDir:
     def master_listening(self) -> bool:
         return listening(self.cfg["master"][0], self.cfg["master"][1])
 
-    def take_stacks(self) -> None:
+    def take_stacks(self, why: str = "hang") -> None:
         """The stacks of the ranks of this host, as `distctl stacks` takes them (hostside/stacks.py), saved in
-        stacks/hang-TIME/ (rankR.txt for each rank, and the JSON lines of the program in ranks.jsonl);
-        the name of the folder goes to the `hung` file, where `up` and `status` find it."""
+        stacks/WHY-TIME/ (rankR.txt for each rank, and the JSON lines of the program in ranks.jsonl);
+        the name of the folder goes to the `hung` file (WHY hang) or the `failure-stacks` file
+        (WHY failure: the ranks still running when one here failed), where `up` and `status` find it."""
         if not self.cfg.get("stacks"):
             return
-        stamp = "hang-%s-%d" % (time.strftime("%Y%m%dT%H%M%S"), os.getpid())
+        stamp = "%s-%s-%d" % (why, time.strftime("%Y%m%dT%H%M%S"), os.getpid())
         before, after = self.cfg["stacks"]
         try:
             proc = subprocess.run(["sh", "-c", "%s %s %s" % (before, stamp, after)], stdin=subprocess.DEVNULL,
@@ -284,7 +285,7 @@ class RunDir:
             out, why = "", str(e)
         os.makedirs(os.path.join("stacks", stamp), exist_ok=True)
         write_atomic(os.path.join("stacks", stamp, "ranks.jsonl"), out)
-        append("hung", stamp + "\n")
+        append("hung" if why == "hang" else "failure-stacks", stamp + "\n")
         self.log("stacks taken: stacks/%s%s" % (stamp, "; " + why if why else ""))
 
     def pause(self, moment: str) -> None:

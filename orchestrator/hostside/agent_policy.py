@@ -84,7 +84,7 @@ class Host(Protocol):
     def pause(self, moment: str) -> None:
         """The test hook: wait here while a test means to kill this agent at `moment`."""
 
-    def take_stacks(self) -> None:
+    def take_stacks(self, why: str = "hang") -> None:
         """Dump the stacks of the running ranks of this host into the run directory (bounded)."""
 
 
@@ -620,7 +620,8 @@ class Member(Agent):
 class Watcher(Agent):
     """The agent of a run with neither restarts nor a hang timeout: on its own host, without a
     port or a peer. It records how the ranks here ended (agent.state) and, when one failed,
-    stops the others here once `teardown` seconds passed: long enough for an attached `up` to
+    takes the stacks of the others here at once (for the culprit report of `status`), then
+    stops them once `teardown` seconds passed: long enough for an attached `up` to
     take their stacks and stop the run everywhere itself (the culprit report), short enough that
     a detached run leaves no rank waiting out the timeout of a collective on this host. The ranks
     of other hosts are theirs to end (the peer-lost error of their program, or their own watcher).
@@ -645,6 +646,8 @@ class Watcher(Agent):
                 if self.first_failure is None:
                     self.first_failure = now
                     self.host.pause("failed")
+                    if self.ranks.running() and self.outcome is None:
+                        self.host.take_stacks("failure")  # what the others here were doing: status reads it
         if self.outcome is not None:
             return []
         me = self.names[self.me]

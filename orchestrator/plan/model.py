@@ -298,7 +298,7 @@ def agent_config(inv: Inventory, run_id: str, host_plans: list[HostPlan], index:
     ranks = [{"rank": r.rank} for r in hp.ranks]
     if not job.coordinated:
         return {"run": run_id, "me": index, "watch": True, "hosts": hosts, "ranks": ranks, "max_restarts": 0,
-                "grace": RESTART_GRACE_S, **WATCHER_TIMERS, **_agent_test_overrides()}
+                "grace": RESTART_GRACE_S, **WATCHER_TIMERS, **_agent_test_overrides(), **_stacks_config(hp)}
     return {
         "run": run_id, "me": index,
         "hosts": hosts, "ranks": ranks,
@@ -320,7 +320,13 @@ def _hang_config(inv: Inventory, hp: HostPlan) -> dict:
     if inv.job.hang_timeout is None:
         return {}
     return {"hang_timeout": inv.job.hang_timeout, "join_line": "joined " if inv.job.is_trainer else None,
-            "stacks": [program(hp.python, "stacks", hp.rundir),
+            **_stacks_config(hp)}
+
+
+def _stacks_config(hp: HostPlan) -> dict:
+    """How the agent takes this host's stacks, as `distctl stacks` does, split around the folder
+    name it chooses (hostside/agent.py, RunDir.take_stacks)."""
+    return {"stacks": [program(hp.python, "stacks", hp.rundir),
                        shell.join([0, HANG_DUMP_TIMEOUT_S, 1, 0.1, *[r.rank for r in hp.ranks]])]}
 
 

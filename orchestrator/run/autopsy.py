@@ -17,15 +17,21 @@ import re
 import time
 from collections.abc import Iterable
 
-from orchestrator.run.stacks import RankDump, activity, collect, rollcall
+from orchestrator import shell
+from orchestrator.errors import HostError
+from orchestrator.run.stacks import RankDump, activity, collect, parse_host, rollcall
+from orchestrator.ssh import group
 from orchestrator.ssh.remote import Connection
-from orchestrator.plan.state import RunState
+from orchestrator.plan.state import HostState, RunState
 
 STACKS_TIMEOUT_S = 8.0  # the teardown waits at most this long for the stacks
 PEER_LOST = re.compile(r"connection (reset|closed) by peer|broken pipe|timed? ?out|timeout|communicator was aborted|"
                        r"ncclRemoteError|DistNetworkError|DistBackendError|peer (lost|closed)|EOF from peer",
                        re.IGNORECASE)
 REPORT = "autopsy.txt"  # in rank 0's run directory: status and pull find it
+# hostside/agent.py (a watcher): one line per failure on its host, the folder of the stacks it took
+# of the host's other ranks right then
+FAILURE_STACKS = "failure-stacks"
 
 
 def looks_collateral(lines: Iterable[str]) -> bool:
@@ -89,3 +95,62 @@ def report(culprit_line: str, stacks: list[RankDump], consequences: list[int], h
         lines.append(f"{ranks_phrase(consequences)} ({', '.join(hosts)}) died only as a consequence "
                      "(a lost peer or a timed-out collective, or an exit after the culprit's)")
     return lines
+
+
+# ------------------------------------------------------------------ a run no attached up saw fail
+
+def saved_stacks(state: RunState, conns: dict[str, Connection], fanout: int) -> list[RankDump]:
+    """The stacks each host's watcher took of its other ranks when one of its own failed
+    (hostside/agent.py, FAILURE_STACKS), newest per host; none where it took none."""
+    def one(hs: HostState) -> list[RankDump]:
+        rundir = shell.join([hs.rundir])
+        out = conns[hs.host.name].run(f'cd {rundir} 2>/dev/null && [ -f {FAILURE_STACKS} ] && '
+                                      f's=$(tail -n 1 {FAILURE_STACKS}) && cat "stacks/$s/ranks.jsonl"; true',
+                                      timeout=30)
+        return parse_host(hs.host.name, f"{hs.rundir}/work/", out.stdout)[0]
+
+    found = group.fan_out("failure stacks", [hs for hs in state.hosts if hs.host.name in conns], one, fanout,
+                          lambda hs: hs.host.name)
+    return sorted((d for dumps in found.ok.values() for d in dumps if d.main), key=lambda d: d.rank)
+
+
+def from_records(failed: list[int], tails: dict[int, list[str]], stacks: list[RankDump], running: list[int],
+                 times: dict[int, float], host_of: dict[int, str]) -> list[str]:
+    """Culprit and collateral of a failed run that no attached `up` analysed (`status`, from
+    any workstation): from the ranks' exits in order (`failed`, the most likely cause first),
+    their last lines, the stacks the hosts' watchers saved, and the ranks still `running`.
+    Without stacks, a lone rank still running while every failure is a peer-lost or timeout
+    error is taken for the one that never arrived (`distctl stacks` shows where it is)."""
+    if not failed:
+        return []
+    rank, why = culprit(failed, tails, stacks)
+    if rank is None:
+        return []
+    if why == "failed first" and len(running) == 1 and all(looks_collateral(tails.get(r, [])) for r in failed):
+        rank, why = running[0], (f"never arrived: still running while the others' collective failed "
+                                 f"(distctl stacks --rank {running[0]} shows where)")
+    lines = [f"culprit: rank {rank} on {host_of.get(rank, '?')} {why}"] if rank != failed[0] else []
+    lines += report("", [], collateral(failed, rank, tails, times), host_of)[1:]
+    if stacks:
+        lines.append(f"the other ranks on the hosts of the failures, when they failed: {rollcall(stacks)}")
+    return lines
+
+
+def failed_tails(state: RunState, conns: dict[str, Connection], failed: list[int], host_of: dict[int, str],
+                 lines: int = 10, most: int = 32) -> dict[int, list[str]]:
+    """The last lines of the first `most` failed ranks (those that decide the culprit)."""
+    from orchestrator.run.tails import log_lines, remote_tail_command, tail_of
+
+    rundir = {hs.host.name: hs.rundir for hs in state.hosts}
+    out: dict[int, list[str]] = {}
+    for rank in failed[:most]:
+        host = host_of.get(rank)
+        if host not in conns:
+            continue
+        try:
+            text = conns[host].run(remote_tail_command(shell.join([f"{rundir[host]}/rank{rank}.log"])),
+                                   timeout=30).stdout
+        except HostError:
+            continue
+        out[rank] = tail_of(log_lines(text), lines)
+    return out

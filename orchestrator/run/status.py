@@ -105,6 +105,7 @@ class RunStatus:
     missing: list[str] = field(default_factory=list)  # hosts whose run directory is gone
     autopsy: list[str] = field(default_factory=list)  # culprit and collateral, as the attached up kept it
     straggler: dict | None = None  # the straggler watch's verdict, as it kept it (stragglers.py)
+    autopsy_by: str = "up"  # or "status": made now from the hosts' records (no attached up saw the failure)
 
     @property
     def summary(self) -> str | None:
@@ -171,11 +172,33 @@ class RunStatus:
 
     def failed_first(self) -> RankRow | None:
         """The rank that most likely failed first (see watch.root_causes); none for a stopped run."""
-        if self.stopped:
-            return None
-        exited = {r.status.rank: r.status.code for r in self.rows if r.status.state == "exited"}
-        ranked = root_causes(exited, self._exit_times(), self.state.trainer)
+        ranked = self.failed_in_order()
         return next(r for r in self.rows if r.status.rank == ranked[0]) if ranked else None
+
+    def failed_in_order(self) -> list[int]:
+        """The failed ranks, the most likely cause first (watch.root_causes); none for a stopped run."""
+        if self.stopped:
+            return []
+        exited = {r.status.rank: r.status.code for r in self.rows if r.status.state == "exited"}
+        return root_causes(exited, self._exit_times(), self.state.trainer)
+
+    def analysed(self, conns: dict[str, Connection], fanout: int) -> RunStatus:
+        """A failed run that no attached `up` analysed (a detached run): with culprit and
+        collateral from the hosts' records (autopsy.from_records); a read, nothing is written."""
+        from orchestrator.run import autopsy
+
+        failed = self.failed_in_order()  # (a run may still be running: its rank that never arrived)
+        if self.autopsy or not failed or self.summary not in ("failed", "running"):
+            return self
+        host_of = {r.status.rank: r.host for r in self.rows}
+        running = [r.status.rank for r in self.rows if r.status.state == "running"]
+        tails = autopsy.failed_tails(self.state, conns, failed, host_of)
+        try:
+            stacks = autopsy.saved_stacks(self.state, conns, fanout)
+        except HostError:
+            stacks = []
+        lines = autopsy.from_records(failed, tails, stacks, running, self._exit_times(), host_of)
+        return replace(self, autopsy=lines, autopsy_by="status")
 
 
 def query(state: RunState, conns: dict[str, Connection], down: dict[str, str], fanout: int) -> RunStatus:
