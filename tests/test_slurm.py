@@ -18,8 +18,14 @@ from support import procfs
 PROGRAM = textwrap.dedent("""\
     import os, signal, socket, sys, time
     e = os.environ
+    def stopped(*_):  # as the trainer: a moment to save its state, then 143
+        print("got SIGTERM", flush=True)
+        time.sleep(0.5)
+        open("saved-rank" + e["RANK"], "w").close()
+        sys.exit(143)
+
     # Ready for SIGTERM before it says anything: a test that saw the line may stop it.
-    signal.signal(signal.SIGTERM, lambda *a: (print("got SIGTERM", flush=True), sys.exit(143)))
+    signal.signal(signal.SIGTERM, stopped)
     print("env", " ".join(f"{k}={e.get(k)}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
           "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME",
           "TORCHELASTIC_RUN_ID", "DISTCTL_RUN_ID", "SLURM_RESTART_COUNT")), "host=" + socket.gethostname(),
@@ -116,8 +122,13 @@ def test_stop_terminates_the_ranks_and_leaves_nothing_in_the_queue_or_on_a_node(
     finally:
         if logs.poll() is None:
             logs.kill()
-    assert "[cn1 r0] got SIGTERM" in out and "[cn2 r1] got SIGTERM" in out, out + err
+    assert "scancel -s TERM --full" in stop.stderr and "after 20 s: scancel" not in stop.stderr, stop.stderr
     assert job not in slurm.active_jobs()
+    # Each rank's own TERM handling ran to its end (srun did not SIGKILL it), and only once.
+    assert out.count("[cn1 r0] got SIGTERM") == 1 and out.count("[cn2 r1] got SIGTERM") == 1, out + err
+    assert [read(rundir / f"rank{r}.exit") for r in (0, 1)] == ["143\n", "143\n"]
+    assert all((rundir / "work" / f"saved-rank{r}").exists() for r in (0, 1))
+    assert "forcing job termination" not in read(rundir / f"slurm-{job}.out")
     run_id = re.search(r"run (\S+) is Slurm job", up.stderr)[1]
     assert not [p for n in slurm.nodes for p in slurm.node_processes(n)  # no rank, at once
                 if f"DISTCTL_RUN_ID={run_id}" in procfs.environ(p)]

@@ -121,6 +121,19 @@ def rank_wrapper() -> str:
             'c=$?; echo $c >rank$RANK.exit.tmp && mv rank$RANK.exit.tmp rank$RANK.exit; exit $c')
 
 
+# `distctl stop` runs `scancel -s TERM --full`, which on Slurm 22.05 signals the batch shell's
+# process group and no step (measured). srun answers a TERM by SIGKILLing its tasks ("srun: forcing
+# job termination"), so every srun runs in a process group of its own (`set -m`) and the batch
+# shell passes the TERM on to the ranks, once: `scancel -s TERM` signals every step, never the
+# batch shell. Each rank then gets exactly one TERM, and srun none.
+STOP_LINES = (
+    "signalled=",
+    "on_term() { [ -n \"$signalled\" ] || { signalled=1; scancel -s TERM \"$SLURM_JOB_ID\"; }; }",
+    "trap on_term TERM",
+    "set -m  # each srun in a process group of its own, out of reach of the TERM to this shell's group",
+)
+
+
 def python_test(python: str) -> str:
     """A shell test that `python` can run here: a path must be an executable file (dash's
     `command -v /path` accepts any file), a bare name must be on the PATH."""
@@ -154,6 +167,7 @@ def batch_script(job: BatchJob) -> str:
         "umask 077",
         f"rm -f {END} rank*.exit",
         f"finish() {{ echo \"$1 $2\" >{END}.tmp && mv {END}.tmp {END}; exit \"$1\"; }}",
+        *STOP_LINES,
         *(f"{line}" for line in t.preamble),
         ". ./env",
         "nodes=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\") || finish 1 nodelist",
@@ -172,13 +186,18 @@ def batch_script(job: BatchJob) -> str:
         f"[ \"${{SLURM_RESTART_COUNT:-0}}\" -eq 0 ] || {resume}",
         "attempt=0",
         "while :; do",
+        "    [ -e stopping ] && finish 143 stopped  # `distctl stop` marked the run before its scancel",
+        "    [ -z \"$signalled\" ] || exit 143",
         "    export TORCHELASTIC_RESTART_COUNT=$attempt",
         "    rm -f rank*.exit && echo \"$attempt\" >attempt",
         f"    {q(srun)} sh -c {q([rank_wrapper()])} distctl-rank \"$@\" &",
         "    step=$!",
-        "    while :; do wait $step; rc=$?; kill -0 $step 2>/dev/null || break; done",
+        "    # A trapped TERM interrupts `wait`; bash keeps srun's status for the last `wait`.",
+        "    while kill -0 $step 2>/dev/null; do wait $step; done; wait $step; rc=$?",
         "    [ $rc -eq 0 ] && finish 0 done",
-        "    [ -e stopping ] && finish $rc stopped  # `distctl stop` marked the run before its scancel",
+        "    [ -e stopping ] && finish $rc stopped",
+        "    # A TERM from elsewhere (Slurm ending the job, a user's own scancel): no restart, no job.end.",
+        "    [ -z \"$signalled\" ] || exit $rc",
         f"    [ $attempt -lt {job.max_restarts} ] || finish $rc failed",
     ]
     if final:
