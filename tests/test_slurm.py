@@ -197,7 +197,7 @@ def test_the_bundled_trainer_on_two_nodes_restarts_from_its_checkpoint_with_equa
     finally:
         kill_tree(up)
     assert up.returncode == 0, out + err
-    assert "distctl: rank 1 on cn2 exited 137; restart 1 of 1" in err
+    assert "distctl: restart 1/1 after cn2 r1 exited 137" in err
     assert re.search(r"^\[cn2 r1\] resume rank=1 checkpoint=\S+ epoch=[1-3] step=0$", out, re.M), out
     found = digests(out)
     assert sorted(found) == [0, 1] and found[0] == found[1], out
@@ -211,7 +211,7 @@ def test_max_restarts_restarts_every_rank_within_the_allocation_and_names_the_cu
     inv.write_text(yaml.safe_dump(data))
     done = distctl("up", str(inv), cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "distctl: rank 1 on cn2 exited 7; restart 1 of 1" in done.stderr
+    assert "distctl: restart 1/1 after cn2 r1 exited 7" in done.stderr
     assert done.stdout.count("[cn1 r0] env ") == 2 and "[cn1 r0] got SIGTERM" in done.stdout
     assert "[cn2 r1] bye" in done.stdout and "all 2 ranks finished" in done.stderr
 
