@@ -44,7 +44,7 @@ PROGRAM = textwrap.dedent("""\
 
 def write_inventory(path: Path, slurm, *, command: str = "python prog.py", **slurm_keys) -> Path:
     code = path.parent / "code"
-    code.mkdir(exist_ok=True)
+    code.mkdir(parents=True, exist_ok=True)
     (code / "prog.py").write_text(PROGRAM)
     inventory = {
         "slurm": {"login": {"address": slurm.login_address, "user": slurm.user,
@@ -216,15 +216,39 @@ def test_max_restarts_restarts_every_rank_within_the_allocation_and_names_the_cu
     assert "[cn2 r1] bye" in done.stdout and "all 2 ranks finished" in done.stderr
 
 
-def test_a_requeued_job_runs_again_in_its_run_directory_and_stop_ends_it(slurm, tmp_path):
+def test_a_requeued_job_runs_again_and_a_job_past_its_time_limit_is_timeout_never_finished(slurm, tmp_path):
+    """Slurm's own endings, live: a requeue (what preemption with PreemptMode=REQUEUE does) and a
+    time limit. The second job runs while the requeued one waits to start again, so it costs
+    this test nothing: Slurm's time limits are minutes, and slurmctld checks them every 30 s."""
     inv = write_inventory(tmp_path / "inv.yaml", slurm, command="python prog.py sleep")
     up = distctl("up", str(inv), "--detach", cwd=tmp_path, timeout=120)
     assert up.returncode == 0, up.stdout + up.stderr
-    job = job_id_of(up.stderr)
+    job, run_id = job_id_of(up.stderr), re.search(r"run (\S+) is Slurm job", up.stderr)[1]
     rundir = next(workdir_of(slurm, inv).glob("runs/*/job.sbatch")).parent
     wait_for(lambda: all("env RANK=" in read(rundir / f"rank{r}.log") for r in (0, 1)), 60, "both ranks running")
-    requeued = slurm.client("scontrol", "requeue", job)  # what preemption with PreemptMode=REQUEUE does
+    requeued = slurm.client("scontrol", "requeue", job)
     assert requeued.returncode == 0, requeued.stderr
+    timed_inv = write_inventory(tmp_path / f"{tmp_path.name}-timed" / "inv.yaml", slurm, time="1",
+                                command="python prog.py sleep")
+    timed_up = start_distctl("up", str(timed_inv), cwd=tmp_path)
+    try:
+        timed_rundir = wait_for(lambda: next(workdir_of(slurm, timed_inv).glob("runs/*/rank1.log"), None), 60,
+                                "the timed job's ranks").parent
+        wait_for(lambda: all("env RANK=" in read(timed_rundir / f"rank{r}.log") for r in (0, 1)), 60,
+                 "the timed job's ranks running")
+        timed_job = read(timed_rundir / "master").split()[0]
+        # Its 1-minute limit, ended now: the end time Slurm computed from it, moved to the present.
+        moved = slurm.client("scontrol", "update", f"JobId={timed_job}", "EndTime=now")
+        assert moved.returncode == 0, moved.stderr
+        out, err = timed_up.communicate(timeout=120)
+    finally:
+        kill_tree(timed_up)
+    assert timed_up.returncode == 16, out + err
+    assert f"Slurm ended job {timed_job}: TIMEOUT (reached its time limit (slurm.time)); it did not finish" in err
+    status = distctl("status", timed_rundir.name, cwd=tmp_path)
+    assert status.returncode == 16, status.stdout + status.stderr
+    assert f"Slurm job {timed_job} TIMEOUT on cn[1-2]" in status.stdout and "finished" not in status.stdout
+
     # A requeued job waits out the credential lifetime (120 s) before it may start again. Moving
     # its start time to now skipped that, but on a loaded machine the early relaunch then failed
     # at once (JobState=FAILED, exit 1, no output) while the first run's steps were still being
@@ -237,10 +261,10 @@ def test_a_requeued_job_runs_again_in_its_run_directory_and_stop_ends_it(slurm, 
     except AssertionError as exc:  # say what Slurm made of it
         raise AssertionError(f"{exc}: {slurm.client('scontrol', 'show', 'job', job).stdout}\n"
                              f"{read(rundir / f'slurm-{job}.out')}\n{read(rundir / 'rank0.log')}") from None
-    status = distctl("status", cwd=tmp_path)
+    status = distctl("status", run_id, cwd=tmp_path)
     assert re.search(rf"Slurm job {job} RUNNING on cn\[1-2\]", status.stdout), status.stdout
     assert "[cn1 r0] running" in status.stdout and "[cn2 r1] running" in status.stdout
-    assert distctl("stop", cwd=tmp_path).returncode == 0
+    assert distctl("stop", run_id, cwd=tmp_path).returncode == 0
     assert job not in slurm.active_jobs()
 
 
