@@ -128,7 +128,9 @@ def test_stop_terminates_the_ranks_and_leaves_nothing_in_the_queue_or_on_a_node(
     assert out.count("[cn1 r0] got SIGTERM") == 1 and out.count("[cn2 r1] got SIGTERM") == 1, out + err
     assert [read(rundir / f"rank{r}.exit") for r in (0, 1)] == ["143\n", "143\n"]
     assert all((rundir / "work" / f"saved-rank{r}").exists() for r in (0, 1))
+    # Neither srun's answer to a TERM (SIGKILL) nor its --kill-on-bad-exit (a second TERM) reached them.
     assert "forcing job termination" not in read(rundir / f"slurm-{job}.out")
+    assert "Terminating StepId" not in read(rundir / f"slurm-{job}.out")
     run_id = re.search(r"run (\S+) is Slurm job", up.stderr)[1]
     assert not [p for n in slurm.nodes for p in slurm.node_processes(n)  # no rank, at once
                 if f"DISTCTL_RUN_ID={run_id}" in procfs.environ(p)]

@@ -108,7 +108,9 @@ def rank_wrapper() -> str:
     task: the rank's place from Slurm, the interface toward MASTER_ADDR, its log, node and
     exit code in the run directory, and the program's code as its own (srun's --kill-on-bad-exit
     acts on it). TERM is trapped so that the wrapper outlives the program's
-    graceful stop and records its code."""
+    graceful stop and records its code. During `distctl stop` it exits 0 whatever the code: a
+    rank that finished saving first must not make srun TERM (a second time) and KILL the ranks
+    still saving theirs."""
     iface = ("i=$(ip -4 -o addr show 2>/dev/null | awk -v a=\"$MASTER_ADDR\" "
              "'{split($4, p, \"/\"); if (p[1] == a) {print $2; exit}}'); "
              "[ -n \"$i\" ] || i=$(ip -4 -o route get \"$MASTER_ADDR\" 2>/dev/null "
@@ -121,14 +123,16 @@ def rank_wrapper() -> str:
             + '[ "$LOCAL_WORLD_SIZE" -le 1 ] || [ -n "${OMP_NUM_THREADS+x}" ] || export OMP_NUM_THREADS=1; '
             'hostname >rank$RANK.node; '
             '(cd work && exec "$@") >>rank$RANK.log 2>&1 </dev/null; '
-            'c=$?; echo $c >rank$RANK.exit.tmp && mv rank$RANK.exit.tmp rank$RANK.exit; exit $c')
+            'c=$?; echo $c >rank$RANK.exit.tmp && mv rank$RANK.exit.tmp rank$RANK.exit; '
+            '[ ! -e stopping ] || exit 0; exit $c')
 
 
 # `distctl stop` runs `scancel -s TERM --full`, which on Slurm 22.05 signals the batch shell's
 # process group and no step (measured). srun answers a TERM by SIGKILLing its tasks ("srun: forcing
 # job termination"), so every srun runs in a process group of its own (`set -m`) and the batch
 # shell passes the TERM on to the ranks, once: `scancel -s TERM` signals every step, never the
-# batch shell. Each rank then gets exactly one TERM, and srun none.
+# batch shell. Each rank then gets exactly one TERM, and srun none (the rank wrapper keeps srun's
+# --kill-on-bad-exit from sending another: rank_wrapper).
 STOP_LINES = (
     "signalled=",
     "on_term() { [ -n \"$signalled\" ] || { signalled=1; scancel -s TERM \"$SLURM_JOB_ID\"; }; }",
@@ -213,7 +217,8 @@ def batch_script(job: BatchJob) -> str:
         "    case $verdict in",
         "        restart) ;;",
         "        done) finish 0 done ;;",
-        "        stopped|failed|exhausted) finish $rc $verdict ;;",
+        "        stopped) finish 143 stopped ;;",
+        "        failed|exhausted) finish $rc $verdict ;;",
         f"        *) echo \"end failed: {POLICY} answered $verdict\" >>events; finish $rc failed ;;",
         "    esac",
         "    attempt=$((attempt + 1))",
