@@ -31,12 +31,14 @@ PROGRAM = textwrap.dedent("""\
           "TORCHELASTIC_RUN_ID", "DISTCTL_RUN_ID", "SLURM_RESTART_COUNT")), "host=" + socket.gethostname(),
           flush=True)
     mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
+    if mode == "stubborn":  # ignores SIGTERM: only a SIGKILL ends it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if mode == "flaky":  # fails on the first attempt only
         mode = "fail" if e["TORCHELASTIC_RESTART_COUNT"] == "0" else "ok"
     if mode == "fail" and e["RANK"] == "1":
         time.sleep(1)
         sys.exit(7)
-    while mode in ("fail", "sleep"):
+    while mode in ("fail", "sleep", "stubborn"):
         time.sleep(0.2)
     print("bye", flush=True)
 """)
@@ -139,6 +141,23 @@ def test_stop_terminates_the_ranks_and_leaves_nothing_in_the_queue_or_on_a_node(
     assert logs.returncode == 0
     status = distctl("status", cwd=tmp_path)
     assert "was stopped" in status.stdout, status.stdout
+
+
+def test_stop_scancels_after_the_grace_ranks_that_ignore_sigterm(slurm, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", slurm, command="python prog.py stubborn")
+    up = distctl("up", str(inv), "--detach", cwd=tmp_path, timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    job = job_id_of(up.stderr)
+    rundir = next(workdir_of(slurm, inv).glob("runs/*/job.sbatch")).parent
+    wait_for(lambda: all("env RANK=" in read(rundir / f"rank{r}.log") for r in (0, 1)), 60, "both ranks running")
+    stop = distctl("stop", "--grace", "1", cwd=tmp_path, timeout=120)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert f"job {job} still RUNNING after 1 s: scancel" in stop.stderr
+    assert f"Slurm job {job} is CANCELLED, nothing of it left in the queue" in stop.stderr
+    assert job not in slurm.active_jobs()
+    wait_for(lambda: not any(slurm.node_processes(n) for n in slurm.nodes), 20, "nothing left on the nodes")
+    status = distctl("status", cwd=tmp_path)
+    assert "[cn1 r0] killed (no exit code)" in status.stdout and "was stopped (CANCELLED)" in status.stdout
 
 
 def test_check_refuses_a_bad_partition_and_a_missing_python_before_anything_is_queued(slurm, tmp_path):
