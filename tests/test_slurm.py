@@ -18,19 +18,27 @@ from support import procfs
 PROGRAM = textwrap.dedent("""\
     import os, signal, socket, sys, time
     e = os.environ
+    def stopped(*_):  # as the trainer: a moment to save its state, then 143
+        print("got SIGTERM", flush=True)
+        time.sleep(0.5)
+        open("saved-rank" + e["RANK"], "w").close()
+        sys.exit(143)
+
     # Ready for SIGTERM before it says anything: a test that saw the line may stop it.
-    signal.signal(signal.SIGTERM, lambda *a: (print("got SIGTERM", flush=True), sys.exit(143)))
+    signal.signal(signal.SIGTERM, stopped)
     print("env", " ".join(f"{k}={e.get(k)}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
           "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME",
           "TORCHELASTIC_RUN_ID", "DISTCTL_RUN_ID", "SLURM_RESTART_COUNT")), "host=" + socket.gethostname(),
           flush=True)
     mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
+    if mode == "stubborn":  # ignores SIGTERM: only a SIGKILL ends it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if mode == "flaky":  # fails on the first attempt only
         mode = "fail" if e["TORCHELASTIC_RESTART_COUNT"] == "0" else "ok"
     if mode == "fail" and e["RANK"] == "1":
         time.sleep(1)
         sys.exit(7)
-    while mode in ("fail", "sleep"):
+    while mode in ("fail", "sleep", "stubborn"):
         time.sleep(0.2)
     print("bye", flush=True)
 """)
@@ -38,7 +46,7 @@ PROGRAM = textwrap.dedent("""\
 
 def write_inventory(path: Path, slurm, *, command: str = "python prog.py", **slurm_keys) -> Path:
     code = path.parent / "code"
-    code.mkdir(exist_ok=True)
+    code.mkdir(parents=True, exist_ok=True)
     (code / "prog.py").write_text(PROGRAM)
     inventory = {
         "slurm": {"login": {"address": slurm.login_address, "user": slurm.user,
@@ -116,8 +124,15 @@ def test_stop_terminates_the_ranks_and_leaves_nothing_in_the_queue_or_on_a_node(
     finally:
         if logs.poll() is None:
             logs.kill()
-    assert "[cn1 r0] got SIGTERM" in out and "[cn2 r1] got SIGTERM" in out, out + err
+    assert "scancel -s TERM --full" in stop.stderr and "after 20 s: scancel" not in stop.stderr, stop.stderr
     assert job not in slurm.active_jobs()
+    # Each rank's own TERM handling ran to its end (srun did not SIGKILL it), and only once.
+    assert out.count("[cn1 r0] got SIGTERM") == 1 and out.count("[cn2 r1] got SIGTERM") == 1, out + err
+    assert [read(rundir / f"rank{r}.exit") for r in (0, 1)] == ["143\n", "143\n"]
+    assert all((rundir / "work" / f"saved-rank{r}").exists() for r in (0, 1))
+    # Neither srun's answer to a TERM (SIGKILL) nor its --kill-on-bad-exit (a second TERM) reached them.
+    assert "forcing job termination" not in read(rundir / f"slurm-{job}.out")
+    assert "Terminating StepId" not in read(rundir / f"slurm-{job}.out")
     run_id = re.search(r"run (\S+) is Slurm job", up.stderr)[1]
     assert not [p for n in slurm.nodes for p in slurm.node_processes(n)  # no rank, at once
                 if f"DISTCTL_RUN_ID={run_id}" in procfs.environ(p)]
@@ -126,6 +141,23 @@ def test_stop_terminates_the_ranks_and_leaves_nothing_in_the_queue_or_on_a_node(
     assert logs.returncode == 0
     status = distctl("status", cwd=tmp_path)
     assert "was stopped" in status.stdout, status.stdout
+
+
+def test_stop_scancels_after_the_grace_ranks_that_ignore_sigterm(slurm, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", slurm, command="python prog.py stubborn")
+    up = distctl("up", str(inv), "--detach", cwd=tmp_path, timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    job = job_id_of(up.stderr)
+    rundir = next(workdir_of(slurm, inv).glob("runs/*/job.sbatch")).parent
+    wait_for(lambda: all("env RANK=" in read(rundir / f"rank{r}.log") for r in (0, 1)), 60, "both ranks running")
+    stop = distctl("stop", "--grace", "1", cwd=tmp_path, timeout=120)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert f"job {job} still RUNNING after 1 s: scancel" in stop.stderr
+    assert f"Slurm job {job} is CANCELLED, nothing of it left in the queue" in stop.stderr
+    assert job not in slurm.active_jobs()
+    wait_for(lambda: not any(slurm.node_processes(n) for n in slurm.nodes), 20, "nothing left on the nodes")
+    status = distctl("status", cwd=tmp_path)
+    assert "[cn1 r0] killed (no exit code)" in status.stdout and "was stopped (CANCELLED)" in status.stdout
 
 
 def test_check_refuses_a_bad_partition_and_a_missing_python_before_anything_is_queued(slurm, tmp_path):
@@ -186,7 +218,7 @@ def test_the_bundled_trainer_on_two_nodes_restarts_from_its_checkpoint_with_equa
     finally:
         kill_tree(up)
     assert up.returncode == 0, out + err
-    assert "distctl: rank 1 on cn2 exited 137; restart 1 of 1" in err
+    assert "distctl: restart 1/1 after cn2 r1 exited 137" in err
     assert re.search(r"^\[cn2 r1\] resume rank=1 checkpoint=\S+ epoch=[1-3] step=0$", out, re.M), out
     found = digests(out)
     assert sorted(found) == [0, 1] and found[0] == found[1], out
@@ -200,20 +232,44 @@ def test_max_restarts_restarts_every_rank_within_the_allocation_and_names_the_cu
     inv.write_text(yaml.safe_dump(data))
     done = distctl("up", str(inv), cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "distctl: rank 1 on cn2 exited 7; restart 1 of 1" in done.stderr
+    assert "distctl: restart 1/1 after cn2 r1 exited 7" in done.stderr
     assert done.stdout.count("[cn1 r0] env ") == 2 and "[cn1 r0] got SIGTERM" in done.stdout
     assert "[cn2 r1] bye" in done.stdout and "all 2 ranks finished" in done.stderr
 
 
-def test_a_requeued_job_runs_again_in_its_run_directory_and_stop_ends_it(slurm, tmp_path):
+def test_a_requeued_job_runs_again_and_a_job_past_its_time_limit_is_timeout_never_finished(slurm, tmp_path):
+    """Slurm's own endings, live: a requeue (what preemption with PreemptMode=REQUEUE does) and a
+    time limit. The second job runs while the requeued one waits to start again, so it costs
+    this test nothing: Slurm's time limits are minutes, and slurmctld checks them every 30 s."""
     inv = write_inventory(tmp_path / "inv.yaml", slurm, command="python prog.py sleep")
     up = distctl("up", str(inv), "--detach", cwd=tmp_path, timeout=120)
     assert up.returncode == 0, up.stdout + up.stderr
-    job = job_id_of(up.stderr)
+    job, run_id = job_id_of(up.stderr), re.search(r"run (\S+) is Slurm job", up.stderr)[1]
     rundir = next(workdir_of(slurm, inv).glob("runs/*/job.sbatch")).parent
     wait_for(lambda: all("env RANK=" in read(rundir / f"rank{r}.log") for r in (0, 1)), 60, "both ranks running")
-    requeued = slurm.client("scontrol", "requeue", job)  # what preemption with PreemptMode=REQUEUE does
+    requeued = slurm.client("scontrol", "requeue", job)
     assert requeued.returncode == 0, requeued.stderr
+    timed_inv = write_inventory(tmp_path / f"{tmp_path.name}-timed" / "inv.yaml", slurm, time="1",
+                                command="python prog.py sleep")
+    timed_up = start_distctl("up", str(timed_inv), cwd=tmp_path)
+    try:
+        timed_rundir = wait_for(lambda: next(workdir_of(slurm, timed_inv).glob("runs/*/rank1.log"), None), 60,
+                                "the timed job's ranks").parent
+        wait_for(lambda: all("env RANK=" in read(timed_rundir / f"rank{r}.log") for r in (0, 1)), 60,
+                 "the timed job's ranks running")
+        timed_job = read(timed_rundir / "master").split()[0]
+        # Its 1-minute limit, ended now: the end time Slurm computed from it, moved to the present.
+        moved = slurm.client("scontrol", "update", f"JobId={timed_job}", "EndTime=now")
+        assert moved.returncode == 0, moved.stderr
+        out, err = timed_up.communicate(timeout=120)
+    finally:
+        kill_tree(timed_up)
+    assert timed_up.returncode == 16, out + err
+    assert f"Slurm ended job {timed_job}: TIMEOUT (reached its time limit (slurm.time)); it did not finish" in err
+    status = distctl("status", timed_rundir.name, cwd=tmp_path)
+    assert status.returncode == 16, status.stdout + status.stderr
+    assert f"Slurm job {timed_job} TIMEOUT on cn[1-2]" in status.stdout and "finished" not in status.stdout
+
     # A requeued job waits out the credential lifetime (120 s) before it may start again. Moving
     # its start time to now skipped that, but on a loaded machine the early relaunch then failed
     # at once (JobState=FAILED, exit 1, no output) while the first run's steps were still being
@@ -226,10 +282,10 @@ def test_a_requeued_job_runs_again_in_its_run_directory_and_stop_ends_it(slurm, 
     except AssertionError as exc:  # say what Slurm made of it
         raise AssertionError(f"{exc}: {slurm.client('scontrol', 'show', 'job', job).stdout}\n"
                              f"{read(rundir / f'slurm-{job}.out')}\n{read(rundir / 'rank0.log')}") from None
-    status = distctl("status", cwd=tmp_path)
+    status = distctl("status", run_id, cwd=tmp_path)
     assert re.search(rf"Slurm job {job} RUNNING on cn\[1-2\]", status.stdout), status.stdout
     assert "[cn1 r0] running" in status.stdout and "[cn2 r1] running" in status.stdout
-    assert distctl("stop", cwd=tmp_path).returncode == 0
+    assert distctl("stop", run_id, cwd=tmp_path).returncode == 0
     assert job not in slurm.active_jobs()
 
 

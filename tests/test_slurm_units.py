@@ -18,7 +18,8 @@ from orchestrator.plan.model import Artifact, host_env, rank_env
 from orchestrator.slurm import queue
 from orchestrator.slurm.report import JobReport, first_failure, outcome, parse_files, rank_state, status_verdict
 from orchestrator.slurm.submit import judge_preflight, plan_job
-from orchestrator.slurm.script import batch_script, derived_port, render_dry_run, run_env, sbatch_argv
+from orchestrator.slurm.script import (batch_script, derived_port, policy_config, render_dry_run, run_env,
+                                       sbatch_argv)
 from test_plan import check_golden
 
 INVENTORY = """\
@@ -194,8 +195,10 @@ def test_the_trainer_peer_lost_code_is_never_blamed_while_a_cause_exists():
     found = ended({0: (4, 1.0), 1: (1, 2.0)})
     assert first_failure(found, trainer=True) == (1, 1)
     assert first_failure(found, trainer=False) == (0, 4)
-    code, message = outcome(ended({0: (1, 1.0), 1: (143, 2.0)}), "9", trainer=True, max_restarts=2)
+    code, message = outcome(ended({0: (1, 1.0), 1: (143, 2.0)}, why="exhausted"), "9", trainer=True, max_restarts=2)
     assert int(code) == 13 and "2 restart(s) used up" in message
+    code, message = outcome(ended({0: (2, 1.0), 1: (143, 2.0)}), "9", trainer=True, max_restarts=2)
+    assert int(code) == 1 and "used up" not in message  # a final code: not restarted, nothing used up
 
 
 def test_rank_states_come_from_files_and_the_queue():
@@ -263,3 +266,59 @@ def test_the_follower_is_python_38_text_with_double_quotes_only():
     text = source("slurm_follow")
     assert "'" not in text
     ast.parse(text, feature_version=(3, 8))
+
+
+# ------------------------------------------------------------------ the restart policy in the batch script
+
+
+def policy(rundir, exits, attempt=0, max_restarts=1, trainer=False, nodes=("cn1", "cn2"), slots=1, stopping=False):
+    """slurm_policy.py, as the batch script runs it, on a run directory of recorded exit files
+    (rank -> (code, mtime); None: no file, the wrapper was killed)."""
+    (rundir / "nodes").write_text("".join(f"{n}\n" for n in nodes))
+    for rank, (code, at) in exits.items():
+        (rundir / f"rank{rank}.node").write_text(f"{nodes[rank // slots]}\n")
+        if code is not None:
+            (rundir / f"rank{rank}.exit").write_text(f"{code}\n")
+            os.utime(rundir / f"rank{rank}.exit", (at, at))
+    if stopping:
+        (rundir / "stopping").touch()
+    program = "train: {epochs: 2}" if trainer else "command: python x.py"
+    text = INVENTORY.replace("slots: 8", f"slots: {slots}").replace(
+        "job: {name: mnist, train: {epochs: 2},", f"job: {{name: mnist, max_restarts: {max_restarts}, {program},")
+    job, _ = plan_job(inventory(text), "r", "/w", ARTIFACTS)
+    done = subprocess.run([sys.executable, "-c", source("slurm_policy"), policy_config(job), str(attempt)],
+                          cwd=rundir, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    events = (rundir / "events").read_text() if (rundir / "events").exists() else ""
+    for name in ("events", "stopping", *(f"rank{r}.exit" for r in exits)):
+        (rundir / name).unlink(missing_ok=True)
+    return done.stdout.strip(), events.strip()
+
+
+def test_the_batch_scripts_restart_policy_blames_as_over_ssh_from_the_exit_files(tmp_path):
+    # rank 1 failed; srun's --kill-on-bad-exit then terminated rank 0 (143): restart, blaming rank 1
+    assert policy(tmp_path, {0: (143, 20.0), 1: (7, 10.0)}) == ("restart", "restart 1/1 after cn2 r1 exited 7")
+    # 143 is never blamed while a cause exists, even when its file is older (clocks, coarse mtimes)
+    assert policy(tmp_path, {0: (143, 5.0), 1: (137, 10.0)}) == ("restart", "restart 1/1 after cn2 r1 exited 137")
+    # the earliest of two causes; a rank without an exit file was killed (no code)
+    assert policy(tmp_path, {0: (1, 11.0), 1: (7, 10.0)})[1] == "restart 1/1 after cn2 r1 exited 7"
+    assert policy(tmp_path, {0: (143, 5.0), 1: (None, None)}, attempt=0)[0] == "restart"
+    assert policy(tmp_path, {0: (0, 5.0), 1: (0, 6.0)}) == ("done", "")
+    assert policy(tmp_path, {0: (7, 5.0), 1: (143, 6.0)}, attempt=1) == (
+        "exhausted", "end exhausted: restarts exhausted (1/1): cn1 r0 exited 7")
+    assert policy(tmp_path, {0: (7, 5.0), 1: (143, 6.0)}, max_restarts=0) == ("failed", "end failed: cn1 r0 exited 7")
+    assert policy(tmp_path, {0: (143, 5.0), 1: (143, 6.0)}, stopping=True) == ("stopped", "")
+
+
+def test_the_trainers_usage_and_divergence_codes_end_the_run_and_its_peer_lost_code_is_never_blamed(tmp_path):
+    assert policy(tmp_path, {0: (143, 5.0), 1: (3, 6.0)}, trainer=True) == (
+        "failed", "end failed: cn2 r1 exited 3: not restarted (a restart would fail the same way)")
+    assert policy(tmp_path, {0: (4, 5.0), 1: (1, 6.0)}, trainer=True) == (
+        "restart", "restart 1/1 after cn2 r1 exited 1")
+    # a user program's 3 or 4 means nothing special
+    assert policy(tmp_path, {0: (4, 5.0), 1: (3, 6.0)}) == ("restart", "restart 1/1 after cn1 r0 exited 4")
+
+
+def test_ranks_are_placed_on_nodes_in_blocks_of_slots(tmp_path):
+    exits = {0: (143, 9.0), 1: (143, 9.0), 2: (143, 9.0), 3: (9, 8.0)}
+    assert policy(tmp_path, exits, slots=2) == ("restart", "restart 1/1 after cn2 r3 exited 9")

@@ -17,6 +17,7 @@ use double quotes only (a single quote would print as '"'"').
     agent      watches each host's ranks and keeps their progress; restarts them after a failure
                (job.max_restarts), coordinated by rank 0's host
     slurm_follow  a Slurm run's rank logs on the login node, ended by Slurm's state and the run's files
+    slurm_policy  after a Slurm attempt, restart or end: the agents' policy over the run's exit files
     clean      which old runs and unused code, data and setup folders `distctl clean` may remove
     netbench   a host's bandwidth and latency to rank 0's host (`check --net`)
     collective one rank of a timed all_reduce over every host (`check --net --collective`; needs torch)
@@ -24,7 +25,7 @@ use double quotes only (a single quote would print as '"'"').
 
 Parts joined before a program (PARTS): `prelude` (process group alive and ours, pid files,
 a listening port) for every program that needs it; `tracking` (progress read from a rank's
-log) and `agent_policy` (the agent's decisions) for the agent.
+log) and `agent_policy` (the agent's decisions) for the agent; `agent_policy` for slurm_policy too.
 
 sitecustomize.py is no program: the launch step writes it into the run directory, where
 Python's `site` imports it in every Python process of a rank (`site_source`).
@@ -38,14 +39,15 @@ from pathlib import Path
 from orchestrator import shell
 
 PROGRAMS = ("follow", "wait_port", "port_check", "probe", "detach", "store_peers", "outputs", "session",
-            "agent", "progress", "slurm_follow", "clean", "stacks", "netbench", "collective")
+            "agent", "progress", "slurm_follow", "slurm_policy", "clean", "stacks", "netbench", "collective")
 
 
 # A program made of several files: the parts come first, in this order, then the program itself.
 # Each part is a module here (tests import it); sent, the files are one program: every line
 # `from orchestrator.hostside.PART import ...` is left out, and the names are simply there.
 PARTS: dict[str, tuple[str, ...]] = {"agent": ("prelude", "tracking", "agent_policy"), "follow": ("prelude",),
-                                     "wait_port": ("prelude",), "slurm_follow": ("prelude",)}
+                                     "wait_port": ("prelude",), "slurm_follow": ("prelude",),
+                                     "slurm_policy": ("agent_policy",)}
 FUTURE = "from __future__ import annotations\n"
 SIBLING = "from orchestrator.hostside."
 

@@ -72,12 +72,10 @@ STOP_SETTLE_S = 60.0  # after the final scancel: until Slurm lists the job as en
 
 def stop(state: RunState, ui, grace: float) -> None:
     """A `stopping` mark in the run directory (the batch script then restarts nothing), SIGTERM
-    to every rank through Slurm (`scancel -s TERM`: the ranks checkpoint), then `scancel` after
-    the grace; done once Slurm lists the job as ended, which it does only when no process of it is
-    left on any node.
-
-    Not `scancel -s TERM --full`: that signals srun too, and srun answers SIGTERM by killing its
-    tasks at once (`srun: forcing job termination`, SIGKILL, measured on 22.05): no checkpoint."""
+    through Slurm (`scancel -s TERM --full`: the batch script passes it on to every rank, once,
+    and the ranks checkpoint; script.STOP_LINES says why not straight to the ranks), then
+    `scancel` after the grace; done once Slurm lists the job as ended, which it does only when
+    no process of it is left on any node."""
     import time
 
     try:
@@ -105,9 +103,9 @@ def stop(state: RunState, ui, grace: float) -> None:
         if entry.state == "PENDING":
             run_checked(conn, shell.join(["scancel", job_id]), "scancel", exit_code=ExitCode.STOP_INCOMPLETE)
         else:
-            ui.info(f"job {job_id}: SIGTERM to every rank (scancel -s TERM)")
+            ui.info(f"job {job_id}: SIGTERM to the batch script and, through it, every rank (scancel -s TERM --full)")
             run_checked(conn, f"touch {shell.join([hs.rundir + '/stopping'])} && "
-                        + shell.join(["scancel", "-s", "TERM", job_id]), "scancel -s TERM",
+                        + shell.join(["scancel", "-s", "TERM", "--full", job_id]), "scancel -s TERM --full",
                         exit_code=ExitCode.STOP_INCOMPLETE)
         entry = settled(grace)
         if entry is not None and entry.active:

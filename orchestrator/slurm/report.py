@@ -30,7 +30,7 @@ class JobReport:
     nodes: dict[int, str]
     state: str = ""  # Slurm's last state
     end_code: int | None = None  # the batch script's own exit, when it ended by itself
-    end_why: str = ""  # done, failed, stopped, final, node-check, nodelist
+    end_why: str = ""  # done, failed, exhausted, stopped (slurm_policy.py's verdicts), node-check, nodelist
     ended: bool = False  # the follower saw the job end (not a lost link)
 
 
@@ -111,7 +111,7 @@ def outcome(found: JobReport, job_id: str, trainer: bool, max_restarts: int) -> 
     rank, code = first
     node = found.nodes.get(rank, "?")
     what = f"exited with code {code}" if code is not None else "was killed (no exit code)"
-    exhausted = max_restarts > 0 and found.end_why == "failed"
+    exhausted = found.end_why == "exhausted"
     return (ExitCode.RESTARTS_EXHAUSTED if exhausted else ExitCode.RUN_FAILED,
             f"rank {rank} on {node} failed first: {what}" + (f"; {max_restarts} restart(s) used up" if exhausted
                                                              else "") + f" (Slurm job {job_id})")

@@ -15,18 +15,21 @@ shared file system, where the login node reads them: nothing judges a rank by pr
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from orchestrator import shell
+from orchestrator.hostside import source
 from orchestrator.inventory.model import EnvVar, Inventory
-from orchestrator.contract import RUN_MARKER
+from orchestrator.contract import PEER_LOST, RUN_MARKER, TRAINER_FINAL
 from orchestrator.plan.model import Artifact
 from orchestrator.inventory.slurm import SlurmTarget
 
 PORT_BASE, PORT_SPAN = 20000, 20000
 SCRIPT = "job.sbatch"  # in the run directory
 END = "job.end"  # `RC WHY` once the batch script ends by itself (not when Slurm kills it)
-TRAINER_FINAL = (2, 3)  # the trainer's usage and divergence errors: a restart would fail the same way
+POLICY = "policy.py"  # in the run directory: hostside/slurm_policy.py, which decides after each attempt
+KILLED_BY_SRUN = 143  # a rank srun's --kill-on-bad-exit terminated: a consequence, never the cause
 
 
 def derived_port(job_id: int) -> int:
@@ -105,7 +108,9 @@ def rank_wrapper() -> str:
     task: the rank's place from Slurm, the interface toward MASTER_ADDR, its log, node and
     exit code in the run directory, and the program's code as its own (srun's --kill-on-bad-exit
     acts on it). TERM is trapped so that the wrapper outlives the program's
-    graceful stop and records its code."""
+    graceful stop and records its code. During `distctl stop` it exits 0 whatever the code: a
+    rank that finished saving first must not make srun TERM (a second time) and KILL the ranks
+    still saving theirs."""
     iface = ("i=$(ip -4 -o addr show 2>/dev/null | awk -v a=\"$MASTER_ADDR\" "
              "'{split($4, p, \"/\"); if (p[1] == a) {print $2; exit}}'); "
              "[ -n \"$i\" ] || i=$(ip -4 -o route get \"$MASTER_ADDR\" 2>/dev/null "
@@ -118,7 +123,22 @@ def rank_wrapper() -> str:
             + '[ "$LOCAL_WORLD_SIZE" -le 1 ] || [ -n "${OMP_NUM_THREADS+x}" ] || export OMP_NUM_THREADS=1; '
             'hostname >rank$RANK.node; '
             '(cd work && exec "$@") >>rank$RANK.log 2>&1 </dev/null; '
-            'c=$?; echo $c >rank$RANK.exit.tmp && mv rank$RANK.exit.tmp rank$RANK.exit; exit $c')
+            'c=$?; echo $c >rank$RANK.exit.tmp && mv rank$RANK.exit.tmp rank$RANK.exit; '
+            '[ ! -e stopping ] || exit 0; exit $c')
+
+
+# `distctl stop` runs `scancel -s TERM --full`, which on Slurm 22.05 signals the batch shell's
+# process group and no step (measured). srun answers a TERM by SIGKILLing its tasks ("srun: forcing
+# job termination"), so every srun runs in a process group of its own (`set -m`) and the batch
+# shell passes the TERM on to the ranks, once: `scancel -s TERM` signals every step, never the
+# batch shell. Each rank then gets exactly one TERM, and srun none (the rank wrapper keeps srun's
+# --kill-on-bad-exit from sending another: rank_wrapper).
+STOP_LINES = (
+    "signalled=",
+    "on_term() { [ -n \"$signalled\" ] || { signalled=1; scancel -s TERM \"$SLURM_JOB_ID\"; }; }",
+    "trap on_term TERM",
+    "set -m  # each srun in a process group of its own, out of reach of the TERM to this shell's group",
+)
 
 
 def python_test(python: str) -> str:
@@ -138,6 +158,16 @@ def node_check(job: BatchJob) -> str:
             "exit 1; }")
 
 
+def policy_config(job: BatchJob) -> str:
+    """slurm_policy.py's configuration (JSON): the ranks per node, job.max_restarts, the codes that
+    are never restarted (the trainer's usage and divergence errors, as over SSH) and those that are
+    never blamed while another cause exists (143: srun terminated the rank; the trainer's 4)."""
+    consequences = [KILLED_BY_SRUN, PEER_LOST] if job.trainer else [KILLED_BY_SRUN]
+    return json.dumps({"slots": job.target.slots, "max_restarts": job.max_restarts,
+                       "final_codes": list(TRAINER_FINAL) if job.trainer else [], "peer_lost": consequences},
+                      separators=(",", ":"))
+
+
 def batch_script(job: BatchJob) -> str:
     """The whole sbatch script: what `up` writes to the run directory and `--dry-run` prints."""
     t = job.target
@@ -145,7 +175,6 @@ def batch_script(job: BatchJob) -> str:
     srun = ("srun", "--kill-on-bad-exit=1", f"--nodes={t.nodes}", f"--ntasks-per-node={t.slots}")
     check = ("srun", "--kill-on-bad-exit=1", f"--nodes={t.nodes}", f"--ntasks={t.nodes}", "--ntasks-per-node=1")
     resume = 'set -- "$@" --resume' if job.trainer else ":"
-    final = "|".join(str(c) for c in TRAINER_FINAL) if job.trainer else ""
     lines = [
         "#!/bin/bash",
         *directives(job),
@@ -154,6 +183,7 @@ def batch_script(job: BatchJob) -> str:
         "umask 077",
         f"rm -f {END} rank*.exit",
         f"finish() {{ echo \"$1 $2\" >{END}.tmp && mv {END}.tmp {END}; exit \"$1\"; }}",
+        *STOP_LINES,
         *(f"{line}" for line in t.preamble),
         ". ./env",
         "nodes=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\") || finish 1 nodelist",
@@ -172,23 +202,26 @@ def batch_script(job: BatchJob) -> str:
         f"[ \"${{SLURM_RESTART_COUNT:-0}}\" -eq 0 ] || {resume}",
         "attempt=0",
         "while :; do",
+        "    [ -e stopping ] && finish 143 stopped  # `distctl stop` marked the run before its scancel",
+        "    [ -z \"$signalled\" ] || exit 143",
         "    export TORCHELASTIC_RESTART_COUNT=$attempt",
         "    rm -f rank*.exit && echo \"$attempt\" >attempt",
         f"    {q(srun)} sh -c {q([rank_wrapper()])} distctl-rank \"$@\" &",
         "    step=$!",
-        "    while :; do wait $step; rc=$?; kill -0 $step 2>/dev/null || break; done",
-        "    [ $rc -eq 0 ] && finish 0 done",
-        "    [ -e stopping ] && finish $rc stopped  # `distctl stop` marked the run before its scancel",
-        f"    [ $attempt -lt {job.max_restarts} ] || finish $rc failed",
-    ]
-    if final:
-        lines.append(f"    for f in rank*.exit; do case $(cat \"$f\") in {final}) finish $rc final ;; esac; done")
-    lines += [
+        "    # A trapped TERM interrupts `wait`; bash keeps srun's status for the last `wait`.",
+        "    while kill -0 $step 2>/dev/null; do wait $step; done; wait $step; rc=$?",
+        "    # A TERM from elsewhere (Slurm ending the job, a user's own scancel): no restart, no job.end.",
+        "    [ -z \"$signalled\" ] || [ -e stopping ] || exit $rc",
+        "    # Restart or end: the restart policy of the agents over SSH, on the exit files of the ranks.",
+        f"    verdict=$({q([job.python, POLICY, policy_config(job)])} $attempt) || verdict=failed",
+        "    case $verdict in",
+        "        restart) ;;",
+        "        done) finish 0 done ;;",
+        "        stopped) finish 143 stopped ;;",
+        "        failed|exhausted) finish $rc $verdict ;;",
+        f"        *) echo \"end failed: {POLICY} answered $verdict\" >>events; finish $rc failed ;;",
+        "    esac",
         "    attempt=$((attempt + 1))",
-        "    # The culprit: the first exit code written that srun's --kill-on-bad-exit did not cause.",
-        "    why=$(for f in $(ls -tr rank*.exit 2>/dev/null); do c=$(cat \"$f\"); r=${f%.exit}; r=${r#rank}; "
-        "[ \"$c\" = 143 ] || { echo \"rank $r on $(cat rank$r.node) exited $c\"; break; }; done)",
-        f"    echo \"distctl: ${{why:-a rank failed}}; restart $attempt of {job.max_restarts}\" >>events",
         f"    [ $attempt -gt 1 ] || {resume}",
         "done",
     ]
@@ -196,14 +229,15 @@ def batch_script(job: BatchJob) -> str:
 
 
 def stage_script(job: BatchJob, script: str) -> str:
-    """On the login node, after the push: the run's own copy of the code, and the batch script
-    (its text arrives on stdin)."""
+    """On the login node, after the push: the run's own copy of the code, the restart policy
+    (policy.py) and the batch script (its text arrives on stdin)."""
     q = shell.join
     return shell.lines(
         f"cd {q([job.rundir])} || exit 1",
         "umask 077",
         f"[ -d work ] || {{ rm -rf work.tmp && cp -R {q([job.code_dir + '/.'])} work.tmp && mv work.tmp work; }} "
         "|| exit 1",
+        f"printf %s {q([source('slurm_policy')])} >{POLICY} || exit 1",
         f"cat >{SCRIPT} || exit 1",
     )
 
@@ -222,6 +256,8 @@ def render_dry_run(job: BatchJob, artifacts: tuple[Artifact, ...]) -> str:
         *(f"  {line}" for line in env),
         f"{job.script_path}:",
         *(f"  {line}" for line in batch_script(job).rstrip("\n").splitlines()),
+        f"{job.rundir}/{POLICY}: orchestrator/hostside/slurm_policy.py after agent_policy.py "
+        "(the restart policy of the agents over SSH)",
         "submit (on the login node):",
         f"  {shell.join(sbatch_argv(job))}",
     ])
