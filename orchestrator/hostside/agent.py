@@ -280,13 +280,13 @@ class RunDir:
         try:
             proc = subprocess.run(["sh", "-c", "%s %s %s" % (before, stamp, after)], stdin=subprocess.DEVNULL,
                                   capture_output=True, close_fds=True, text=True, timeout=STACKS_TIMEOUT_S)
-            out, why = proc.stdout, proc.stderr.strip()[-300:] if proc.returncode else ""
+            out, problem = proc.stdout, proc.stderr.strip()[-300:] if proc.returncode else ""
         except (OSError, subprocess.TimeoutExpired) as e:
-            out, why = "", str(e)
+            out, problem = "", str(e)
         os.makedirs(os.path.join("stacks", stamp), exist_ok=True)
         write_atomic(os.path.join("stacks", stamp, "ranks.jsonl"), out)
         append("hung" if why == "hang" else "failure-stacks", stamp + "\n")
-        self.log("stacks taken: stacks/%s%s" % (stamp, "; " + why if why else ""))
+        self.log("stacks taken: stacks/%s%s" % (stamp, "; " + problem if problem else ""))
 
     def pause(self, moment: str) -> None:
         """Stop here while `agent.paused` exists, so that a test kills the agent at a moment it
