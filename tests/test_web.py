@@ -404,6 +404,18 @@ def test_a_status_poll_of_the_attempt_a_restart_ended_is_not_a_new_failure():
     assert view.delta(Cursor())["failure"]["rank"] == 0
 
 
+def test_a_rank_that_failed_under_a_watcher_is_a_failure_at_once():
+    """Every run has an agent; one without restarts (a watcher, max_restarts 0) restarts nothing:
+    a rank that failed while it still watches is a failure, not `restarting`."""
+    view = RunView(run_state(hosts=2, slots=1), "live")
+    view.line("node2", 1, "ValueError: bad batch")
+    watching = {"attempt": 0, "max_restarts": 0, "restarts": [], "outcome": None, "gone": False}
+    view.statuses("node2", [RankStatus(1, "exited", 7, 10.0)], watching)
+    report = view.delta(Cursor())
+    assert report["failure"]["rank"] == 1 and report["failure"]["code"] == 7
+    assert [r["state"] for r in report["ranks"]][1] == "exited"
+
+
 def test_the_teardown_of_a_restart_is_not_a_new_failure_however_its_news_is_ordered():
     """The coordinator agent says `restart 1/1`, records attempt 1, then stops every rank: a poll
     during that teardown shows attempt 1 and the torn-down ranks exited 143 (the status script says
@@ -411,7 +423,8 @@ def test_the_teardown_of_a_restart_is_not_a_new_failure_however_its_news_is_orde
     cluster, before or after the restart's event: one poll of each host named rank 2 (143) the
     culprit. While its host's agent lives and has not decided how the run ends, a rank that exited
     non-zero is restarting; the agent's restart event names the culprit."""
-    tearing_down = {"attempt": 1, "restarts": ["node2 r3 exited 3"], "outcome": None, "gone": False}
+    tearing_down = {"attempt": 1, "max_restarts": 1, "restarts": ["node2 r3 exited 3"], "outcome": None,
+                    "gone": False}
     teardown = [("node1", [RankStatus(0, "exited", 143, 20.0), RankStatus(1, "exited", 143, 20.0)]),
                 ("node2", [RankStatus(2, "exited", 143, 20.0), RankStatus(3, "restarting")])]
     for event_first in (True, False):

@@ -292,7 +292,8 @@ def _restarting(s: RankStatus, agent: dict | None) -> bool:
     already (the agent records the new attempt before it stops the ranks), named a torn-down rank the
     culprit on the test cluster, in one poll of each host right after `restart 1/1`."""
     undecided = agent is not None and not agent.get("outcome") and not agent.get("gone")
-    return undecided and s.state in ("exited", "killed") and s.code != 0
+    restarts = agent is not None and int(agent.get("max_restarts") or 0) > 0  # a watcher restarts nothing
+    return undecided and restarts and s.state in ("exited", "killed") and s.code != 0
 
 
 def _series_update(key: tuple[int, str], s: Series, cursor: Cursor) -> dict | None:
