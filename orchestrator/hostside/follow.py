@@ -38,7 +38,7 @@ import sys
 import time
 from typing import BinaryIO
 
-from orchestrator.hostside.prelude import exit_record, group_alive, read_int
+from orchestrator.hostside.prelude import exit_record, group_alive, read_int, whole_lines
 
 POLL_S = 0.2
 HEARTBEAT_S = 2.0  # a line `hb` after this long without output, while following (--heartbeat)
@@ -104,11 +104,7 @@ class RankLog:
     def pump(self, out: Counted, final: bool = False, live: bool = False) -> None:
         data = self.read()
         self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        if final and self.partial:
-            lines.append(self.partial)
-            self.partial = b""
+        lines, self.partial = whole_lines(self.partial, data, final)
         for line in lines:
             if self.skip > 0:
                 self.skip -= 1

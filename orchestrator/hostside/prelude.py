@@ -4,6 +4,7 @@
     read_int     the number in a small file (a pid file, an exit code), or None
     listening    a TCP port accepts connections
     exit_record  a rank's `exit R CODE TIME` record, as both followers send it
+    whole_lines  the complete lines of a log read on, and its unfinished last line
 
 hostside/__init__.py (PARTS) puts this text before the program that imports from it, so a
 fix here reaches follow, wait_port, slurm_follow and the agent alike. Standard library, Python 3.8.
@@ -60,3 +61,14 @@ def exit_record(rank: int) -> bytes:
     except OSError:
         code, at = "-", "-"
     return b"exit %d %s %s\n" % (rank, code.encode(), at.encode())
+
+
+def whole_lines(partial: bytes, data: bytes, final: bool) -> tuple[list[bytes], bytes]:
+    """The complete lines of a log read on from `partial` (the unfinished line so far) with `data`,
+    and the new unfinished line; `final` (the rank is done): that line too, as it is."""
+    lines = (partial + data).split(b"\n")
+    rest = lines.pop()
+    if final and rest:
+        lines.append(rest)
+        rest = b""
+    return lines, rest

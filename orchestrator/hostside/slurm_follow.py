@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from orchestrator.hostside.prelude import exit_record
+from orchestrator.hostside.prelude import exit_record, whole_lines
 
 POLL_S = 0.2
 QUEUE_S = 1.0
@@ -60,11 +60,7 @@ class RankLog:
     def pump(self, out, final: bool = False) -> None:
         data = read("rank%d.log" % self.rank, self.offset)
         self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        if final and self.partial:
-            lines.append(self.partial)
-            self.partial = b""
+        lines, self.partial = whole_lines(self.partial, data, final)
         if lines:
             self.announce(out)
         for line in lines:
