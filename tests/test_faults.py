@@ -85,6 +85,10 @@ def test_a_host_that_reboots_mid_run_is_named_with_its_ranks_gone_and_the_run_st
         run_id = wait_for(lambda: last_run_id(tmp_path), 60, "the run to start")
         wait_for(lambda: all(run_pids(isolated, run_id)[h] for h in ("node1", "node2")), 60, "both ranks to run")
         wait_for(lambda: "up rank 1" in rank_log(isolated, "node2", run_id, 1), 30, "rank 1 to say it is up")
+        # The launch step on node2 is over once the host's agent (started last) runs: the reboot
+        # is mid-run, not mid-launch.
+        state = f"{node2.workdir}/runs/{run_id}/agent.state"
+        wait_for(lambda: node2.run(f"cat {state} 2>/dev/null").stdout, 30, "node2's agent to run")
         try:
             isolated.crash(node2)
             assert not node2.processes()
