@@ -16,17 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import cluster_of, distctl, interleaved, print_table, write_inventory
-
-PROGRAM = """import socket, threading
-peer, us = socket.socketpair()
-def reader():
-    us.recv(1)
-threading.Thread(target=reader, daemon=True).start()
-print("ready", flush=True)
-us.recv(1)
-"""
-
+from common import blocked_run, distctl, interleaved, print_table
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,20 +25,11 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-stacks-"))
     atexit.register(shutil.rmtree, work, True)
-    (work / "prog").mkdir()
-    (work / "prog" / "blocked.py").write_text(PROGRAM)
-    with cluster_of(args.hosts) as cluster:
-        names = [h.name for h in cluster.hosts]
-        inv = str(write_inventory(work / "inv.yaml", cluster, names, code="prog", command="python blocked.py",
-                                  wait_for_rank0=False))
-        distctl("up", inv, "--detach", cwd=work)
-        try:
-            shown = distctl("stacks", cwd=work).stdout.splitlines()[0]
-            cases = {"distctl exec -- true": lambda: distctl("exec", inv, "--", "true", cwd=work),
-                     "distctl stacks": lambda: distctl("stacks", cwd=work)}
-            times = interleaved(cases, args.reps)
-        finally:
-            distctl("stop", "--grace", "0", cwd=work)
+    with blocked_run(work, args.hosts) as (cluster, inv):
+        shown = distctl("stacks", cwd=work).stdout.splitlines()[0]
+        cases = {"distctl exec -- true": lambda: distctl("exec", inv, "--", "true", cwd=work),
+                 "distctl stacks": lambda: distctl("stacks", cwd=work)}
+        times = interleaved(cases, args.reps)
     base = statistics.median(times["distctl exec -- true"])
     print(f"{args.hosts} hosts, 1 rank each; median of {args.reps} interleaved rounds; "
           f"{'namespaced' if cluster.isolated else 'loopback'} hosts on this machine")

@@ -21,17 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cluster_of, distctl, distctl_env, print_table, write_inventory
-
-PROGRAM = """import socket, threading
-peer, us = socket.socketpair()
-def reader():
-    us.recv(1)
-threading.Thread(target=reader, daemon=True).start()
-print("ready", flush=True)
-us.recv(1)
-"""
-
+from common import blocked_run, distctl_env, print_table
 
 def host_cpu_s(conn, command: str) -> float:
     """CPU seconds (user + system) that `command`'s processes took on the host."""
@@ -52,8 +42,6 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-stragglers-"))
     atexit.register(shutil.rmtree, work, True)
-    (work / "prog").mkdir()
-    (work / "prog" / "blocked.py").write_text(PROGRAM)
     os.environ.update({k: v for k, v in distctl_env(work).items() if k == "DISTCTL_STATE_DIR"})
     from orchestrator.console.ui import Ui
     from orchestrator.plan.state import last_run_of
@@ -61,31 +49,24 @@ def main() -> None:
     from orchestrator.run.stragglers import NO_SAVE, Watch
     from orchestrator.ssh import group
 
-    with cluster_of(args.hosts) as cluster:
-        names = [h.name for h in cluster.hosts]
-        inv = str(write_inventory(work / "inv.yaml", cluster, names, code="prog", command="python blocked.py",
-                                  wait_for_rank0=False))
-        distctl("up", inv, "--detach", cwd=work)
+    with blocked_run(work, args.hosts) as (cluster, inv):
+        state = last_run_of(inv)
+        conns = group.connect_each([hs.host for hs in state.hosts], state.ssh, 32).ok
         try:
-            state = last_run_of(inv)
-            conns = group.connect_each([hs.host for hs in state.hosts], state.ssh, 32).ok
-            try:
-                watch = Watch(state, conns, Ui(quiet=True), every=3.0)
-                sampled = watch.sample()  # the first round opens each host's command session
-                walls, here = [], []
-                for _ in range(args.rounds):
-                    start, cpu_start = time.perf_counter(), time.process_time()
-                    sampled = watch.sample()
-                    walls.append(time.perf_counter() - start)
-                    here.append(time.process_time() - cpu_start)
-                first = state.hosts[0]
-                ranks = [r.rank for r in first.ranks]
-                cpu = [host_cpu_s(conns[first.host.name], stacks_command(first, NO_SAVE, False, ranks))
-                       for _ in range(args.rounds)]
-            finally:
-                group.close_all(conns)
+            watch = Watch(state, conns, Ui(quiet=True), every=3.0)
+            sampled = watch.sample()  # the first round opens each host's command session
+            walls, here = [], []
+            for _ in range(args.rounds):
+                start, cpu_start = time.perf_counter(), time.process_time()
+                sampled = watch.sample()
+                walls.append(time.perf_counter() - start)
+                here.append(time.process_time() - cpu_start)
+            first = state.hosts[0]
+            ranks = [r.rank for r in first.ranks]
+            cpu = [host_cpu_s(conns[first.host.name], stacks_command(first, NO_SAVE, False, ranks))
+                   for _ in range(args.rounds)]
         finally:
-            distctl("stop", "--grace", "0", cwd=work)
+            group.close_all(conns)
     print(f"{args.hosts} hosts, 1 rank each; {args.rounds} rounds; "
           f"{'namespaced' if cluster.isolated else 'loopback'} hosts on this machine; "
           f"{len(sampled)} of {args.hosts} ranks sampled in the last round\n")

@@ -25,7 +25,7 @@ from cluster import Cluster, HostSpec, cluster_unavailable, close_on_exit, start
 from e2e import DISTCTL, write_inventory  # noqa: E402
 
 __all__ = ["Cluster", "DISTCTL", "ROOT", "cluster_of", "distctl", "distctl_env", "interleaved", "median_ms",
-           "pdsh_argv", "print_table", "timed", "write_inventory"]
+           "pdsh_argv", "print_table", "timed", "write_inventory", "blocked_run"]
 
 
 @contextmanager
@@ -40,6 +40,33 @@ def cluster_of(n: int) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+# One rank per host, blocked in a socket read (C code) in its main thread and in a thread of its own.
+BLOCKED = """import socket, threading
+peer, us = socket.socketpair()
+def reader():
+    us.recv(1)
+threading.Thread(target=reader, daemon=True).start()
+print("ready", flush=True)
+us.recv(1)
+"""
+
+
+@contextmanager
+def blocked_run(work: Path, hosts: int) -> Iterator[tuple[Cluster, str]]:
+    """(cluster, inventory path) with a detached run of BLOCKED on every one of `hosts` hosts,
+    stopped on exit (`--grace 0`); its records stay in `work`."""
+    (work / "prog").mkdir()
+    (work / "prog" / "blocked.py").write_text(BLOCKED)
+    with cluster_of(hosts) as cluster:
+        inv = str(write_inventory(work / "inv.yaml", cluster, [h.name for h in cluster.hosts], code="prog",
+                                  command="python blocked.py", wait_for_rank0=False))
+        distctl("up", inv, "--detach", cwd=work)
+        try:
+            yield cluster, inv
+        finally:
+            distctl("stop", "--grace", "0", cwd=work)
 
 
 def pdsh_argv(cluster: Cluster, hosts: Sequence[str], *command: str) -> tuple[list[str], dict[str, str]]:

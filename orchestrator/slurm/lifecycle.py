@@ -7,7 +7,7 @@ import json
 
 from orchestrator import shell
 from orchestrator.plan import state as runs_state
-from orchestrator.errors import DistctlError, ExitCode, HostError
+from orchestrator.errors import Detached, DistctlError, ExitCode, HostError
 from orchestrator.ssh.group import check as run_checked
 from orchestrator.ssh.remote import Connection, connect
 from orchestrator.slurm import queue
@@ -132,7 +132,7 @@ def logs(state: RunState, ui, follow_live: bool, host: str | None, rank: int | N
                    rundir=hs.rundir, world=state.world_size, ranks=ranks)
     except KeyboardInterrupt:
         ui.info(f"stopped following; run {state.run_id} goes on")
-        raise DistctlError("interrupted", ExitCode.DETACHED) from None
+        raise Detached("interrupted") from None
     finally:
         conn.close()
 

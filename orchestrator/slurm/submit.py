@@ -14,7 +14,7 @@ from pathlib import Path
 
 from orchestrator import shell
 from orchestrator.plan import state as runs_state
-from orchestrator.errors import DistctlError, ExitCode, HostError
+from orchestrator.errors import Detached, DistctlError, ExitCode, HostError
 from orchestrator.ssh.group import check as run_checked
 from orchestrator.inventory.model import Inventory
 from orchestrator.launch.artifacts import job_artifacts, tar_of
@@ -215,7 +215,7 @@ def up(inv: Inventory, run_id: str, ui, detach: bool, resume: bool = False) -> N
         except KeyboardInterrupt:
             ui.info(f"detached; Slurm job {job_id} goes on. Re-attach: distctl logs -f {run_id}   "
                     f"Stop it: distctl stop {run_id}")
-            raise DistctlError("detached", ExitCode.DETACHED) from None
+            raise Detached("detached") from None
         if not result.ended:
             raise DistctlError(f"lost the login node {target.login.address} while following; Slurm job {job_id} "
                                f"goes on. Re-attach: distctl logs -f {run_id}   See: distctl status {run_id}",

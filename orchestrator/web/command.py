@@ -16,7 +16,7 @@ import click
 
 from orchestrator.cli import commands
 from orchestrator.console.ui import Ui
-from orchestrator.errors import DistctlError, ExitCode
+from orchestrator.errors import Detached, DistctlError, ExitCode
 from orchestrator.inventory.model import load_inventory
 from orchestrator.plan.state import RunState
 from orchestrator.web import INSTALL_HINT, security
@@ -140,7 +140,7 @@ def web(target: str | None, opts: WebOptions, ui) -> None:
         server.run()
     except KeyboardInterrupt:
         ui.info(f"live view closed; run {state.run_id} goes on")
-        raise DistctlError("interrupted", ExitCode.DETACHED) from None
+        raise Detached("interrupted") from None
     finally:
         feed.close()
 
@@ -174,7 +174,7 @@ class UpWeb:
             threading.Event().wait()
         except KeyboardInterrupt:
             self.ui.info(f"live view closed; run {self.run_id} goes on")
-            raise DistctlError("interrupted", ExitCode.DETACHED) from None
+            raise Detached("interrupted") from None
 
     def close(self) -> None:
         if self.server is not None:
