@@ -223,6 +223,8 @@ def invalid(cfg: Msg, msg: Msg, to_coordinator: bool) -> str | None:
 class Agent:
     """What the coordinator and a member share: the ranks of this host, the state file, the end."""
 
+    tells = True  # its decisions go to agent.events (an attached up relays them)
+
     def __init__(self, cfg: Msg, ranks: Ranks, host: Host, clock: Clock) -> None:
         self.cfg, self.ranks, self.host, self.clock = cfg, ranks, host, clock
         self.me: int = cfg["me"]
@@ -249,7 +251,7 @@ class Agent:
             return
         self.outcome = outcome
         self.adopt({"outcome": outcome if outcome in ("finished", "stopped") else "%s: %s" % (outcome, text)})
-        if outcome != "stopped":
+        if outcome != "stopped" and self.tells:
             self.host.event("end %s: %s" % (outcome, text))
         if outcome not in ("finished", "ended") and self.ranks.running():
             self.ranks.terminate(self.cfg["grace"])
@@ -627,6 +629,8 @@ class Watcher(Agent):
     of other hosts are theirs to end (the peer-lost error of their program, or their own watcher).
     It writes no events: an attached `up` reports such a run from the exits of the ranks."""
 
+    tells = False
+
     def __init__(self, cfg: Msg, ranks: Ranks, host: Host, clock: Clock) -> None:
         Agent.__init__(self, cfg, ranks, host, clock)
         self.first_failure: float | None = None
@@ -665,12 +669,3 @@ class Watcher(Agent):
         elif not self.ranks.running():
             self.begin_end("finished", "every rank exited 0")
         return []
-
-    def begin_end(self, outcome: str, text: str) -> None:
-        """As Agent.begin_end, without an event (see the class)."""
-        if self.outcome is not None:
-            return
-        self.outcome = outcome
-        self.adopt({"outcome": outcome if outcome in ("finished", "stopped") else "%s: %s" % (outcome, text)})
-        if self.ranks.running():
-            self.ranks.terminate(self.cfg["grace"])
