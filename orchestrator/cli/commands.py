@@ -10,7 +10,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator import shell
 from orchestrator.launch import execute
 from orchestrator.ssh import group
 from orchestrator.cli import render
@@ -36,7 +35,7 @@ from orchestrator.run.target import CheckRequest, LogRequest, Options, Target
 from orchestrator.console.ui import Ui
 from orchestrator.plan.state import new_run_id
 from orchestrator.slurm.target import SlurmCluster, runs_on_slurm
-from orchestrator.run.tails import log_lines, remote_tail_command, tail_of
+from orchestrator.run.tails import read_tail
 
 
 def _with_options(inv: Inventory, opts: Options) -> Inventory:
@@ -316,12 +315,7 @@ def _launch_failed(exc: DistctlError, state: RunState, conns: dict[str, Connecti
     """Stop whatever did start, and show why rank 0 did not come up."""
     stop_everywhere(state, conns, FAILURE_GRACE)
     first = state.hosts[0]
-    log = shell.join([f"{first.rundir}/rank0.log"])
-    try:
-        tail = conns[first.host.name].run(remote_tail_command(log), timeout=30).stdout
-    except HostError:
-        tail = ""
-    shown = "".join(f"\n    {line}" for line in tail_of(log_lines(tail)))
+    shown = "".join(f"\n    {line}" for line in read_tail(conns[first.host.name], first.rundir, 0))
     return DistctlError(f"{exc}; the run was stopped on every host."
                         + (f" Last lines of rank 0's log:{shown}" if shown else ""), exc.exit_code)
 

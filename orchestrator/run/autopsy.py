@@ -17,12 +17,9 @@ import re
 import time
 from collections.abc import Iterable
 
-from orchestrator import shell
-from orchestrator.errors import HostError
-from orchestrator.run.stacks import RankDump, activity, collect, parse_host, rollcall
-from orchestrator.ssh import group
+from orchestrator.run.stacks import RankDump, activity, collect, rollcall, saved
 from orchestrator.ssh.remote import Connection
-from orchestrator.plan.state import HostState, RunState
+from orchestrator.plan.state import RunState
 
 STACKS_TIMEOUT_S = 8.0  # the teardown waits at most this long for the stacks
 PEER_LOST = re.compile(r"connection (reset|closed) by peer|broken pipe|timed? ?out|timeout|communicator was aborted|"
@@ -102,16 +99,7 @@ def report(culprit_line: str, stacks: list[RankDump], consequences: list[int], h
 def saved_stacks(state: RunState, conns: dict[str, Connection], fanout: int) -> list[RankDump]:
     """The stacks each host's watcher took of its other ranks when one of its own failed
     (hostside/agent.py, FAILURE_STACKS), newest per host; none where it took none."""
-    def one(hs: HostState) -> list[RankDump]:
-        rundir = shell.join([hs.rundir])
-        out = conns[hs.host.name].run(f'cd {rundir} 2>/dev/null && [ -f {FAILURE_STACKS} ] && '
-                                      f's=$(tail -n 1 {FAILURE_STACKS}) && cat "stacks/$s/ranks.jsonl"; true',
-                                      timeout=30)
-        return parse_host(hs.host.name, f"{hs.rundir}/work/", out.stdout)[0]
-
-    found = group.fan_out("failure stacks", [hs for hs in state.hosts if hs.host.name in conns], one, fanout,
-                          lambda hs: hs.host.name)
-    return sorted((d for dumps in found.ok.values() for d in dumps if d.main), key=lambda d: d.rank)
+    return [d for d in saved(state, conns, fanout, FAILURE_STACKS)[0] if d.main]
 
 
 def from_records(failed: list[int], tails: dict[int, list[str]], stacks: list[RankDump], running: list[int],
@@ -139,18 +127,7 @@ def from_records(failed: list[int], tails: dict[int, list[str]], stacks: list[Ra
 def failed_tails(state: RunState, conns: dict[str, Connection], failed: list[int], host_of: dict[int, str],
                  lines: int = 10, most: int = 32) -> dict[int, list[str]]:
     """The last lines of the first `most` failed ranks (those that decide the culprit)."""
-    from orchestrator.run.tails import log_lines, remote_tail_command, tail_of
+    from orchestrator.run.tails import read_tail
 
-    rundir = {hs.host.name: hs.rundir for hs in state.hosts}
-    out: dict[int, list[str]] = {}
-    for rank in failed[:most]:
-        host = host_of.get(rank)
-        if host not in conns:
-            continue
-        try:
-            text = conns[host].run(remote_tail_command(shell.join([f"{rundir[host]}/rank{rank}.log"])),
-                                   timeout=30).stdout
-        except HostError:
-            continue
-        out[rank] = tail_of(log_lines(text), lines)
-    return out
+    return {rank: read_tail(conns[host_of[rank]], state.host(host_of[rank]).rundir, rank, lines)
+            for rank in failed[:most] if host_of.get(rank) in conns}

@@ -369,20 +369,26 @@ def take(state: RunState, wanted: set[int], stamp: str, native: bool, fanout: in
 HUNG_FILE = "hung"  # hostside/agent.py: one line per hang it judged, the stacks folder it took then
 
 
-def hang_report(state: RunState, conns: dict[str, Connection], fanout: int) -> list[str]:
-    """The roll-call of the stacks every host's agent took when it judged the run hung
-    (job.hang_timeout), read from the run directories, and where they are kept."""
+def saved(state: RunState, conns: dict[str, Connection], fanout: int, index: str) -> tuple[list[RankDump], list[str]]:
+    """The dumps the hosts' agents saved (hostside/agent.py, RunDir.take_stacks): in each run
+    directory the newest folder that `index` names; and those folders."""
     def one(hs: HostState) -> tuple[list[RankDump], str]:
         rundir = shell.join([hs.rundir])
-        out = conns[hs.host.name].run(f'cd {rundir} && s=$(tail -n 1 {HUNG_FILE}) && echo "$s" && '
-                                      f'cat "stacks/$s/ranks.jsonl"', timeout=30)
+        out = conns[hs.host.name].run(f'cd {rundir} 2>/dev/null && [ -f {index} ] && s=$(tail -n 1 {index}) && '
+                                      f'echo "$s" && cat "stacks/$s/ranks.jsonl"; true', timeout=30)
         stamp, _, rest = out.stdout.partition("\n")
         return parse_host(hs.host.name, f"{hs.rundir}/work/", rest)[0], stamp.strip()
 
-    found = group.fan_out("hung stacks", [hs for hs in state.hosts if hs.host.name in conns], one, fanout,
-                          lambda hs: hs.host.name)
+    found = group.fan_out(f"saved stacks ({index})", [hs for hs in state.hosts if hs.host.name in conns], one,
+                          fanout, lambda hs: hs.host.name)
     dumps = sorted((d for ranks, _ in found.ok.values() for d in ranks), key=lambda d: d.rank)
-    stamps = sorted({stamp for _, stamp in found.ok.values() if stamp})
+    return dumps, sorted({stamp for _, stamp in found.ok.values() if stamp})
+
+
+def hang_report(state: RunState, conns: dict[str, Connection], fanout: int) -> list[str]:
+    """The roll-call of the stacks every host's agent took when it judged the run hung
+    (job.hang_timeout), read from the run directories, and where they are kept."""
+    dumps, stamps = saved(state, conns, fanout, HUNG_FILE)
     if not dumps:
         return []
     where = ", ".join(f"stacks/{s}/" for s in stamps)

@@ -15,7 +15,7 @@ from orchestrator.run.lifecycle import RankStatus, parse_agent, parse_missing, p
 from orchestrator.ssh.remote import Connection
 from orchestrator.hostside import program
 from orchestrator.plan.state import HostState, RunState, summarize
-from orchestrator.run.tails import log_lines, remote_tail_command, tail_of
+from orchestrator.run.tails import read_tail
 from orchestrator.run.watch import STOPPED, on_workstation_clock, root_causes
 from orchestrator.run.stragglers import FILE as STRAGGLER_FILE, parse_record
 
@@ -250,9 +250,4 @@ def missing_detail(host: str) -> str:
 
 def log_tail(state: RunState, conns: dict[str, Connection], row: RankRow, lines: int = 10) -> list[str]:
     """The last lines of one rank's log ([] when the host cannot say)."""
-    log = shell.join([f"{state.host(row.host).rundir}/rank{row.status.rank}.log"])
-    try:
-        text = conns[row.host].run(remote_tail_command(log), timeout=30).stdout
-    except HostError:
-        return []
-    return tail_of(log_lines(text), lines)
+    return read_tail(conns[row.host], state.host(row.host).rundir, row.status.rank, lines)

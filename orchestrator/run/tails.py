@@ -6,6 +6,14 @@ when it began before the last few lines."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from orchestrator import shell
+from orchestrator.errors import HostError
+
+if TYPE_CHECKING:
+    from orchestrator.ssh.remote import Connection
+
 MARK = "--- distctl: "  # an attempt marker (scripts.launch_script, hostside/agent.py)
 TRACEBACK = "Traceback (most recent call last):"
 MAX_LINES = 60  # a tail reaches back this far at most, for a traceback's start
@@ -51,3 +59,12 @@ def tail_of(lines: list[str], count: int = 10) -> list[str]:
 def remote_tail_command(log: str, count: int = MAX_LINES * 4) -> str:
     """The shell command that reads enough of a log (`log` quoted already) for `tail_of`."""
     return f"tail -n {count} {log} 2>/dev/null"
+
+
+def read_tail(conn: Connection, rundir: str, rank: int, count: int = 10) -> list[str]:
+    """The last lines of rank `rank`'s log in `rundir`, read on its host ([] when it cannot say)."""
+    try:
+        text = conn.run(remote_tail_command(shell.join([f"{rundir}/rank{rank}.log"])), timeout=30).stdout
+    except HostError:
+        return []
+    return tail_of(log_lines(text), count)
