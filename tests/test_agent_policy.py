@@ -439,6 +439,7 @@ def test_a_watcher_stops_the_other_ranks_of_its_host_only_after_the_teardown_del
     assert w.now >= TEARDOWN  # an attached up had that long to take their stacks first
     w.run_until(w.agent.finished)
     assert w.dir.state["outcome"] == "failed: b r5 exited 7" and w.ranks.terminated == 1
+    assert w.dir.state["stopped"] == [4, 6]  # the ranks it stopped, for status to say so
     assert w.dir.stacks_why == ["failure"]  # the others' stacks, taken at once, for status's report
     assert {r: c for r, (c, _) in w.ranks.exits.items()} == {4: 143, 5: 7, 6: 143}
     assert w.dir.events == [] and w.ranks.attempts == []  # it never restarts anything

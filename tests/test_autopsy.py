@@ -53,6 +53,11 @@ def test_status_names_the_first_real_failure_and_its_consequences_from_the_recor
                      "(train.py:88)"]
 
 
+def test_status_says_which_ranks_a_watcher_stopped_rather_than_calling_them_consequences():
+    lines = from_records([1], {1: ["ValueError: bad batch"]}, [], [], {1: 10.0}, HOSTS, watched=[0])
+    assert lines == ["rank 0: stopped by the watcher of their host (node1) after that failure"]
+
+
 def test_status_takes_the_lone_rank_still_running_for_the_one_that_never_arrived():
     lines = from_records([0, 2], {0: GLOO_TIMEOUT, 2: GLOO_TIMEOUT}, [], [1], {0: 10.0, 2: 10.5}, HOSTS)
     assert lines[0] == ("culprit: rank 1 on node1 never arrived: still running while the others' collective "

@@ -67,8 +67,9 @@ def test_a_detached_runs_watcher_stops_its_hosts_other_ranks_after_one_failed(cl
     assert "[node1 r0] exited 143\n  [node1 r1] exited 7\n" in status.stdout
     assert "first failure: rank 1 on node1 exited with code 7" in status.stdout  # not the rank it stopped
     # no attached up analysed it: status does, from what the hosts kept (the watcher's stacks of rank 0)
-    assert ("culprit and collateral, from the hosts' records:\n"
-            "  rank 0 (node1) died only as a consequence") in status.stdout, status.stdout
+    assert "culprit and collateral, from the hosts' records:\n" in status.stdout, status.stdout
+    assert "  rank 0: stopped by the watcher of their host (node1) after that failure" in status.stdout
+    assert "died only as a consequence" not in status.stdout  # it did not: its watcher stopped it
     assert re.search(r"the other ranks on the hosts of the failures, when they failed: rank 0 on node1 is in "
                      r"<module> \(prog.py:\d+\)", status.stdout), status.stdout
     assert "restart" not in status.stdout  # a watcher is not a restart agent: nothing said of it

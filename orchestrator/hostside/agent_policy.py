@@ -664,6 +664,7 @@ class Watcher(Agent):
             due = now - (self.first_failure or now) >= float(self.cfg.get("teardown", TEARDOWN_S))
             if running and due:
                 self.host.log("%s: stopping the other ranks here: %s" % (why, ", ".join("r%d" % r for r in running)))
+                self.adopt({"stopped": running})  # status: these ended by its hand, not as a consequence
             if due or not running:
                 self.begin_end("failed", why)
         elif not self.ranks.running():

@@ -103,10 +103,11 @@ def saved_stacks(state: RunState, conns: dict[str, Connection], fanout: int) -> 
 
 
 def from_records(failed: list[int], tails: dict[int, list[str]], stacks: list[RankDump], running: list[int],
-                 times: dict[int, float], host_of: dict[int, str]) -> list[str]:
+                 times: dict[int, float], host_of: dict[int, str], watched: Iterable[int] = ()) -> list[str]:
     """Culprit and collateral of a failed run that no attached `up` analysed (`status`, from
     any workstation): from the ranks' exits in order (`failed`, the most likely cause first),
-    their last lines, the stacks the hosts' watchers saved, and the ranks still `running`.
+    their last lines, the stacks the hosts' watchers saved, the ranks still `running`, and those
+    a watcher stopped after a failure on their host (`watched`, not among `failed`).
     Without stacks, a lone rank still running while every failure is a peer-lost or timeout
     error is taken for the one that never arrived (`distctl stacks` shows where it is)."""
     if not failed:
@@ -121,6 +122,11 @@ def from_records(failed: list[int], tails: dict[int, list[str]], stacks: list[Ra
     lines += report("", [], collateral(failed, rank, tails, times), host_of)[1:]
     if stacks:
         lines.append(f"the other ranks on the hosts of the failures, when they failed: {rollcall(stacks)}")
+    if watched:
+        from orchestrator.console.rankset import ranks_phrase
+
+        lines.append(f"{ranks_phrase(list(watched))}: stopped by the watcher of their host "
+                     f"({', '.join(sorted({host_of.get(r, '?') for r in watched}))}) after that failure")
     return lines
 
 

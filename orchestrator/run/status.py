@@ -192,12 +192,15 @@ class RunStatus:
             return self
         host_of = {r.status.rank: r.host for r in self.rows}
         running = [r.status.rank for r in self.rows if r.status.state == "running"]
+        # The ranks a watcher stopped a while after a failure on their host (agent_policy.Watcher)
+        watched = sorted({r for a in self.agents for r in a.get("stopped") or [] if isinstance(r, int)} & set(failed))
+        failed = [r for r in failed if r not in watched]
         tails = autopsy.failed_tails(self.state, conns, failed, host_of)
         try:
             stacks = autopsy.saved_stacks(self.state, conns, fanout)
         except HostError:
             stacks = []
-        lines = autopsy.from_records(failed, tails, stacks, running, self._exit_times(), host_of)
+        lines = autopsy.from_records(failed, tails, stacks, running, self._exit_times(), host_of, watched)
         return replace(self, autopsy=lines, autopsy_by="status")
 
 
